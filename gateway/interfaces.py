@@ -1,0 +1,113 @@
+"""The seams between the parts: what a driver feeds, what an uplink reads.
+
+Drivers push samples into a ``SampleSink``; the store commits them and tells its
+listeners; uplinks and the local server read the log through ``ReadingLog``.
+Each part depends on these protocols, not on the others' classes, so each can be
+tested alone against a real store or a small fake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from gateway.metrics import Histogram
+from gateway.reading import DeadLetter, Sample, StoredReading
+
+
+class SampleSink(Protocol):
+    """Where a driver puts what it read. Neither call blocks nor raises for load."""
+
+    def put_samples(self, samples: Sequence[Sample]) -> None: ...
+
+    def put_dead_letter(self, dead_letter: DeadLetter) -> None: ...
+
+
+CommitListener = Callable[[Sequence[StoredReading]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreStats:
+    depth: int  # committed readings not yet acknowledged by every consumer
+    bytes: int  # size of the database files on disk
+    last_seq: int
+    dropped: int  # readings dropped by bounds, overflow policy or a full disk
+    dead_letters: int
+    oldest_unsent_ts: float | None
+    degraded: str | None  # why the store is degraded (disk full, …), else None
+    commits: int
+    committed_readings: int
+    commit_seconds: float  # total time spent in commits
+
+
+class ReadingLog(Protocol):
+    """The store as its consumers see it (uplinks, local server, CLI)."""
+
+    @property
+    def last_seq(self) -> int: ...
+
+    def add_listener(self, listener: CommitListener) -> None:
+        """Call ``listener`` on the event loop with every committed batch, in seq order."""
+
+    def remove_listener(self, listener: CommitListener) -> None: ...
+
+    async def wait_beyond(self, seq: int) -> int:
+        """Return ``last_seq`` as soon as it is greater than ``seq``."""
+
+    async def read_after(
+        self, seq: int, limit: int, device_glob: str | None = None
+    ) -> list[StoredReading]:
+        """Up to ``limit`` stored readings with seq > ``seq``, ascending."""
+
+    async def register_consumer(self, name: str) -> int:
+        """Create the durable cursor ``name`` if new; return its acknowledged seq."""
+
+    async def ack(self, name: str, seq: int) -> None:
+        """Durably advance cursor ``name`` to ``seq`` (never moves it back)."""
+
+    def stats(self) -> StoreStats: ...
+
+
+@dataclass(slots=True)
+class DeviceStatus:
+    """Live state of one device, read by the status API and /metrics."""
+
+    state: str = "starting"  # starting | open | waiting | stopped
+    readings: int = 0
+    errors: int = 0  # dead letters and read errors
+    reconnects: int = 0
+    last_reading_ts: float | None = None
+    last_error: str | None = None
+
+
+class Driver(Protocol):
+    device_id: str
+    status: DeviceStatus
+
+    async def run(self) -> None:
+        """Read the device until cancelled; device faults are handled, never raised."""
+
+
+@dataclass(slots=True)
+class UplinkStatus:
+    state: str = "starting"  # starting | connecting | connected | backoff | stopped
+    acked_seq: int = 0
+    in_flight: int = 0
+    published_messages: int = 0
+    published_readings: int = 0
+    errors: int = 0
+    refused: int = 0  # readings the peer refused for good (sent to dead letters)
+    last_error: str | None = None
+    connected_since: float | None = None
+    disconnected_since: float | None = None
+    # Seconds from commit to the broker's acknowledgement.
+    publish_latency: Histogram = field(default_factory=Histogram)
+
+
+class Uplink(Protocol):
+    name: str
+    status: UplinkStatus
+
+    async def run(self) -> None:
+        """Deliver readings after the durable cursor until cancelled."""

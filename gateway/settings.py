@@ -1,0 +1,125 @@
+"""Typed settings: the shape of a validated configuration file, with every default.
+
+This module is the one place defaults live; ``docs/configuration.md`` documents
+them and ``gateway.config`` turns a TOML file into these objects (or names every
+bad key). Durations are seconds, sizes are bytes.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Durability = Literal["full", "normal"]
+Overflow = Literal["drop_oldest", "reject_new"]
+LineFormat = Literal["kv", "csv", "json"]
+MqttProtocol = Literal["5", "3.1.1"]
+Parity = Literal["N", "E", "O", "M", "S"]
+
+
+@dataclass(frozen=True, slots=True)
+class GatewaySettings:
+    id: str = field(default_factory=socket.gethostname)
+    data_dir: Path = Path("/var/lib/edge-gateway")
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreSettings:
+    # full: every commit is fsynced (survives power loss); normal: WAL without
+    # fsync per commit (survives a crash of the process, may lose the last
+    # commits on power loss).
+    durability: Durability = "full"
+    max_bytes: int = 1024 * 1024 * 1024
+    # Readings older than this are dropped even if unsent (0 = no age bound).
+    max_age: float = 30 * 24 * 3600.0
+    overflow: Overflow = "drop_oldest"
+    # How long acknowledged readings stay for local replay (`since`) and history.
+    history: float = 3600.0
+    # Free space on the data directory's filesystem below which the gateway
+    # reports itself degraded.
+    min_free_bytes: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceSettings:
+    id: str
+    driver: str
+    port: str = ""
+    baudrate: int = 9600
+    bytesize: int = 8
+    parity: Parity = "N"
+    stopbits: float = 1
+    format: LineFormat = "kv"
+    # For format = "csv": the sensor name of each column, in order.
+    columns: tuple[str, ...] = ()
+    # Sensor name -> unit, added to each reading of that sensor.
+    units: dict[str, str] = field(default_factory=dict)
+    # Longest accepted line; a longer one becomes a dead letter.
+    max_line_bytes: int = 4096
+    # A device silent for longer than this is reported (0 = never expected).
+    expected_interval: float = 0.0
+    # Reconnect backoff after the port fails or disappears.
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    enabled: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    url: str = "mqtt://127.0.0.1:1883"
+    topic_prefix: str = "edge"
+    client_id: str = ""  # default: "edge-gateway-{gateway id}"
+    protocol: MqttProtocol = "5"
+    username: str | None = None
+    password: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False  # disables hostname verification; for lab use only
+    keepalive: int = 30
+    # Messages published and not yet acknowledged by the broker.
+    max_inflight: int = 32
+    # Readings per telemetry message (one device per message).
+    batch_max: int = 500
+    # Cap on messages per second (0 = none); AWS IoT allows 100 per connection.
+    max_messages_per_second: float = 0.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkSettings:
+    mqtt: MqttSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalSettings:
+    listen: str = "127.0.0.1:8080"
+    token: str | None = None
+    token_file: Path | None = None
+    # Origins allowed to open the stream besides the server's own.
+    allowed_origins: tuple[str, ...] = ()
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    max_clients: int = 100
+    # Messages queued per client before it is told of a gap.
+    client_queue: int = 256
+    max_inbound_bytes: int = 4096
+    max_inbound_per_second: float = 10.0
+    heartbeat: float = 20.0
+    compress: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    gateway: GatewaySettings = field(default_factory=GatewaySettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
+    devices: tuple[DeviceSettings, ...] = ()
+    uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    local: LocalSettings | None = None
+    # Where the configuration was read from; used to reload it on SIGHUP.
+    source: Path | None = None

@@ -1,0 +1,5 @@
+"""Shared fixtures: each group lives in its own module under tests/fixtures/."""
+
+pytest_plugins = [
+    "tests.fixtures.common",
+]
