@@ -8,12 +8,13 @@ tested alone against a real store or a small fake.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from gateway.metrics import Histogram
 from gateway.reading import DeadLetter, Sample, StoredReading
+from gateway.settings import Settings
 
 
 class SampleSink(Protocol):
@@ -111,3 +112,18 @@ class Uplink(Protocol):
 
     async def run(self) -> None:
         """Deliver readings after the durable cursor until cancelled."""
+
+
+@dataclass(slots=True)
+class GatewayView:
+    """What the local server, /metrics and /healthz read of a running gateway."""
+
+    settings: Settings
+    log: ReadingLog
+    devices: Mapping[str, Driver]
+    uplinks: Mapping[str, Uplink]
+    started: float  # time.time() at start
+
+    @property
+    def gateway_id(self) -> str:
+        return self.settings.gateway.id

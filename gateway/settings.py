@@ -115,11 +115,20 @@ class LocalSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class HealthSettings:
+    # /healthz says "degraded" when an uplink has been down for longer than this.
+    uplink_down_after: float = 300.0
+    # ... or a device has been silent for longer than this many expected intervals.
+    device_silent_factor: float = 3.0
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     devices: tuple[DeviceSettings, ...] = ()
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     local: LocalSettings | None = None
+    health: HealthSettings = field(default_factory=HealthSettings)
     # Where the configuration was read from; used to reload it on SIGHUP.
     source: Path | None = None

@@ -1,0 +1,1 @@
+"""Device drivers: a pure codec per protocol and a transport that feeds it."""

@@ -1,0 +1,1 @@
+"""Simulated serial devices on pseudo-terminals, for development without hardware."""
