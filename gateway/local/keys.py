@@ -1,0 +1,15 @@
+"""Typed keys for the local server's application state."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from gateway.interfaces import GatewayView
+from gateway.local.auth import Guard
+from gateway.local.latest import LatestReadings
+from gateway.local.stream import StreamHub
+
+VIEW = web.AppKey("view", GatewayView)
+GUARD = web.AppKey("guard", Guard)
+HUB = web.AppKey("hub", StreamHub)
+LATEST = web.AppKey("latest", LatestReadings)

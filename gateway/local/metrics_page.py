@@ -1,0 +1,256 @@
+"""The /metrics scrape: every counter of the running gateway in Prometheus text format."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from gateway import __version__
+from gateway.interfaces import GatewayView
+from gateway.local.health import uplink_down_seconds
+from gateway.local.stream import StreamCounters
+from gateway.metrics import Exposition
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessStats:
+    cpu_seconds: float
+    resident_bytes: int
+    open_fds: int
+    start_time: float
+
+
+def read_process_stats() -> ProcessStats | None:
+    """This process's figures from /proc (blocking: call it off the event loop).
+
+    None where /proc is not there (not Linux), so /metrics still answers.
+    """
+    try:
+        with open("/proc/self/stat", encoding="ascii") as f:
+            # The command name may hold spaces; the fields after its closing ")" do not.
+            fields = f.read().rpartition(")")[2].split()
+        with open("/proc/self/statm", encoding="ascii") as f:
+            resident_pages = int(f.read().split()[1])
+        with open("/proc/stat", encoding="ascii") as f:
+            boot_time = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        open_fds = len(os.listdir("/proc/self/fd"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    # Fields counted from "state" (field 3 of proc(5)): utime 14, stime 15, starttime 22.
+    utime, stime, start_ticks = int(fields[11]), int(fields[12]), int(fields[19])
+    return ProcessStats(
+        cpu_seconds=(utime + stime) / ticks,
+        resident_bytes=resident_pages * os.sysconf("SC_PAGE_SIZE"),
+        open_fds=open_fds,
+        start_time=boot_time + start_ticks / ticks,
+    )
+
+
+def render(
+    view: GatewayView,
+    counters: StreamCounters,
+    free: int | None,
+    process: ProcessStats | None,
+    now: float,
+) -> str:
+    out = Exposition()
+    out.metric(
+        "edge_gateway_info",
+        "gauge",
+        "Gateway identity; always 1.",
+        [({"gateway": view.gateway_id, "version": __version__}, 1)],
+    )
+    _devices(out, view)
+    _store(out, view, free, now)
+    _uplinks(out, view, now)
+    out.metric(
+        "edge_gateway_local_clients", "gauge", "Connected stream clients.", [({}, counters.clients)]
+    )
+    out.metric(
+        "edge_gateway_local_gaps_total",
+        "counter",
+        "Gaps told to stream clients that fell behind.",
+        [({}, counters.gaps)],
+    )
+    out.metric(
+        "edge_gateway_local_closed_slow_total",
+        "counter",
+        "Stream clients closed because they stayed stuck.",
+        [({}, counters.closed_slow)],
+    )
+    if process is not None:
+        out.metric(
+            "process_cpu_seconds_total",
+            "counter",
+            "User and system CPU time.",
+            [({}, process.cpu_seconds)],
+        )
+        out.metric(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size.",
+            [({}, process.resident_bytes)],
+        )
+        out.metric("process_open_fds", "gauge", "Open file descriptors.", [({}, process.open_fds)])
+        out.metric(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time since the epoch.",
+            [({}, process.start_time)],
+        )
+    return out.render()
+
+
+def _devices(out: Exposition, view: GatewayView) -> None:
+    ids = sorted(view.devices)
+    status = {i: view.devices[i].status for i in ids}
+    expected = {d.id: d.expected_interval for d in view.settings.devices}
+    out.metric(
+        "edge_gateway_device_up",
+        "gauge",
+        "1 while the device's port is open.",
+        [({"device": i}, int(status[i].state == "open")) for i in ids],
+    )
+    out.metric(
+        "edge_gateway_device_readings_total",
+        "counter",
+        "Readings read.",
+        [({"device": i}, status[i].readings) for i in ids],
+    )
+    out.metric(
+        "edge_gateway_device_errors_total",
+        "counter",
+        "Dead letters and read errors.",
+        [({"device": i}, status[i].errors) for i in ids],
+    )
+    out.metric(
+        "edge_gateway_device_reconnects_total",
+        "counter",
+        "Port reopenings.",
+        [({"device": i}, status[i].reconnects) for i in ids],
+    )
+    out.metric(
+        "edge_gateway_device_last_reading_timestamp_seconds",
+        "gauge",
+        "When the device's last reading was read.",
+        [({"device": i}, ts) for i in ids if (ts := status[i].last_reading_ts) is not None],
+    )
+    out.metric(
+        "edge_gateway_device_expected_interval_seconds",
+        "gauge",
+        "Configured interval between readings (0 = not expected).",
+        [({"device": i}, expected.get(i, 0.0)) for i in ids],
+    )
+
+
+def _store(out: Exposition, view: GatewayView, free: int | None, now: float) -> None:
+    stats = view.log.stats()
+    oldest_age = 0.0 if stats.oldest_unsent_ts is None else max(0.0, now - stats.oldest_unsent_ts)
+    gauges: list[tuple[str, str, str, float]] = [
+        (
+            "edge_gateway_store_depth",
+            "gauge",
+            "Readings not yet acknowledged by every uplink.",
+            stats.depth,
+        ),
+        ("edge_gateway_store_bytes", "gauge", "Size of the database files.", stats.bytes),
+        ("edge_gateway_store_last_seq", "gauge", "Highest committed seq.", stats.last_seq),
+        (
+            "edge_gateway_store_dropped_total",
+            "counter",
+            "Readings dropped by bounds, overflow policy or a full disk.",
+            stats.dropped,
+        ),
+        (
+            "edge_gateway_store_dead_letters_total",
+            "counter",
+            "Input that could not become a reading.",
+            stats.dead_letters,
+        ),
+        (
+            "edge_gateway_store_oldest_unsent_age_seconds",
+            "gauge",
+            "Age of the oldest reading not yet acknowledged (0 when none).",
+            oldest_age,
+        ),
+        (
+            "edge_gateway_store_degraded",
+            "gauge",
+            "1 while the store is degraded.",
+            int(stats.degraded is not None),
+        ),
+        ("edge_gateway_store_commits_total", "counter", "Transactions committed.", stats.commits),
+        (
+            "edge_gateway_store_committed_readings_total",
+            "counter",
+            "Readings committed.",
+            stats.committed_readings,
+        ),
+        (
+            "edge_gateway_store_commit_seconds_total",
+            "counter",
+            "Time spent committing.",
+            stats.commit_seconds,
+        ),
+    ]
+    for name, kind, help_text, value in gauges:
+        out.metric(name, kind, help_text, [({}, value)])
+    out.metric(
+        "edge_gateway_store_free_bytes",
+        "gauge",
+        "Free bytes on the data directory's filesystem.",
+        [] if free is None else [({}, free)],
+    )
+
+
+def _uplinks(out: Exposition, view: GatewayView, now: float) -> None:
+    names = sorted(view.uplinks)
+    status = {n: view.uplinks[n].status for n in names}
+    out.metric(
+        "edge_gateway_uplink_connected",
+        "gauge",
+        "1 while connected.",
+        [({"uplink": n}, int(status[n].state == "connected")) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_acked_seq",
+        "gauge",
+        "Highest seq acknowledged in order.",
+        [({"uplink": n}, status[n].acked_seq) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_in_flight",
+        "gauge",
+        "Messages awaiting acknowledgement.",
+        [({"uplink": n}, status[n].in_flight) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_published_messages_total",
+        "counter",
+        "Messages acknowledged.",
+        [({"uplink": n}, status[n].published_messages) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_published_readings_total",
+        "counter",
+        "Readings acknowledged.",
+        [({"uplink": n}, status[n].published_readings) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_errors_total",
+        "counter",
+        "Connection and publish errors.",
+        [({"uplink": n}, status[n].errors) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_down_seconds",
+        "gauge",
+        "Seconds without a connection (0 while connected).",
+        [({"uplink": n}, uplink_down_seconds(view, n, now)) for n in names],
+    )
+    out.histogram(
+        "edge_gateway_uplink_publish_latency_seconds",
+        "Seconds from commit to the peer's acknowledgement.",
+        [({"uplink": n}, status[n].publish_latency) for n in names],
+    )

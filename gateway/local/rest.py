@@ -1,0 +1,160 @@
+"""The JSON API: status, reading history and devices."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from aiohttp import web
+
+from gateway.local import health
+from gateway.local.keys import HUB, LATEST, VIEW
+from gateway.reading import StoredReading, join_payloads
+
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# With a sensor filter, one request scans at most this many log pages; the client
+# continues from ``next``.
+MAX_SCAN_PAGES = 20
+SCAN_PAGE = 1000
+
+
+def _bad_request(text: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=json.dumps({"error": text}), content_type="application/json")
+
+
+def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query.get(name, "")
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _bad_request(f"{name} must be an integer") from None
+    if not low <= value <= high:
+        raise _bad_request(f"{name} must be between {low} and {high}")
+    return value
+
+
+async def status(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
+    counters = request.app[HUB].counters
+    now = time.time()
+    free = await health.free_bytes(view.settings.gateway.data_dir)
+    reasons = health.reasons(view, free, now)
+    stats = view.log.stats()
+    body = {
+        "gateway": view.gateway_id,
+        "time": now,
+        "uptime": now - view.started,
+        "health": {"status": "degraded" if reasons else "ok", "reasons": reasons},
+        "store": {
+            "depth": stats.depth,
+            "bytes": stats.bytes,
+            "last_seq": stats.last_seq,
+            "dropped": stats.dropped,
+            "dead_letters": stats.dead_letters,
+            "oldest_unsent_age": (
+                None if stats.oldest_unsent_ts is None else max(0.0, now - stats.oldest_unsent_ts)
+            ),
+            "degraded": stats.degraded,
+            "free_bytes": free,
+        },
+        "uplinks": {
+            name: {
+                "state": uplink.status.state,
+                "acked_seq": uplink.status.acked_seq,
+                "in_flight": uplink.status.in_flight,
+                "errors": uplink.status.errors,
+                "last_error": uplink.status.last_error,
+                "down_seconds": health.uplink_down_seconds(view, name, now),
+            }
+            for name, uplink in sorted(view.uplinks.items())
+        },
+        "devices": {
+            device_id: {
+                "state": driver.status.state,
+                "readings": driver.status.readings,
+                "errors": driver.status.errors,
+                "reconnects": driver.status.reconnects,
+                "last_reading_ts": driver.status.last_reading_ts,
+                "last_error": driver.status.last_error,
+            }
+            for device_id, driver in sorted(view.devices.items())
+        },
+        "local": {
+            "clients": counters.clients,
+            "gaps": counters.gaps,
+            "closed_slow": counters.closed_slow,
+            "inbound_errors": counters.inbound_errors,
+        },
+    }
+    return web.json_response(body)
+
+
+def _sensor_of(reading: StoredReading) -> object:
+    try:
+        obj = json.loads(reading.payload)
+    except ValueError:
+        return None
+    return obj.get("sensor") if isinstance(obj, dict) else None
+
+
+async def readings(request: web.Request) -> web.Response:
+    """History after ``since``, ascending; ``next`` is the ``since`` of the following page."""
+    log = request.app[VIEW].log
+    device = request.query.get("device") or None
+    sensor = request.query.get("sensor") or None
+    since = _int_param(request, "since", 0, 0, 2**63 - 1)
+    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+    found: list[StoredReading] = []
+    next_since: int | None = None
+    if sensor is None:
+        found = await log.read_after(since, limit, device)
+        next_since = found[-1].seq if len(found) == limit else None
+    else:
+        cursor = since
+        for _ in range(MAX_SCAN_PAGES):
+            page = await log.read_after(cursor, SCAN_PAGE, device)
+            for reading in page:
+                if _sensor_of(reading) == sensor:
+                    found.append(reading)
+                    if len(found) == limit:
+                        break
+            if len(found) == limit:
+                next_since = found[-1].seq
+                break
+            if len(page) < SCAN_PAGE:
+                next_since = None
+                break
+            cursor = page[-1].seq
+            next_since = cursor
+    body = (
+        b'{"readings":'
+        + join_payloads([r.payload for r in found])
+        + b',"next":'
+        + (b"null" if next_since is None else str(next_since).encode())
+        + b"}"
+    )
+    return web.Response(body=body, content_type="application/json")
+
+
+async def devices(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
+    latest = request.app[LATEST]
+    body = {
+        "devices": [
+            {
+                "id": device_id,
+                "state": driver.status.state,
+                "readings": driver.status.readings,
+                "errors": driver.status.errors,
+                "reconnects": driver.status.reconnects,
+                "last_reading_ts": driver.status.last_reading_ts,
+                "last_error": driver.status.last_error,
+                "last": latest.of(device_id),
+            }
+            for device_id, driver in sorted(view.devices.items())
+        ]
+    }
+    return web.json_response(body)

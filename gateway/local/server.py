@@ -1,0 +1,169 @@
+"""The local server's application: routes, access rules, lifecycle, and ``serve``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.errors import ConfigError, ConfigProblem, GatewayError
+from gateway.interfaces import GatewayView
+from gateway.local import health, metrics_page, rest
+from gateway.local.auth import Guard, load_token, unauthorized
+from gateway.local.keys import GUARD, HUB, LATEST, VIEW
+from gateway.local.latest import LatestReadings
+from gateway.local.stream import SEND_TIMEOUT, StreamHub
+from gateway.settings import LocalSettings
+
+logger = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+STREAM_PATH = "/api/v1/stream"
+# The dashboard loads nothing from elsewhere; the policy makes that a rule for the browser too.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def local_settings(view: GatewayView) -> LocalSettings:
+    return view.settings.local or LocalSettings()
+
+
+@web.middleware
+async def _require_token(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if request.path.startswith("/api/"):
+        allow_query = request.path == STREAM_PATH
+        if not request.app[GUARD].authorized(request, allow_query=allow_query):
+            raise unauthorized()
+    return await handler(request)
+
+
+async def _security_headers(request: web.Request, response: web.StreamResponse) -> None:
+    response.headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
+    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    response.headers.setdefault("Referrer-Policy", "no-referrer")
+
+
+async def healthz(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
+    free = await health.free_bytes(view.settings.gateway.data_dir)
+    reasons = health.reasons(view, free, time.time())
+    return web.json_response(
+        {"status": "degraded" if reasons else "ok", "gateway": view.gateway_id, "reasons": reasons}
+    )
+
+
+async def metrics(request: web.Request) -> web.Response:
+    view = request.app[VIEW]
+    free = await health.free_bytes(view.settings.gateway.data_dir)
+    process = await asyncio.to_thread(metrics_page.read_process_stats)
+    text = metrics_page.render(view, request.app[HUB].counters, free, process, time.time())
+    return web.Response(
+        text=text,
+        content_type="text/plain",
+        charset="utf-8",
+        headers={"X-Prometheus-Format": "0.0.4"},
+    )
+
+
+async def stream(request: web.Request) -> web.StreamResponse:
+    if not request.app[GUARD].origin_allowed(request):
+        raise web.HTTPForbidden(
+            text=json.dumps({"error": "origin not allowed"}), content_type="application/json"
+        )
+    return await request.app[HUB].handle(request)
+
+
+async def dashboard(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+async def _listen_to_log(app: web.Application) -> AsyncIterator[None]:
+    log = app[VIEW].log
+    listeners = (app[HUB].on_commit, app[LATEST].on_commit)
+    for listener in listeners:
+        log.add_listener(listener)
+    yield
+    for listener in listeners:
+        log.remove_listener(listener)
+
+
+async def _close_streams(app: web.Application) -> None:
+    await app[HUB].close_all()
+
+
+def create_app(view: GatewayView, *, send_timeout: float = SEND_TIMEOUT) -> web.Application:
+    """The local server for ``view``; ``send_timeout`` bounds a send to a stuck client."""
+    settings = local_settings(view)
+    app = web.Application(middlewares=[_require_token])
+    app[VIEW] = view
+    app[GUARD] = Guard(load_token(settings), settings.allowed_origins)
+    app[HUB] = StreamHub(view.gateway_id, view.log, settings, send_timeout)
+    app[LATEST] = LatestReadings()
+    app.cleanup_ctx.append(_listen_to_log)
+    app.on_shutdown.append(_close_streams)
+    app.on_response_prepare.append(_security_headers)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/api/v1/status", rest.status)
+    app.router.add_get("/api/v1/readings", rest.readings)
+    app.router.add_get("/api/v1/devices", rest.devices)
+    app.router.add_get(STREAM_PATH, stream)
+    app.router.add_get("/", dashboard)
+    app.router.add_static("/static", STATIC_DIR)
+    return app
+
+
+def parse_listen(listen: str) -> tuple[str | None, int]:
+    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces)."""
+    host, sep, port_text = listen.rpartition(":")
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        port = -1
+    if not sep or not 0 <= port <= 65535:
+        raise ConfigError([ConfigProblem("local.listen", f"expected HOST:PORT, got {listen!r}")])
+    return host or None, port
+
+
+def _tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
+    if settings.cert_file is None and settings.key_file is None:
+        return None
+    if settings.cert_file is None or settings.key_file is None:
+        raise ConfigError([ConfigProblem("local.cert_file", "cert_file and key_file go together")])
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.cert_file, settings.key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise GatewayError(f"local server: cannot load certificate and key: {exc}") from exc
+    return context
+
+
+async def serve(view: GatewayView) -> None:
+    """Serve ``view`` on ``[local].listen`` (https when a certificate is set) until cancelled."""
+    settings = local_settings(view)
+    host, port = parse_listen(settings.listen)
+    tls = await asyncio.to_thread(_tls_context, settings)
+    runner = web.AppRunner(create_app(view), access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port, ssl_context=tls)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise GatewayError(f"local server: cannot listen on {settings.listen}: {exc}") from exc
+        scheme = "https" if tls else "http"
+        logger.info("local server on %s://%s", scheme, settings.listen)
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,349 @@
+"""The live stream: committed readings fanned out to WebSocket clients, with replay.
+
+Each commit batch is turned into one message per distinct device filter, built from
+the stored payload bytes, and the same bytes object is queued for every client with
+that filter. Queues are bounded: a client that falls behind loses readings from its
+queue and is told so with a ``gap`` message; one whose socket stops taking data is
+closed with 1013 so it cannot hold memory or slow anyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
+
+from gateway.interfaces import ReadingLog
+from gateway.reading import StoredReading, join_payloads
+from gateway.settings import LocalSettings
+
+logger = logging.getLogger(__name__)
+
+# Readings per message while replaying from the log.
+REPLAY_PAGE = 1000
+# A send that makes no progress for this long means the client is stuck.
+SEND_TIMEOUT = 10.0
+# Bound on the closing handshake with a client that may not be reading.
+CLOSE_TIMEOUT = 2.0
+# A closed connection whose peer still takes no data is cut after this long.
+ABANDON_AFTER = 30.0
+PONG = b'{"type":"pong"}'
+
+
+def readings_message(readings: Sequence[StoredReading]) -> bytes:
+    return b'{"type":"readings","readings":' + join_payloads([r.payload for r in readings]) + b"}"
+
+
+def _json(obj: dict[str, object]) -> bytes:
+    return json.dumps(obj, separators=(",", ":")).encode()
+
+
+@dataclass(slots=True)
+class StreamCounters:
+    clients: int = 0
+    gaps: int = 0
+    closed_slow: int = 0
+    inbound_errors: int = 0
+    refused_busy: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """Readings of one commit for one device filter, and their message, shared by clients."""
+
+    readings: Sequence[StoredReading]
+    message: bytes
+
+    @property
+    def first(self) -> int:
+        return self.readings[0].seq
+
+    @property
+    def last(self) -> int:
+        return self.readings[-1].seq
+
+
+class StreamClient:
+    """One connected client: its bounded queue, the gap it missed, and its sender."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        ws: web.WebSocketResponse,
+        *,
+        device_glob: str | None,
+        queue_limit: int,
+        counters: StreamCounters,
+        send_timeout: float,
+    ) -> None:
+        self.ws = ws
+        self._transport = request.transport
+        self._peer = request.remote
+        self.device_glob = device_glob
+        self._limit = max(1, queue_limit)
+        self._counters = counters
+        self._send_timeout = send_timeout
+        self._queue: deque[_Batch] = deque()
+        self._control: deque[bytes] = deque()
+        self._gap: list[int] | None = None
+        self._wake = asyncio.Event()
+        self._replaying = False
+        # While replaying, live batches that did not fit were dropped from the queue:
+        # the replay must read the log at least this far to cover them.
+        self._replay_floor = 0
+        self._sent_upto = 0
+
+    def offer(self, batch: _Batch) -> None:
+        """Queue a live batch; never blocks (called from the store's commit listener)."""
+        if len(self._queue) >= self._limit or self._gap is not None:
+            if self._replaying:
+                # These readings are in the log: the replay reads them instead.
+                self._replay_floor = batch.last
+                self._queue.clear()
+            elif self._gap is None:
+                self._gap = [batch.first, batch.last]
+                self._counters.gaps += 1
+            else:
+                self._gap[1] = batch.last
+            return
+        self._queue.append(batch)
+        self._wake.set()
+
+    def send_control(self, message: bytes) -> None:
+        """Queue a small reply (pong, error); these bypass the reading queue's bound."""
+        if len(self._control) < self._limit:
+            self._control.append(message)
+            self._wake.set()
+
+    async def run(self, hello: bytes, log: ReadingLog, since: int | None) -> None:
+        """Send hello, the replay, then live messages until the client goes or gets stuck."""
+        try:
+            await self._send(hello)
+            if since is not None:
+                await self._replay(log, since)
+            await self._live()
+        except TimeoutError:
+            self._counters.closed_slow += 1
+            logger.warning("closing stuck stream client %s", self._peer)
+            await self.close(WSCloseCode.TRY_AGAIN_LATER, b"client too slow")
+        except ConnectionError:
+            # The peer went away mid-send; the reader side ends the connection.
+            return
+
+    async def _send(self, message: bytes) -> None:
+        async with asyncio.timeout(self._send_timeout):
+            await self.ws.send_frame(message, WSMsgType.TEXT)
+
+    async def _replay(self, log: ReadingLog, since: int) -> None:
+        self._replaying = True
+        cursor = since
+        while True:
+            page = await log.read_after(cursor, REPLAY_PAGE, self.device_glob)
+            # What the live queue holds from here on needs no replay.
+            live_from = self._queue[0].first if self._queue else None
+            reached_live = live_from is not None and bool(page) and page[-1].seq >= live_from
+            if reached_live:
+                page = [r for r in page if r.seq < live_from]  # type: ignore[operator]
+            if page:
+                await self._send(readings_message(page))
+                cursor = page[-1].seq
+                self._sent_upto = cursor
+            caught_up = len(page) < REPLAY_PAGE and cursor >= self._replay_floor
+            if reached_live or caught_up:
+                break
+        self._replaying = False
+
+    async def _live(self) -> None:
+        while True:
+            if self._control:
+                await self._send(self._control.popleft())
+            elif self._queue:
+                batch = self._queue.popleft()
+                if batch.last <= self._sent_upto:
+                    continue
+                message = batch.message
+                if batch.first <= self._sent_upto:
+                    # Straddles the replay's end: send only the part not replayed.
+                    message = readings_message(
+                        [r for r in batch.readings if r.seq > self._sent_upto]
+                    )
+                await self._send(message)
+                self._sent_upto = batch.last
+            elif self._gap is not None:
+                first, last = self._gap
+                # Cleared before the await so batches arriving meanwhile are queued after it.
+                self._gap = None
+                await self._send(_json({"type": "gap", "from": first, "to": last}))
+            else:
+                self._wake.clear()
+                await self._wake.wait()
+
+    async def close(self, code: int, message: bytes) -> None:
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self.ws.close(code=code, message=message, drain=False)
+        except TimeoutError:
+            # The close frame sits in the transport's buffer, flushed if the peer reads
+            # again; a peer that never does is cut so it cannot hold the socket forever.
+            if self._transport is not None:
+                transport = self._transport
+                asyncio.get_running_loop().call_later(ABANDON_AFTER, transport.abort)
+
+
+class StreamHub:
+    """Every connected client, fed by the store's commit listener."""
+
+    def __init__(
+        self, gateway_id: str, log: ReadingLog, settings: LocalSettings, send_timeout: float
+    ) -> None:
+        self._gateway_id = gateway_id
+        self._log = log
+        self._settings = settings
+        self._send_timeout = send_timeout
+        self._clients: set[StreamClient] = set()
+        self._opening = 0
+        self.counters = StreamCounters()
+
+    def on_commit(self, batch: Sequence[StoredReading]) -> None:
+        if not self._clients or not batch:
+            return
+        # One message per distinct filter, shared by every client with that filter.
+        by_filter: dict[str | None, _Batch | None] = {}
+        for client in self._clients:
+            glob = client.device_glob
+            if glob not in by_filter:
+                readings = (
+                    batch if glob is None else [r for r in batch if fnmatchcase(r.device, glob)]
+                )
+                by_filter[glob] = _Batch(readings, readings_message(readings)) if readings else None
+            shared = by_filter[glob]
+            if shared is not None:
+                client.offer(shared)
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        """Upgrade (after the caller checked token, origin and capacity) and serve a client."""
+        device_glob = request.query.get("device") or None
+        since = _since(request)
+        settings = self._settings
+        if len(self._clients) + self._opening >= settings.max_clients:
+            self.counters.refused_busy += 1
+            raise web.HTTPServiceUnavailable(
+                text=_json({"error": "too many stream clients; retry later"}).decode(),
+                content_type="application/json",
+                headers={"Retry-After": "5"},
+            )
+        ws = web.WebSocketResponse(
+            heartbeat=settings.heartbeat or None,
+            compress=settings.compress,
+            max_msg_size=settings.max_inbound_bytes,
+            timeout=CLOSE_TIMEOUT,
+        )
+        # Counted while the handshake is under way, so concurrent upgrades cannot
+        # overshoot max_clients.
+        self._opening += 1
+        try:
+            await ws.prepare(request)
+        finally:
+            self._opening -= 1
+        client = StreamClient(
+            request,
+            ws,
+            device_glob=device_glob,
+            queue_limit=settings.client_queue,
+            counters=self.counters,
+            send_timeout=self._send_timeout,
+        )
+        # Subscribed before last_seq is read and before the replay reads the log,
+        # so every later commit reaches the client's queue.
+        self._clients.add(client)
+        self.counters.clients = len(self._clients)
+        hello = _json(
+            {"type": "hello", "gateway": self._gateway_id, "last_seq": self._log.last_seq}
+        )
+        try:
+            async with asyncio.TaskGroup() as tg:
+                sender = tg.create_task(
+                    client.run(hello, self._log, since), name=f"stream-send-{id(client)}"
+                )
+                reader = tg.create_task(
+                    self._read_inbound(client), name=f"stream-read-{id(client)}"
+                )
+                # Either side ends the connection: the peer left or closed (reader), or the
+                # client was closed as stuck (sender), possibly with the peer unaware.
+                await asyncio.wait((sender, reader), return_when=asyncio.FIRST_COMPLETED)
+                sender.cancel()
+                reader.cancel()
+        finally:
+            self._clients.discard(client)
+            self.counters.clients = len(self._clients)
+        return ws
+
+    async def _read_inbound(self, client: StreamClient) -> None:
+        rate = self._settings.max_inbound_per_second
+        bucket = _TokenBucket(rate) if rate > 0 else None
+        async for msg in client.ws:
+            if bucket is not None and not bucket.take():
+                await client.close(WSCloseCode.POLICY_VIOLATION, b"too many messages")
+                return
+            reply = self._answer(msg)
+            client.send_control(reply)
+
+    def _answer(self, msg: WSMessage) -> bytes:
+        if msg.type is WSMsgType.TEXT:
+            try:
+                request = json.loads(msg.data)
+            except ValueError:
+                return self._error("not JSON")
+            if isinstance(request, dict) and request.get("type") == "ping":
+                return PONG
+            return self._error('unknown message; only {"type": "ping"} is accepted')
+        return self._error("binary messages are not accepted")
+
+    def _error(self, text: str) -> bytes:
+        self.counters.inbound_errors += 1
+        return _json({"type": "error", "error": text})
+
+    async def close_all(self) -> None:
+        """Tell every client the server is going away (on shutdown)."""
+        async with asyncio.TaskGroup() as tg:
+            for client in list(self._clients):
+                tg.create_task(client.close(WSCloseCode.GOING_AWAY, b"server stopping"))
+
+
+def _since(request: web.Request) -> int | None:
+    raw = request.query.get("since")
+    if raw is None or raw == "":
+        return None
+    try:
+        since = int(raw)
+    except ValueError:
+        raise web.HTTPBadRequest(
+            text='{"error":"since must be an integer seq"}', content_type="application/json"
+        ) from None
+    return max(0, since)
+
+
+class _TokenBucket:
+    """Allows ``rate`` messages per second on average, with bursts of up to ``rate``."""
+
+    def __init__(self, rate: float) -> None:
+        self._rate = rate
+        self._capacity = max(1.0, rate)
+        self._tokens = self._capacity
+        self._at = time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
+        self._at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
