@@ -48,8 +48,10 @@ class Notifier:
         self.failures = 0
 
     @classmethod
-    def from_environ(cls, environ: Mapping[str, str] = os.environ) -> Notifier:
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> Notifier:
         """A notifier for the service manager that started this process, if any."""
+        if environ is None:
+            environ = os.environ
         raw = environ.get("NOTIFY_SOCKET", "")
         address = _socket_address(raw) if raw else None
         if raw and address is None:
@@ -98,35 +100,39 @@ class Notifier:
             self.failures = 0
         return True
 
-    def ready(self, status: str | None = None) -> bool:
-        """Startup or a reload is complete."""
-        if status is None:
-            return self.send("READY=1")
-        return self.send("READY=1", _status(status))
+    def notify(
+        self,
+        *,
+        ready: bool = False,
+        reloading: bool = False,
+        stopping: bool = False,
+        status: str | None = None,
+    ) -> bool:
+        """Report a state change in one message; True when the manager got it.
 
-    def status(self, text: str) -> bool:
-        return self.send(_status(text))
+        ``reloading`` starts a reload and ``ready`` ends it (or ends startup);
+        MONOTONIC_USEC goes with RELOADING=1 so systemd can tell reloads apart.
+        """
+        lines: list[str] = []
+        if reloading:
+            usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+            lines += ["RELOADING=1", f"MONOTONIC_USEC={usec}"]
+        if ready:
+            lines.append("READY=1")
+        if stopping:
+            lines.append("STOPPING=1")
+        if status is not None:
+            # A newline would end the assignment and start a bogus one.
+            lines.append("STATUS=" + " ".join(status.split()))
+        return self.send(*lines) if lines else False
 
-    def watchdog(self) -> bool:
+    def ping_watchdog(self) -> bool:
         return self.send("WATCHDOG=1")
-
-    def reloading(self) -> bool:
-        """A reload started; ``ready()`` ends it. MONOTONIC_USEC lets systemd tell reloads apart."""
-        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-        return self.send("RELOADING=1", f"MONOTONIC_USEC={usec}")
-
-    def stopping(self) -> bool:
-        return self.send("STOPPING=1")
 
     def close(self) -> None:
         if self._socket is not None:
             self._socket.close()
             self._socket = None
-
-
-def _status(text: str) -> str:
-    # A newline would end the assignment and start a bogus one.
-    return "STATUS=" + " ".join(text.split())
 
 
 async def watchdog(
@@ -167,7 +173,7 @@ async def watchdog(
             if withheld:
                 log.warning("watchdog pings resumed after %d withheld", withheld)
                 withheld = 0
-            notifier.watchdog()
+            notifier.ping_watchdog()
         due = loop.time() + period
         await asyncio.sleep(period)
 

@@ -42,7 +42,7 @@ class Manager:
             self.messages.append(data.decode())
 
     def notifier(self, **extra: str) -> Notifier:
-        return Notifier.from_environ({"NOTIFY_SOCKET": self.name, **extra})
+        return Notifier.from_environment({"NOTIFY_SOCKET": self.name, **extra})
 
 
 def _bound(address: str | bytes) -> socket.socket:
@@ -60,12 +60,12 @@ def manager(tmp_path: Path) -> Iterator[Manager]:
 
 
 def test_without_notify_socket_every_call_is_a_no_op() -> None:
-    notifier = Notifier.from_environ({"WATCHDOG_USEC": "30000000"})
+    notifier = Notifier.from_environment({"WATCHDOG_USEC": "30000000"})
     assert not notifier.enabled
     assert notifier.watchdog_interval is None
-    assert not notifier.ready("up")
-    assert not notifier.watchdog()
-    assert not notifier.stopping()
+    assert not notifier.notify(ready=True, status="up")
+    assert not notifier.ping_watchdog()
+    assert not notifier.notify(stopping=True)
     notifier.close()
 
 
@@ -73,13 +73,14 @@ def test_state_changes_arrive_as_one_datagram_each(manager: Manager) -> None:
     notifier = manager.notifier()
     assert notifier.enabled
     before = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    assert notifier.ready()
-    assert notifier.status("depth 3\nlast seq 7")
-    assert notifier.reloading()
+    assert notifier.notify(ready=True)
+    assert notifier.notify(status="depth 3\nlast seq 7")
+    assert notifier.notify(reloading=True)
     after = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
-    assert notifier.ready("reloaded")
-    assert notifier.watchdog()
-    assert notifier.stopping()
+    assert notifier.notify(ready=True, status="reloaded")
+    assert notifier.ping_watchdog()
+    assert notifier.notify(stopping=True)
+    assert not notifier.notify()
     notifier.close()
 
     messages = manager.drain()
@@ -97,15 +98,15 @@ def test_abstract_socket_name_starting_with_at_sign() -> None:
     with _bound(b"\0" + name.encode()) as sock:
         manager = Manager(sock, "@" + name)
         notifier = manager.notifier()
-        assert notifier.ready()
+        assert notifier.notify(ready=True)
         notifier.close()
         assert manager.drain() == ["READY=1"]
 
 
 def test_unsupported_address_disables_notifications(caplog: pytest.LogCaptureFixture) -> None:
-    notifier = Notifier.from_environ({"NOTIFY_SOCKET": "vsock:2:1234"})
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": "vsock:2:1234"})
     assert not notifier.enabled
-    assert not notifier.ready()
+    assert not notifier.notify(ready=True)
     assert "not a socket path" in caplog.text
 
 
@@ -122,15 +123,15 @@ def test_a_vanished_manager_is_counted_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = tmp_path / "gone"
-    notifier = Notifier.from_environ({"NOTIFY_SOCKET": str(path)})
+    notifier = Notifier.from_environment({"NOTIFY_SOCKET": str(path)})
     caplog.set_level(logging.INFO, logger="gateway.systemd_notify")
     for _ in range(5):
-        assert not notifier.watchdog()
+        assert not notifier.ping_watchdog()
     assert notifier.failures == 5
     assert caplog.text.count("cannot notify the service manager") == 1
 
     with _bound(str(path)) as sock:
-        assert notifier.watchdog()
+        assert notifier.ping_watchdog()
         assert Manager(sock, str(path)).drain() == ["WATCHDOG=1"]
     assert notifier.failures == 0
     assert "reachable again after 5 failed notifications" in caplog.text
