@@ -1,0 +1,147 @@
+"""The shipped unit file, checked by systemd's own tools.
+
+No systemd runs as PID 1 here, so the unit is not started; ``systemd-analyze verify``
+loads it the way the manager would (every directive parsed, every dependency
+resolved, every command checked for an executable) inside a filesystem root made
+for the test, and ``systemd-analyze security --offline`` scores its sandbox.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+UNIT = REPO / "systemd" / "edge-gateway.service"
+SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
+MAX_EXPOSURE = 2.5
+
+
+def make_root(root: Path, unit: Path, executable: Path) -> None:
+    """A filesystem root holding ``unit`` as an installed unit and what it refers to.
+
+    The target units and /bin/kill are the host's own; ``executable`` stands at the
+    path ExecStart= names.
+    """
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    system_units = root / "usr/lib/systemd/system"
+    system_units.mkdir(parents=True)
+    for target in Path("/usr/lib/systemd/system").glob("*.target"):
+        shutil.copy(target, system_units)
+    (root / "usr/bin").mkdir()
+    shutil.copy("/usr/bin/kill", root / "usr/bin/kill")
+    (root / "bin").symlink_to("usr/bin")
+    exec_start = root / "opt/edge-gateway/venv/bin/edge-gateway"
+    exec_start.parent.mkdir(parents=True)
+    shutil.copy(executable, exec_start)
+
+
+def verify(root: Path, unit_name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [SYSTEMD_ANALYZE, "verify", f"--root={root}", "--man=no", unit_name],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def exposure(unit: Path) -> tuple[float, subprocess.CompletedProcess[str]]:
+    result = subprocess.run(
+        [
+            SYSTEMD_ANALYZE,
+            "security",
+            "--offline=true",
+            f"--threshold={int(MAX_EXPOSURE * 10)}",
+            "--no-pager",
+            str(unit),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert found, result.stdout + result.stderr
+    return float(found.group(1)), result
+
+
+def service_section(unit: Path) -> dict[str, list[str]]:
+    """[Service] directives; a directive given several times keeps every value."""
+    values: dict[str, list[str]] = {}
+    section = ""
+    for raw in unit.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line
+            continue
+        if section == "[Service]":
+            key, _, value = line.partition("=")
+            values.setdefault(key, []).append(value)
+    return values
+
+
+def test_systemd_analyze_verify_is_clean(tmp_path: Path) -> None:
+    # The real console script stands at ExecStart's path; verify checks that the
+    # command exists and is executable (the Ansible test verifies the installed one).
+    make_root(tmp_path, UNIT, REPO / ".venv/bin/edge-gateway")
+    result = verify(tmp_path, UNIT.name)
+    assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
+
+
+def test_verify_catches_a_missing_executable(tmp_path: Path) -> None:
+    # The control for the test above: the same root without the program fails.
+    make_root(tmp_path, UNIT, REPO / ".venv/bin/edge-gateway")
+    (tmp_path / "opt/edge-gateway/venv/bin/edge-gateway").unlink()
+    result = verify(tmp_path, UNIT.name)
+    assert result.returncode != 0
+    assert "/opt/edge-gateway/venv/bin/edge-gateway is not executable" in result.stderr
+
+
+def test_security_exposure_is_at_most_2_5() -> None:
+    score, result = exposure(UNIT)
+    assert score <= MAX_EXPOSURE, result.stdout
+    assert result.returncode == 0, result.stdout
+
+
+def test_security_score_is_not_vacuous(tmp_path: Path) -> None:
+    # The control: the same unit without its sandbox scores far above the bound.
+    bare = tmp_path / UNIT.name
+    kept = ("Type", "NotifyAccess", "ExecStart", "ExecReload", "User", "Group")
+    lines = [
+        line
+        for line in UNIT.read_text().splitlines()
+        if line.startswith("[") or line.split("=", 1)[0] in kept
+    ]
+    bare.write_text("\n".join(lines) + "\n")
+    score, result = exposure(bare)
+    assert score > 5.0
+    assert result.returncode != 0
+
+
+def test_unit_is_a_notify_service_with_watchdog_and_reload() -> None:
+    service = service_section(UNIT)
+    assert service["Type"] == ["notify"]
+    assert service["NotifyAccess"] == ["main"]
+    assert service["Restart"] == ["on-failure"]
+    assert service["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
+    assert service["ExecStart"] == [
+        "/opt/edge-gateway/venv/bin/edge-gateway run -c /etc/edge-gateway/gateway.toml"
+    ]
+    assert int(service["WatchdogSec"][0]) > 0
+    assert service["User"] == ["edge-gateway"]
+    assert service["StateDirectory"] == ["edge-gateway"]
+    assert service["ConfigurationDirectory"] == ["edge-gateway"]
+
+
+def test_devices_are_limited_to_serial_ports_and_gpio() -> None:
+    service = service_section(UNIT)
+    assert service["DevicePolicy"] == ["closed"]
+    allowed = [entry.split()[0] for entry in service["DeviceAllow"]]
+    serial = re.compile(r"^(char-tty(USB|ACM|AMA)|/dev/ttyS\d+)$")
+    gpio = re.compile(r"^(char-gpiochip|/dev/gpiomem)$")
+    assert all(serial.match(d) or gpio.match(d) for d in allowed), allowed
+    assert set(service["SupplementaryGroups"][0].split()) == {"dialout", "gpio"}
