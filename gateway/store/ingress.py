@@ -1,0 +1,92 @@
+"""What the event loop hands the writer thread: an ordered, bounded, lock-free queue.
+
+``put`` runs on the event loop and never blocks; the writer thread takes
+everything waiting in one go. The wake-up event is cleared *before* the queue is
+drained, so an item appended during a drain is never missed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from gateway.reading import DeadLetter, Sample
+
+
+@dataclass(slots=True)
+class Request:
+    """A control request resolved on the event loop once the writer has done it."""
+
+    future: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class Register(Request):
+    name: str
+
+
+@dataclass(slots=True)
+class Ack(Request):
+    name: str
+    seq: int
+
+
+@dataclass(slots=True)
+class Flush(Request):
+    # Samples the writer had taken when it saw this request; set by the writer.
+    target: int = field(default=0)
+
+
+@dataclass(slots=True)
+class Stop(Request):
+    pass
+
+
+Item = Sequence[Sample] | DeadLetter | Request
+
+
+class Ingress:
+    """A deque between one producer thread (the loop) and the writer thread.
+
+    The bound counts samples put and not yet taken; it only bites when the writer
+    is stuck inside a call (a hung disk), since it drains the queue every turn.
+    Two counters each written by one thread keep the count free of locks.
+    """
+
+    def __init__(self, max_pending: int) -> None:
+        self._items: deque[Item] = deque()
+        self._wake = threading.Event()
+        self.max_pending = max_pending
+        self.submitted = 0  # written by the producer only
+        self.rejected = 0  # written by the producer only
+        self.taken = 0  # written by the writer only
+
+    def put_samples(self, samples: Sequence[Sample]) -> bool:
+        """Queue samples; False (and counted) when the writer is too far behind."""
+        n = len(samples)
+        if self.submitted - self.taken + n > self.max_pending:
+            self.rejected += n
+            return False
+        self.submitted += n
+        self._items.append(samples)
+        self._poke()
+        return True
+
+    def put(self, item: DeadLetter | Request) -> None:
+        self._items.append(item)
+        self._poke()
+
+    def _poke(self) -> None:
+        # Skipping set() when already set is safe: the writer clears before it drains.
+        if not self._wake.is_set():
+            self._wake.set()
+
+    def take(self, timeout: float | None) -> list[Item]:
+        """Wait up to ``timeout`` for something, then take everything waiting."""
+        self._wake.wait(timeout)
+        self._wake.clear()
+        pop = self._items.popleft
+        return [pop() for _ in range(len(self._items))]

@@ -1,0 +1,85 @@
+"""Reads of the log on their own thread and connection (WAL readers never block the writer)."""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import re
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TypeVar
+
+from gateway.reading import StoredReading
+from gateway.settings import Durability
+from gateway.store import schema
+
+T = TypeVar("T")
+
+
+@functools.lru_cache(maxsize=64)
+def _compiled(pattern: str) -> re.Pattern[str]:
+    return re.compile(fnmatch.translate(pattern))
+
+
+def _fnmatch(device: str, pattern: str) -> bool:
+    return _compiled(pattern).match(device) is not None
+
+
+def device_filter(device_glob: str | None) -> tuple[str, tuple[str, ...]]:
+    """SQL condition and parameters for a device glob with fnmatch semantics.
+
+    Without brackets, fnmatch and SQLite's GLOB agree (``*``, ``?``, literal
+    characters, case-sensitive), so GLOB runs in C. Bracket sets differ (``[!a]``
+    versus ``[^a]``, unclosed ``[``), so those go through fnmatch itself.
+    """
+    if device_glob is None or device_glob == "*":
+        return "", ()
+    if "[" in device_glob or "]" in device_glob:
+        return " AND fnmatch(device, ?)", (device_glob,)
+    return " AND device GLOB ?", (device_glob,)
+
+
+class Reader:
+    """One read connection used from one worker thread."""
+
+    def __init__(self, path: Path, durability: Durability) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
+        self._path = path
+        self._durability = durability
+        self._conn: sqlite3.Connection | None = None
+
+    async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._with_conn, fn)
+
+    def _with_conn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = schema.connect(self._path, self._durability)
+            self._conn.create_function("fnmatch", 2, _fnmatch, deterministic=True)
+        return fn(self._conn)
+
+    async def read_after(
+        self, seq: int, limit: int, device_glob: str | None
+    ) -> list[StoredReading]:
+        condition, params = device_filter(device_glob)
+        # The condition is one of two constant strings; the glob itself is a parameter.
+        sql = (
+            "SELECT seq, device, payload FROM readings "  # noqa: S608
+            f"WHERE seq > ?{condition} ORDER BY seq LIMIT ?"
+        )
+
+        def query(conn: sqlite3.Connection) -> list[StoredReading]:
+            return [StoredReading(*row) for row in conn.execute(sql, (seq, *params, limit))]
+
+        return await self.call(query)
+
+    async def close(self) -> None:
+        def close(conn: sqlite3.Connection) -> None:
+            conn.close()
+
+        if self._conn is not None:
+            await self.call(close)
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,229 @@
+"""``Store``: the append-only log of readings as the rest of the gateway sees it.
+
+Writes go through one writer thread (``writer.py``), reads through one reader
+thread (``reader.py``); the event loop only queues work and receives each
+committed batch, in seq order, to hand to its listeners and waiters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from gateway.errors import StoreClosedError, StoreError
+from gateway.interfaces import CommitListener, StoreStats
+from gateway.reading import DeadLetter, Sample, StoredReading
+from gateway.settings import StoreSettings
+from gateway.store import schema
+from gateway.store.ingress import Ack, Flush, Register, Request, Stop
+from gateway.store.reader import Reader
+from gateway.store.seq_floor import SeqFloor
+from gateway.store.writer import Outcome, Writer
+
+log = logging.getLogger(__name__)
+
+# After a start, persisted cursors of consumers that have not registered yet
+# still hold retention this long, so a restart never deletes what an uplink
+# about to register has not sent.
+STARTUP_GRACE = 60.0
+
+
+def _open_writer(
+    path: Path, settings: StoreSettings, max_page_count: int | None, startup_grace: float
+) -> Writer:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    floor = SeqFloor(path.with_name("seq.floor"))
+    try:
+        conn = _connect(path, settings, max_page_count)
+    except sqlite3.DatabaseError as e:
+        if not schema.is_corruption(e):
+            raise
+        aside = schema.move_aside(path)
+        log.error(
+            "store: %s is damaged (%s); moved it to %s and started a fresh database; "
+            "new seqs continue above %d",
+            path,
+            e,
+            aside,
+            floor.value,
+        )
+        conn = _connect(path, settings, max_page_count)
+    try:
+        return Writer(path, settings, conn, floor, startup_grace=startup_grace)
+    except sqlite3.Error:
+        conn.close()
+        raise
+
+
+def _connect(path: Path, settings: StoreSettings, max_page_count: int | None) -> sqlite3.Connection:
+    conn = schema.connect(path, settings.durability)
+    try:
+        if max_page_count is not None:
+            conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
+        schema.create_schema(conn)
+        # Touch every table so a damaged file shows now, not in the first commit.
+        conn.execute("SELECT max(seq) FROM readings").fetchone()
+        conn.execute("SELECT count(*) FROM cursors").fetchone()
+    except sqlite3.Error:
+        conn.close()
+        raise
+    return conn
+
+
+class Store:
+    """Implements ``SampleSink`` and ``ReadingLog``; open with ``await Store.open(...)``."""
+
+    def __init__(self, writer: Writer, reader: Reader) -> None:
+        self._writer = writer
+        self._reader = reader
+        self._last_seq = writer.last_seq
+        self._listeners: list[CommitListener] = []
+        self._waiters: list[tuple[int, asyncio.Future[int]]] = []
+        self._closed = False
+        self._loop = asyncio.get_running_loop()
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        settings: StoreSettings,
+        *,
+        max_page_count: int | None = None,
+        startup_grace: float = STARTUP_GRACE,
+    ) -> Store:
+        """Open (or create) the log at ``path``.
+
+        ``max_page_count`` caps the database file in pages (SQLite answers "disk
+        full" beyond it); ``startup_grace`` is how long unregistered cursors hold
+        retention after the start.
+        """
+        writer = await asyncio.to_thread(
+            _open_writer, path, settings, max_page_count, startup_grace
+        )
+        store = cls(writer, Reader(path, settings.durability))
+        writer.start(store._loop, store._on_outcome)
+        return store
+
+    async def close(self) -> None:
+        """Commit everything already put, then stop the writer and the reader."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._request(Stop(self._loop.create_future()))
+        await asyncio.to_thread(self._writer.join)
+        await self._reader.close()
+        for _, waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(StoreClosedError("the store is closed"))
+        self._waiters.clear()
+
+    # -- SampleSink --------------------------------------------------------------
+
+    def put_samples(self, samples: Sequence[Sample]) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        if samples and not self._writer.ingress.put_samples(samples):
+            log.debug("store: writer behind; %d samples dropped", len(samples))
+
+    def put_dead_letter(self, dead_letter: DeadLetter) -> None:
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        self._writer.ingress.put(dead_letter)
+
+    # -- ReadingLog --------------------------------------------------------------
+
+    @property
+    def last_seq(self) -> int:
+        """The highest seq announced to listeners; every listener added now sees all after it."""
+        return self._last_seq
+
+    def add_listener(self, listener: CommitListener) -> None:
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: CommitListener) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def wait_beyond(self, seq: int) -> int:
+        if self._last_seq > seq:
+            return self._last_seq
+        if self._closed:
+            raise StoreClosedError("the store is closed")
+        future: asyncio.Future[int] = self._loop.create_future()
+        self._waiters.append((seq, future))
+        return await future
+
+    async def read_after(
+        self, seq: int, limit: int, device_glob: str | None = None
+    ) -> list[StoredReading]:
+        if limit <= 0:
+            return []
+        return await self._reader.read_after(seq, limit, device_glob)
+
+    async def register_consumer(self, name: str) -> int:
+        if not name:
+            raise StoreError("a consumer needs a name")
+        return await self._request(Register(self._loop.create_future(), name))
+
+    async def ack(self, name: str, seq: int) -> None:
+        await self._request(Ack(self._loop.create_future(), name, seq))
+
+    async def flush(self) -> int:
+        """Wait until everything put so far is committed (or dropped); return ``last_seq``."""
+        return await self._request(Flush(self._loop.create_future()))
+
+    @property
+    def health_reason(self) -> str | None:
+        return self._writer.degraded
+
+    @property
+    def free_bytes(self) -> int | None:
+        """Free space on the data directory's filesystem, as last measured."""
+        return self._writer.free_bytes
+
+    def stats(self) -> StoreStats:
+        w = self._writer
+        return StoreStats(
+            depth=w.depth,
+            bytes=w.bytes,
+            last_seq=self._last_seq,
+            dropped=w.dropped,
+            dead_letters=w.dead_letters,
+            oldest_unsent_ts=w.oldest_unsent_ts,
+            degraded=w.degraded,
+            commits=w.commits,
+            committed_readings=w.committed_readings,
+            commit_seconds=w.commit_seconds,
+        )
+
+    # -- from the writer -----------------------------------------------------------
+
+    async def _request(self, request: Request) -> int:
+        if self._closed and not isinstance(request, Stop):
+            raise StoreClosedError("the store is closed")
+        self._writer.ingress.put(request)
+        return await request.future
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        """Runs on the loop: announce a committed batch, then resolve requests."""
+        self._last_seq = max(self._last_seq, outcome.last_seq)
+        if outcome.readings:
+            # One callback per listener keeps a failing listener from starving the others.
+            for listener in self._listeners:
+                self._loop.call_soon(listener, outcome.readings)
+        if self._waiters:
+            ready = [f for s, f in self._waiters if s < self._last_seq]
+            self._waiters = [(s, f) for s, f in self._waiters if s >= self._last_seq]
+            for future in ready:
+                if not future.done():
+                    future.set_result(self._last_seq)
+        for future, result in outcome.results:
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                future.set_exception(result)
+            else:
+                future.set_result(result)

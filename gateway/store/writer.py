@@ -1,0 +1,610 @@
+"""The one thread that writes the database: natural group commit.
+
+Each turn the writer takes everything waiting (samples, dead letters, cursor
+registrations and acks), commits it in ONE transaction and loops. One reading
+alone is committed at once; under load, readings pile up while a commit runs
+and the next transaction takes them all, so batches grow by themselves and no
+timer is needed. Bounds and retention run in the same transaction, with work
+proportional to what was inserted, so the log never falls behind its bounds.
+
+When a commit fails (disk full, database busy or damaged), nothing is lost
+that fits in memory: the samples stay in a bounded buffer, the store reports
+itself degraded, and the writer retries with backoff until the disk has room.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gateway.errors import StoreClosedError, StoreError
+from gateway.reading import DeadLetter, Sample, StoredReading, encode
+from gateway.settings import StoreSettings
+from gateway.store import schema
+from gateway.store.ingress import Ack, Flush, Ingress, Register, Request, Stop
+from gateway.store.seq_floor import SeqFloor
+
+log = logging.getLogger(__name__)
+
+# Samples held in memory while they cannot be committed (each queue: the loop's
+# and the writer's own); beyond this the overflow policy drops them, counted.
+MAX_UNSAVED = 100_000
+# Dead letters held in memory while they cannot be committed.
+MAX_UNSAVED_DEAD_LETTERS = 1_000
+# Readings per transaction: keeps one commit's memory and latency bounded when a
+# backlog (after a full disk) is written out.
+MAX_BATCH = 50_000
+# Dead letters kept in the database; the oldest go first.
+MAX_DEAD_LETTERS = 10_000
+# Rows retention may delete per turn, at least; more when more was inserted.
+RETENTION_CHUNK = 5_000
+# Bounds and retention are checked at most this often when under the byte bound.
+MAINTENANCE_INTERVAL = 0.25
+# Idle wake-up, so retention and the free-space check run without traffic.
+IDLE_WAKE = 1.0
+RETRY_MIN = 0.05
+RETRY_MAX = 2.0
+# A stop gives a failing disk this many more attempts before giving up.
+STOP_ATTEMPTS = 3
+
+
+@dataclass(slots=True)
+class Outcome:
+    """What one turn produced, handed to the event loop in one callback."""
+
+    readings: list[StoredReading]
+    last_seq: int
+    results: list[tuple[asyncio.Future[int], int | BaseException]] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Batch:
+    """What one transaction will do; applied to the writer's state only on success."""
+
+    samples: list[Sample]
+    dead_letters: list[DeadLetter]
+    acks: dict[str, int]
+    registers: list[str]
+    rows: list[tuple[int, float, str, bytes]] = field(default_factory=list)
+    readings: list[StoredReading] = field(default_factory=list)
+    last_seq: int = 0
+    dropped: int = 0  # unsent readings deleted by bounds, or samples refused
+    depth_delta: int = 0
+    rejected: bool = False
+    unencodable: list[DeadLetter] = field(default_factory=list)
+
+
+class Writer:
+    """Owns the write connection and every piece of state a commit changes.
+
+    The loop thread reads the plain attributes below (``last_seq``, ``depth``,
+    ``dropped`` …) for stats; each is assigned whole by this thread, after commit.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        settings: StoreSettings,
+        conn: sqlite3.Connection,
+        floor: SeqFloor,
+        *,
+        startup_grace: float,
+    ) -> None:
+        self.path = path
+        self.settings = settings
+        self._conn = conn
+        self._floor = floor
+        self._grace_until = time.monotonic() + startup_grace
+        self.ingress = Ingress(MAX_UNSAVED)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._deliver: Callable[[Outcome], None] | None = None
+        self._thread: threading.Thread | None = None
+
+        meta = schema.read_meta(conn)
+        max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
+        if schema.META_LAST_SEQ in meta:
+            self.last_seq = max(meta[schema.META_LAST_SEQ], max_row)
+        else:
+            # A fresh database: continue above every seq this data dir ever used.
+            self.last_seq = max(floor.value, max_row)
+        self._dropped_base = meta.get(schema.META_DROPPED, 0)
+        self._dropped_here = 0  # by the writer since open
+        self.dead_letters = meta.get(schema.META_DEAD_LETTERS, 0)
+        self.cursors: dict[str, int] = dict(conn.execute("SELECT name, seq FROM cursors"))
+        self.active: set[str] = set()
+        self.depth = 0
+        self.oldest_unsent_ts: float | None = None
+        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self.page_count = 0
+        self.used_pages = 0
+        self.free_bytes: int | None = None
+        self.commits = 0
+        self.committed_readings = 0
+        self.commit_seconds = 0.0
+        self.failure: str | None = None
+        self.store_full = False
+        self.low_space = False
+        self.settled = 0  # samples committed or dropped by the writer
+
+        self._unsaved: deque[Sample] = deque()
+        self._unsaved_dead: deque[DeadLetter] = deque()
+        self._acks: dict[str, int] = {}
+        self._registers: list[str] = []
+        self._requests: list[Request] = []
+        self._flushes: list[Flush] = []
+        self._taken = 0
+        self._inserted_since_maintenance = 0
+        self._next_maintenance = 0.0
+        self._data_version = self._pragma("data_version")
+        self._measure()
+
+    # -- state the loop reads ------------------------------------------------
+
+    @property
+    def dropped(self) -> int:
+        return self._dropped_base + self._dropped_here + self.ingress.rejected
+
+    @property
+    def bytes(self) -> int:
+        return self.page_count * self.page_size
+
+    @property
+    def degraded(self) -> str | None:
+        reasons = []
+        if self.failure is not None:
+            reasons.append(self.failure)
+        if self.store_full:
+            reasons.append("store full: new readings are refused (overflow = reject_new)")
+        if self.low_space and self.free_bytes is not None:
+            reasons.append(f"low disk space: {self.free_bytes // (1024 * 1024)} MiB free")
+        return "; ".join(reasons) if reasons else None
+
+    # -- thread life -----------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop, deliver: Callable[[Outcome], None]) -> None:
+        self._loop = loop
+        self._deliver = deliver
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def _run(self) -> None:
+        retry_delay = RETRY_MIN
+        stop: Stop | None = None
+        failed_stops = 0
+        while True:
+            if self.failure is not None:
+                timeout: float | None = retry_delay
+            else:
+                timeout = 0.0 if self._has_work() or stop is not None else IDLE_WAKE
+            stop = self._take(timeout) or stop
+            ok = self._turn()
+            if ok:
+                retry_delay = RETRY_MIN
+            else:
+                retry_delay = min(retry_delay * 2, RETRY_MAX)
+                if stop is not None:
+                    failed_stops += 1
+            if stop is not None and (not self._has_work() or failed_stops >= STOP_ATTEMPTS):
+                break
+        self._finish(stop)
+
+    def _finish(self, stop: Stop) -> None:
+        lost = len(self._unsaved)
+        if lost:
+            log.error("store closed with %d readings that could not be committed", lost)
+            self._dropped_here += lost
+        closed = StoreClosedError("the store is closed")
+        results: list[tuple[asyncio.Future[int], int | BaseException]] = [
+            (r.future, closed) for r in self._requests
+        ]
+        results += [(f.future, closed) for f in self._flushes]
+        results.append((stop.future, self.last_seq))
+        try:
+            self._conn.execute("PRAGMA optimize")
+        except sqlite3.Error as e:
+            log.warning("store: optimize on close failed: %s", e)
+        self._conn.close()
+        self._hand_over(Outcome([], self.last_seq, results))
+
+    def _has_work(self) -> bool:
+        return bool(self._unsaved or self._unsaved_dead or self._requests or self._flushes)
+
+    def _take(self, timeout: float | None) -> Stop | None:
+        stop = None
+        for item in self.ingress.take(timeout):
+            if isinstance(item, DeadLetter):
+                self._unsaved_dead.append(item)
+            elif isinstance(item, Flush):
+                item.target = self._taken
+                self._flushes.append(item)
+            elif isinstance(item, Ack):
+                if item.seq > self.last_seq:
+                    error = StoreError(f"ack of {item.name} to {item.seq} beyond last seq")
+                    self._hand_over(Outcome([], self.last_seq, [(item.future, error)]))
+                    continue
+                self._acks[item.name] = max(item.seq, self._acks.get(item.name, 0))
+                self._requests.append(item)
+            elif isinstance(item, Register):
+                self._registers.append(item.name)
+                self._requests.append(item)
+            elif isinstance(item, Stop):
+                stop = item
+            elif not isinstance(item, Request):
+                self._unsaved.extend(item)
+                self._taken += len(item)
+        self.ingress.taken = self._taken
+        self._bound_unsaved()
+        return stop
+
+    def _bound_unsaved(self) -> None:
+        excess = len(self._unsaved) - MAX_UNSAVED
+        if excess > 0:
+            if self.settings.overflow == "drop_oldest":
+                for _ in range(excess):
+                    self._unsaved.popleft()
+            else:
+                for _ in range(excess):
+                    self._unsaved.pop()
+            self._dropped_here += excess
+            self.settled += excess
+        while len(self._unsaved_dead) > MAX_UNSAVED_DEAD_LETTERS:
+            self._unsaved_dead.popleft()
+
+    # -- one turn: one transaction --------------------------------------------
+
+    def _turn(self) -> bool:
+        """Commit what is waiting (and any due upkeep); False if the commit failed."""
+        now = time.monotonic()
+        maintenance = now >= self._next_maintenance
+        if not (self._has_work() or maintenance):
+            return True
+        if maintenance:
+            self._next_maintenance = now + MAINTENANCE_INTERVAL
+            self._check_free_space()
+            self._notice_outside_changes()
+        if self.failure is not None and self._unsaved:
+            # Commit acks and upkeep on their own first: freeing space must not
+            # depend on the readings that do not fit yet.
+            upkeep = _Batch([], [], dict(self._acks), list(self._registers))
+            if not self._attempt(upkeep, maintenance=True):
+                return False
+        return self._attempt(self._form_batch(), maintenance or self.failure is not None)
+
+    def _attempt(self, batch: _Batch, maintenance: bool) -> bool:
+        started = time.perf_counter()
+        try:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._transaction(batch, maintenance)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+        except (sqlite3.Error, OSError) as e:
+            self._failed(e, batch)
+            return False
+        self._committed(batch, time.perf_counter() - started, maintenance)
+        return True
+
+    def _form_batch(self) -> _Batch:
+        if len(self._unsaved) <= MAX_BATCH:
+            samples = list(self._unsaved)
+        else:
+            samples = [self._unsaved[i] for i in range(MAX_BATCH)]
+        return _Batch(
+            samples=samples,
+            dead_letters=list(self._unsaved_dead),
+            acks=dict(self._acks),
+            registers=list(self._registers),
+        )
+
+    def _transaction(self, batch: _Batch, maintenance: bool) -> None:
+        conn = self._conn
+        cursors = dict(self.cursors)
+        for name in batch.registers:
+            conn.execute("INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, 0)", (name,))
+            cursors.setdefault(name, 0)
+        for name, seq in batch.acks.items():
+            if seq > cursors.get(name, 0):
+                conn.execute(
+                    "INSERT INTO cursors (name, seq) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
+                    (name, seq),
+                )
+                cursors[name] = seq
+        active = self.active | set(batch.registers)
+        old_floor = self._active_floor(self.cursors, self.active)
+        new_floor = self._active_floor(cursors, active)
+        if active != self.active:
+            if new_floor is not None:
+                batch.depth_delta = self._count_after(new_floor) - self.depth
+        elif old_floor is not None and new_floor is not None and new_floor > old_floor:
+            (acked,) = conn.execute(
+                "SELECT count(*) FROM readings WHERE seq > ? AND seq <= ?", (old_floor, new_floor)
+            ).fetchone()
+            batch.depth_delta = -acked
+
+        holding = self._holding_floor(cursors, active)
+        if maintenance:
+            self._expire(batch, cursors, active, holding)
+        room = self._make_room(batch, len(batch.samples), new_floor, holding)
+        if not room and self.settings.overflow == "reject_new":
+            batch.rejected = True
+        else:
+            self._insert(batch, new_floor is not None)
+        if batch.dead_letters or batch.unencodable:
+            conn.executemany(
+                "INSERT INTO dead_letters (ts, device, reason, raw) VALUES (?, ?, ?, ?)",
+                [(d.ts, d.device, d.reason, d.raw) for d in batch.dead_letters + batch.unencodable],
+            )
+            conn.execute(
+                "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
+                (MAX_DEAD_LETTERS,),
+            )
+        if batch.rejected:
+            batch.dropped += len(batch.samples)
+        dead_total = self.dead_letters + len(batch.dead_letters) + len(batch.unencodable)
+        dropped_total = self.dropped + batch.dropped
+        conn.executemany(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            [
+                (schema.META_LAST_SEQ, batch.last_seq or self.last_seq),
+                (schema.META_DROPPED, dropped_total),
+                (schema.META_DEAD_LETTERS, dead_total),
+            ],
+        )
+
+    def _insert(self, batch: _Batch, counted: bool) -> None:
+        seq = self.last_seq
+        rows = batch.rows
+        readings = batch.readings
+        for sample in batch.samples:
+            try:
+                payload = encode(seq + 1, sample)
+            except (TypeError, ValueError) as e:
+                # A value JSON cannot carry; keep it as a dead letter rather than lose it.
+                reason = f"unencodable sample: {e}"
+                batch.unencodable.append(
+                    DeadLetter(sample.device, reason, repr(sample).encode(), time.time())
+                )
+                continue
+            seq += 1
+            ts = sample.ts
+            rows.append((seq, 0.0 if math.isnan(ts) else ts, sample.device, payload))
+            readings.append(StoredReading(seq, sample.device, payload))
+        if rows:
+            self._floor.reserve(seq)
+            self._conn.executemany(
+                "INSERT INTO readings (seq, ts, device, payload) VALUES (?, ?, ?, ?)", rows
+            )
+            if counted:
+                batch.depth_delta += len(rows)
+        batch.last_seq = seq
+
+    def _expire(
+        self, batch: _Batch, cursors: dict[str, int], active: set[str], holding: int | None
+    ) -> None:
+        """Retention behind every cursor after ``history``, and the ``max_age`` bound."""
+        chunk = max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance)
+        now = time.time()
+        floors = (self._active_floor(cursors, active), holding)
+        upto = holding if holding is not None else self.last_seq
+        self._delete_prefix(batch, chunk, now - self.settings.history, upto, floors)
+        if self.settings.max_age > 0:
+            self._delete_prefix(batch, chunk, now - self.settings.max_age, self.last_seq, floors)
+
+    def _make_room(
+        self, batch: _Batch, incoming: int, active_floor: int | None, holding: int | None
+    ) -> bool:
+        """Delete the oldest rows while over ``max_bytes``; True if there is room."""
+        if not incoming or self._used_bytes() < self.settings.max_bytes:
+            return True
+        upto = self.last_seq
+        if self.settings.overflow == "reject_new" and holding is not None:
+            # Only readings every consumer has may go; unsent ones are kept.
+            upto = holding
+        k = max(incoming, 1024)
+        hi, n, unsent_for_depth, unsent = self._conn.execute(
+            "SELECT max(seq), count(*), sum(seq > ?), sum(seq > ?) FROM "
+            "(SELECT seq FROM readings WHERE seq <= ? ORDER BY seq LIMIT ?)",
+            (_or_max(active_floor), _or_max(holding), upto, k),
+        ).fetchone()
+        if n:
+            self._conn.execute("DELETE FROM readings WHERE seq <= ?", (hi,))
+            batch.dropped += unsent or 0
+            batch.depth_delta -= unsent_for_depth or 0
+        return self._used_bytes() < self.settings.max_bytes
+
+    def _delete_prefix(
+        self,
+        batch: _Batch,
+        chunk: int,
+        cutoff: float,
+        upto: int,
+        floors: tuple[int | None, int | None],
+    ) -> None:
+        """Delete rows older than ``cutoff`` among the oldest ``chunk`` (bounded work).
+
+        ``ts`` grows with ``seq`` (both follow the gateway's clock), so looking at
+        the oldest rows only finds every expired row over a few turns.
+        """
+        active_floor, holding = floors
+        hi, n, unsent_for_depth, unsent = self._conn.execute(
+            "SELECT max(seq), count(*), sum(seq > ?), sum(seq > ?) FROM "
+            "(SELECT seq, ts FROM readings ORDER BY seq LIMIT ?) WHERE ts < ? AND seq <= ?",
+            (_or_max(active_floor), _or_max(holding), chunk, cutoff, upto),
+        ).fetchone()
+        if n:
+            self._conn.execute("DELETE FROM readings WHERE seq <= ? AND ts < ?", (hi, cutoff))
+            batch.dropped += unsent or 0
+            batch.depth_delta -= unsent_for_depth or 0
+
+    def _count_after(self, seq: int) -> int:
+        (n,) = self._conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (seq,)).fetchone()
+        return int(n)
+
+    @staticmethod
+    def _active_floor(cursors: dict[str, int], active: set[str]) -> int | None:
+        """The lowest cursor of consumers registered since open (None: no consumer)."""
+        return min((cursors[n] for n in active), default=None)
+
+    def _holding_floor(self, cursors: dict[str, int], active: set[str]) -> int | None:
+        """The cursor retention must not pass.
+
+        Right after a start, uplinks have not registered yet; until the grace period
+        ends, every persisted cursor holds, so a restart never deletes unsent rows.
+        """
+        if time.monotonic() < self._grace_until:
+            return min(cursors.values(), default=None)
+        return self._active_floor(cursors, active)
+
+    # -- after the transaction -----------------------------------------------
+
+    def _committed(self, batch: _Batch, elapsed: float, maintenance: bool) -> None:
+        results: list[tuple[asyncio.Future[int], int | BaseException]] = []
+        n = len(batch.samples)
+        if n == len(self._unsaved):
+            self._unsaved.clear()
+        else:
+            for _ in range(n):
+                self._unsaved.popleft()
+        for _ in range(len(batch.dead_letters)):
+            self._unsaved_dead.popleft()
+        if batch.last_seq:
+            self.last_seq = batch.last_seq
+        for name in batch.registers:
+            self.cursors.setdefault(name, 0)
+            self.active.add(name)
+        for name, seq in batch.acks.items():
+            self.cursors[name] = max(self.cursors.get(name, 0), seq)
+            if self._acks.get(name) == seq:
+                del self._acks[name]
+        self._registers = self._registers[len(batch.registers) :]
+        self.depth = max(0, self.depth + batch.depth_delta) if self.active else 0
+        self._dropped_here += batch.dropped
+        self.dead_letters += len(batch.dead_letters) + len(batch.unencodable)
+        if batch.samples:
+            self.store_full = batch.rejected
+        self.settled += n
+        self.commits += 1
+        self.committed_readings += len(batch.rows)
+        self.commit_seconds += elapsed
+        self._inserted_since_maintenance += len(batch.rows)
+        if maintenance:
+            self._inserted_since_maintenance = 0
+        if self.failure is not None and not self._unsaved:
+            log.warning("store recovered: commits succeed again (%s)", self.failure)
+            self.failure = None
+        self._measure()
+
+        remaining: list[Request] = []
+        for req in self._requests:
+            registered = isinstance(req, Register) and req.name in self.active
+            acked = isinstance(req, Ack) and req.name not in self._acks
+            if registered or acked:
+                assert isinstance(req, Register | Ack)
+                results.append((req.future, self.cursors[req.name]))
+            else:
+                remaining.append(req)
+        self._requests = remaining
+        still: list[Flush] = []
+        for flush in self._flushes:
+            if flush.target <= self.settled:
+                results.append((flush.future, self.last_seq))
+            else:
+                still.append(flush)
+        self._flushes = still
+        self._hand_over(Outcome(batch.readings, self.last_seq, results))
+
+    def _measure(self) -> None:
+        self.page_count = self._pragma("page_count")
+        self.used_pages = self.page_count - self._pragma("freelist_count")
+        floor = self._active_floor(self.cursors, self.active)
+        if floor is None:
+            self.oldest_unsent_ts = None
+        else:
+            row = self._conn.execute(
+                "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", (floor,)
+            ).fetchone()
+            self.oldest_unsent_ts = None if row is None else float(row[0])
+
+    def _used_bytes(self) -> int:
+        used = self._pragma("page_count") - self._pragma("freelist_count")
+        return used * self.page_size
+
+    def _pragma(self, name: str) -> int:
+        return int(self._conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+    def _failed(self, error: sqlite3.Error | OSError, batch: _Batch) -> None:
+        if schema.is_disk_full(error):
+            reason = "disk full"
+        elif isinstance(error, sqlite3.Error) and schema.is_corruption(error):
+            reason = f"database damaged ({error}); restart to move it aside"
+        elif isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+            reason = "database busy"
+        else:
+            reason = f"write failed: {error}"
+        if reason != self.failure:
+            log.error(
+                "store: commit of %d readings failed: %s; keeping them in memory and retrying",
+                len(batch.samples),
+                error,
+            )
+        self.failure = reason
+
+    def _check_free_space(self) -> None:
+        try:
+            st = os.statvfs(self.path.parent)
+        except OSError as e:
+            log.warning("store: cannot read free space of %s: %s", self.path.parent, e)
+            return
+        self.free_bytes = st.f_bavail * st.f_frsize
+        self.low_space = self.free_bytes < self.settings.min_free_bytes
+
+    def _notice_outside_changes(self) -> None:
+        """Re-read what the ``queue`` commands may have changed while we run."""
+        version = self._pragma("data_version")
+        if version == self._data_version:
+            return
+        self._data_version = version
+        on_disk = dict(self._conn.execute("SELECT name, seq FROM cursors"))
+        for name, seq in on_disk.items():
+            if name not in self.cursors:
+                self.cursors[name] = seq
+            elif seq < self.cursors[name]:
+                log.warning(
+                    "cursor %s was moved back to %d outside the gateway; "
+                    "the consumer resends from there after its next start",
+                    name,
+                    seq,
+                )
+        floor = self._active_floor(self.cursors, self.active)
+        self.depth = self._count_after(floor) if floor is not None else 0
+
+    def _hand_over(self, outcome: Outcome) -> None:
+        if self._loop is None or self._deliver is None:
+            return
+        try:
+            self._loop.call_soon_threadsafe(self._deliver, outcome)
+        except RuntimeError:
+            # The event loop is gone (the process is exiting without close()).
+            log.debug("store: event loop closed; %d readings not announced", len(outcome.readings))
+
+
+def _or_max(seq: int | None) -> int:
+    """A cursor for SQL comparisons; no consumer means nothing counts as unsent."""
+    return seq if seq is not None else 2**62
