@@ -1,0 +1,65 @@
+"""How long a transport waits before opening its port again, chosen by what went wrong."""
+
+from __future__ import annotations
+
+import enum
+import errno
+import random
+from dataclasses import dataclass, field
+
+
+class Fault(enum.Enum):
+    """Why the port is not open; each kind has its own retry policy."""
+
+    MISSING = "port missing"  # unplugged adapter, symlink gone: poll until it is back
+    DENIED = "permission denied"  # fixed by an operator, not by retrying fast
+    LOST = "connection lost"  # it was open and failed: the device is usually back soon
+    FAILED = "open failed"  # busy, refused settings, unknown: exponential backoff
+
+
+_MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.ENOTDIR})
+_DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
+
+
+def classify_open_error(exc: OSError | ValueError) -> Fault:
+    """The fault kind of an exception raised while opening a port."""
+    if isinstance(exc, OSError):
+        if exc.errno in _MISSING_ERRNOS:
+            return Fault.MISSING
+        if exc.errno in _DENIED_ERRNOS:
+            return Fault.DENIED
+    return Fault.FAILED
+
+
+@dataclass(slots=True)
+class Backoff:
+    """Capped exponential backoff with full jitter between ``minimum`` and the cap.
+
+    ``missing_poll`` is how often a missing port's path is tried again: often enough to
+    notice a replugged adapter within a second or so, never faster than ``minimum``.
+    """
+
+    minimum: float
+    maximum: float
+    missing_poll: float = 1.0
+    # Jitter spreads gateways that lost the same thing at once; it need not be secret.
+    rng: random.Random = field(default_factory=random.Random)
+    attempt: int = 0
+
+    def delay(self, fault: Fault) -> float:
+        """Seconds to wait after ``fault`` before the next open."""
+        if fault is Fault.MISSING:
+            return max(self.minimum, self.missing_poll)
+        if fault is Fault.DENIED:
+            return self.maximum
+        if fault is Fault.LOST:
+            # It worked until now: retry soon, and start the exponential series afresh.
+            self.attempt = 0
+            return self.minimum
+        cap = min(self.maximum, self.minimum * 2.0 ** min(self.attempt, 30))
+        self.attempt += 1
+        return self.rng.uniform(self.minimum, cap)
+
+    def reset(self) -> None:
+        """The port opened: the next failure starts from ``minimum`` again."""
+        self.attempt = 0

@@ -1,0 +1,218 @@
+"""The ``serial_line`` driver: a serial port feeding the line codec, reopened when it fails.
+
+The port is opened and closed in an executor (pyserial-asyncio-fast reads it on the
+loop without blocking). Each chunk read becomes one ``put_samples`` call. The
+connection is a small state machine::
+
+    starting ──open──► open ──I/O error──► waiting ──open──► open ...
+        │                                     ▲  │
+        └──────────open failed────────────────┘  └─(any state) cancel ──► stopped
+
+How long ``waiting`` lasts depends on the fault (see ``drivers.backoff``). The
+configured path is resolved at every open, so a ``/dev/serial/by-id/...`` symlink
+that disappears with an unplugged adapter and comes back pointing to another
+``ttyUSBn`` is followed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+
+import serial
+from serial_asyncio_fast import SerialTransport, connection_for_serial
+
+from drivers.backoff import Backoff, Fault, classify_open_error
+from drivers.line_codec import LineDecoder
+from gateway.errors import DriverError
+from gateway.interfaces import DeviceStatus, SampleSink
+from gateway.reading import DeadLetter
+from gateway.settings import DeviceSettings
+
+log = logging.getLogger(__name__)
+
+
+class _LineProtocol(asyncio.Protocol):
+    """Hands every chunk to the driver and resolves ``lost`` when the port closes."""
+
+    def __init__(self, on_data: Callable[[bytes], None]) -> None:
+        self._on_data = on_data
+        self.lost: asyncio.Future[Exception | None] = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self._on_data(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+class _RepeatFilter:
+    """Logs the first of a run of identical messages and counts the rest, so a port
+    that stays missing for a day writes two lines, not eighty thousand."""
+
+    def __init__(self, device: str) -> None:
+        self._device = device
+        self._last: str | None = None
+        self._repeats = 0
+
+    def report(self, level: int, message: str) -> None:
+        if message == self._last:
+            self._repeats += 1
+            return
+        self._summarise()
+        self._last = message
+        log.log(level, "%s: %s", self._device, message)
+
+    def clear(self) -> None:
+        self._summarise()
+        self._last = None
+
+    def _summarise(self) -> None:
+        if self._repeats:
+            log.info("%s: last message repeated %d more times", self._device, self._repeats)
+            self._repeats = 0
+
+
+class SerialLineDriver:
+    """Reads a line-oriented device on a serial port into a ``SampleSink``."""
+
+    def __init__(
+        self,
+        settings: DeviceSettings,
+        sink: SampleSink,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not settings.port:
+            raise DriverError(settings.id, "serial_line needs a port")
+        self.device_id = settings.id
+        self.settings = settings
+        self.status = DeviceStatus()
+        self.codec = LineDecoder.from_settings(settings)
+        # The device path the port was last opened on (the symlink resolved).
+        self.opened_path: str | None = None
+        self._sink = sink
+        self._backoff = backoff or Backoff(settings.reconnect_min, settings.reconnect_max)
+        self._clock = clock
+        self._faults = _RepeatFilter(settings.id)
+        # Dead letters per reason since the port opened; the first of each is logged.
+        self._dead_counts: dict[str, int] = {}
+
+    async def run(self) -> None:
+        try:
+            await self._run()
+        finally:
+            self.status.state = "stopped"
+
+    async def _run(self) -> None:
+        was_open = False
+        while True:
+            try:
+                transport, protocol = await self._open()
+            except (OSError, ValueError) as exc:
+                fault = classify_open_error(exc)
+                self._open_failed(fault, exc)
+            else:
+                if was_open:
+                    self.status.reconnects += 1
+                was_open = True
+                self._backoff.reset()
+                self._faults.clear()
+                self.status.state = "open"
+                log.info("%s: port open on %s", self.device_id, self.opened_path)
+                error = await self._read_until_closed(transport, protocol)
+                fault = Fault.LOST
+                self._closed(error)
+            self.status.state = "waiting"
+            await asyncio.sleep(self._backoff.delay(fault))
+
+    async def _open(self) -> tuple[SerialTransport, _LineProtocol]:
+        loop = asyncio.get_running_loop()
+        opening = loop.run_in_executor(None, self._open_port)
+        try:
+            port = await asyncio.shield(opening)
+        except asyncio.CancelledError:
+            # The open may still succeed in its thread; close that port when it does.
+            opening.add_done_callback(_close_if_opened)
+            raise
+        self.opened_path = port.port
+        protocol = _LineProtocol(self._on_data)
+        transport, _ = await connection_for_serial(loop, lambda: protocol, port)
+        return transport, protocol
+
+    def _open_port(self) -> serial.Serial:
+        """Runs in an executor: resolve the symlink now, then open and configure."""
+        return serial.Serial(
+            port=os.path.realpath(self.settings.port),
+            baudrate=self.settings.baudrate,
+            bytesize=self.settings.bytesize,
+            parity=self.settings.parity,
+            stopbits=self.settings.stopbits,
+            # A second reader on the same port would steal half the lines.
+            exclusive=True,
+        )
+
+    async def _read_until_closed(
+        self, transport: SerialTransport, protocol: _LineProtocol
+    ) -> Exception | None:
+        try:
+            return await asyncio.shield(protocol.lost)
+        except asyncio.CancelledError:
+            transport.abort()
+            # The transport closes the port in an executor; run() returns once it has.
+            await asyncio.shield(protocol.lost)
+            raise
+
+    def _on_data(self, data: bytes) -> None:
+        ts = self._clock()
+        out = self.codec.feed(data, ts)
+        if out.samples:
+            self._sink.put_samples(out.samples)
+            self.status.readings += len(out.samples)
+            self.status.last_reading_ts = ts
+        for dead in out.dead_letters:
+            self._dead_letter(dead)
+
+    def _dead_letter(self, dead: DeadLetter) -> None:
+        self._sink.put_dead_letter(dead)
+        self.status.errors += 1
+        self.status.last_error = dead.reason
+        seen = self._dead_counts.get(dead.reason, 0)
+        self._dead_counts[dead.reason] = seen + 1
+        if not seen:
+            log.warning(
+                "%s: dead letter (%s), kept with its raw bytes; more are counted",
+                self.device_id,
+                dead.reason,
+            )
+
+    def _closed(self, error: Exception | None) -> None:
+        tail = self.codec.reset(self._clock())
+        if tail is not None:
+            self._dead_letter(tail)
+        if self._dead_counts:
+            summary = ", ".join(f"{n} {reason}" for reason, n in self._dead_counts.items())
+            log.info("%s: dead letters while open: %s", self.device_id, summary)
+            self._dead_counts.clear()
+        message = f"{Fault.LOST.value} on {self.opened_path}: {error}"
+        self.status.errors += 1
+        self.status.last_error = message
+        self._faults.report(logging.WARNING, message)
+
+    def _open_failed(self, fault: Fault, exc: OSError | ValueError) -> None:
+        message = f"{fault.value}: {exc}"
+        if fault is Fault.DENIED:
+            message += " (is the gateway's user in the port's group, e.g. dialout?)"
+        self.status.errors += 1
+        self.status.last_error = message
+        self._faults.report(logging.ERROR if fault is Fault.DENIED else logging.WARNING, message)
+
+
+def _close_if_opened(opening: asyncio.Future[serial.Serial]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()

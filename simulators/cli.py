@@ -1,0 +1,99 @@
+"""``edge-gateway sim KIND --link PATH``: one simulated serial device until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+from simulators.pty_device import PtyDevice
+from simulators.sources import KINDS
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
+    return value
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text}")
+    return value
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Run one simulated serial device on a pseudo-terminal whose slave is symlinked at "
+        "--link; point a device's port at that path. Runs until SIGTERM or SIGINT."
+    )
+    p.add_argument("kind", choices=KINDS, help="thermo: t and h drifting; counter: n=1, 2, 3…")
+    p.add_argument("--link", type=Path, required=True, help="symlink to create for the device")
+    p.add_argument("--rate", type=_positive, default=1.0, help="lines per second (default 1)")
+    p.add_argument(
+        "--count", type=_count, help="stop writing after N lines (the device stays plugged in)"
+    )
+    p.add_argument(
+        "--garbage-every",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="after every N lines, write one line of binary garbage",
+    )
+    p.add_argument(
+        "--unplug-every",
+        type=_positive,
+        metavar="S",
+        help="unplug the device every S seconds (close the pty, remove the link)",
+    )
+    p.add_argument(
+        "--unplug-for",
+        type=_positive,
+        default=1.0,
+        metavar="S",
+        help="how long each unplug lasts before a new pty is linked (default 1)",
+    )
+    p.add_argument("--start", type=int, default=1, help="first n of the counter (default 1)")
+    p.add_argument("--seed", type=int, help="seed for the thermo drift and the garbage")
+
+
+def run(args: argparse.Namespace) -> int:
+    return asyncio.run(_run(args))
+
+
+async def _run(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        device = PtyDevice(
+            args.kind,
+            args.link,
+            rate=args.rate,
+            count=args.count,
+            garbage_every=args.garbage_every,
+            unplug_every=args.unplug_every or 0.0,
+            unplug_for=args.unplug_for,
+            start=args.start,
+            seed=args.seed,
+        )
+        async with device:
+            print(
+                f"simulated {args.kind} device on {device.slave_path}, linked at {args.link} "
+                f"({args.rate:g} lines/s)",
+                file=sys.stderr,
+                flush=True,
+            )
+            await stop.wait()
+    except OSError as exc:
+        print(f"edge-gateway sim: cannot create the device: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0
