@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Self
 
 from gateway.errors import DriverError
 from gateway.reading import DeadLetter, Sample, Value
@@ -116,7 +117,7 @@ class LineDecoder:
         self._discarding = False
 
     @classmethod
-    def from_settings(cls, settings: DeviceSettings) -> LineDecoder:
+    def from_settings(cls, settings: DeviceSettings) -> Self:
         return cls(
             settings.id,
             settings.format,

@@ -91,9 +91,7 @@ class PtyDevice:
         self.slave_path: str | None = None
         self._master: int | None = None
         self._slave: int | None = None
-        self._running = asyncio.Event()
-        if not paused:
-            self._running.set()
+        self._paused = paused
         self._wake = asyncio.Event()
         self._injections: deque[bytes] = deque()
         self._port_lock = asyncio.Lock()
@@ -133,10 +131,11 @@ class PtyDevice:
         self._close_pty()
 
     def pause(self) -> None:
-        self._running.clear()
+        """Stop producing lines (injected bytes are still written)."""
+        self._paused = True
 
     def resume(self) -> None:
-        self._running.set()
+        self._paused = False
         self._wake.set()
 
     def inject(self, data: bytes) -> None:
@@ -217,15 +216,14 @@ class PtyDevice:
         base_time = loop.time()
         base_lines = 0  # lines generated since base_time
         while True:
-            if not self._running.is_set():
-                await self._running.wait()
-                base_time, base_lines = loop.time(), 0
             if self._injections and self._master is not None:
                 async with self._port_lock:
-                    await self._send(self._injections.popleft(), "raw")
+                    if self._master is not None:  # not unplugged while waiting for the lock
+                        await self._send(self._injections.popleft(), "raw")
                 continue
-            if self.finished:
+            if self._paused or self.finished:
                 await self._wait_wake(None)
+                base_time, base_lines = loop.time(), 0
                 continue
             due = math.floor((loop.time() - base_time) * self.rate) - base_lines
             if due <= 0:
@@ -253,10 +251,10 @@ class PtyDevice:
                 lines = []
         if lines:
             segments.append((b"".join(lines), "lines"))
-        if self._master is None:
-            self.lines_lost += n
-            return
         async with self._port_lock:
+            if self._master is None:
+                self.lines_lost += n
+                return
             for data, payload in segments:
                 await self._send(data, payload)
 
