@@ -67,7 +67,7 @@ class Ingress:
     def put_samples(self, samples: Sequence[Sample]) -> bool:
         """Queue samples; False (and counted) when the writer is too far behind."""
         n = len(samples)
-        if self.submitted - self.taken + n > self.max_pending:
+        if self.submitted - self.taken >= self.max_pending:
             self.rejected += n
             return False
         self.submitted += n

@@ -290,7 +290,9 @@ class Writer:
             try:
                 self._transaction(batch, maintenance)
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite has already rolled back after some errors (a full disk).
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
             self._conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:

@@ -1,0 +1,204 @@
+"""Faults the store survives: a full disk, a damaged file, a kill -9."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gateway.reading import Sample, encode
+from gateway.settings import StoreSettings
+from gateway.store import Store, writer
+from tests.fixtures.common import wait_until
+from tests.test_store_support import opened, sample
+
+
+def _values(payloads: list[bytes]) -> list[float]:
+    return [json.loads(p)["value"] for p in payloads]
+
+
+async def _fill_until_full(store: Store) -> int:
+    """Put readings until a commit fails for lack of room; returns how many were put."""
+    put = 0
+    while store.health_reason is None:
+        store.put_samples([sample(put + i) for i in range(200)])
+        put += 200
+        await asyncio.sleep(0.01)  # let the writer try; nothing to wait on, failing is the point
+    assert store.health_reason == "disk full"
+    return put
+
+
+async def test_page_cap_full_keeps_readings_in_memory_and_recovers(tmp_path: Path) -> None:
+    async with opened(tmp_path, max_page_count=100, history=0.0, startup_grace=0.0) as store:
+        await store.register_consumer("mqtt")
+        put = await _fill_until_full(store)
+        stats = store.stats()
+        assert stats.last_seq < put
+        assert stats.degraded == "disk full"
+        # The consumer catches up; retention frees pages and the buffer drains itself.
+        await store.ack("mqtt", stats.last_seq)
+        await wait_until(lambda: store.last_seq == put, message="buffered readings committed")
+        await wait_until(lambda: store.health_reason is None, message="recovery")
+        assert store.stats().dropped == 0
+        remaining = await store.read_after(stats.last_seq, put)
+        assert [r.seq for r in remaining] == list(range(stats.last_seq + 1, put + 1))
+
+
+@pytest.mark.parametrize("overflow", ["drop_oldest", "reject_new"])
+async def test_full_buffer_drops_by_policy_and_counts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, overflow: str
+) -> None:
+    monkeypatch.setattr(writer, "MAX_UNSAVED", 1000)
+    async with opened(
+        tmp_path, max_page_count=60, history=0.0, startup_grace=0.0, overflow=overflow
+    ) as store:
+        await store.register_consumer("mqtt")
+        put = await _fill_until_full(store)
+        committed = store.last_seq
+        store.put_samples([sample(put + i) for i in range(3000)])
+        put += 3000
+        await wait_until(lambda: store.stats().dropped > 0, message="drops counted")
+        await store.ack("mqtt", committed)
+        await wait_until(
+            lambda: store.last_seq + store.stats().dropped == put, message="every sample accounted"
+        )
+        after = _values([r.payload for r in await store.read_after(committed, put)])
+        kept = sorted(after)
+        assert after == kept
+        if overflow == "drop_oldest":
+            assert after[-1] == pytest.approx(20.0 + (put - 1) / 10)  # the newest survive
+        else:
+            assert after[0] == pytest.approx(20.0 + committed / 10)  # the oldest survive
+
+
+@contextlib.contextmanager
+def _tiny_filesystem(where: Path) -> Iterator[Path]:
+    where.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], check=True)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=True)
+
+
+def _fill_filesystem(path: Path) -> Path:
+    filler = path / "filler"
+    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * 4096)
+    return filler
+
+
+async def test_real_full_filesystem_degrades_then_recovers(tmp_path: Path) -> None:
+    with _tiny_filesystem(tmp_path / "fs") as fs:
+        async with opened(fs, min_free_bytes=0) as store:
+            store.put_samples([sample(i) for i in range(10)])
+            await store.flush()
+            filler = _fill_filesystem(fs)
+            store.put_samples([sample(i) for i in range(5000)])
+            await wait_until(lambda: store.health_reason == "disk full", message="disk full")
+            assert store.last_seq < 5010
+            filler.unlink()
+            await wait_until(lambda: store.last_seq == 5010, message="buffer committed")
+            await wait_until(lambda: store.health_reason is None, message="recovery")
+            assert store.stats().dropped == 0
+        async with opened(fs) as store:
+            assert [r.seq for r in await store.read_after(0, 10_000)] == list(range(1, 5011))
+
+
+async def test_low_free_space_is_reported(tmp_path: Path) -> None:
+    async with opened(tmp_path, min_free_bytes=2**62) as store:
+        store.put_samples([sample(1)])
+        await store.flush()
+        assert store.health_reason is not None
+        assert store.health_reason.startswith("low disk space")
+        assert store.free_bytes is not None
+        assert store.free_bytes > 0
+
+
+@pytest.mark.parametrize("damage_at", [0, 4096])
+async def test_damaged_file_is_moved_aside_and_seqs_go_on(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, damage_at: int
+) -> None:
+    async with opened(tmp_path) as store:
+        store.put_samples([sample(i) for i in range(10)])
+        await store.flush()
+    db = tmp_path / "readings.db"
+    with db.open("r+b") as f:
+        f.seek(damage_at)
+        f.write(os.urandom(4096))
+    damaged = db.read_bytes()
+    with caplog.at_level(logging.ERROR, logger="gateway.store"):
+        async with opened(tmp_path) as store:
+            store.put_samples([sample(0)])
+            new_seq = await store.flush()
+    assert new_seq > 10
+    [aside] = list(tmp_path.glob("readings.db.corrupt-*"))
+    assert aside.read_bytes() == damaged
+    assert any("damaged" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
+
+
+CRASHING_WRITER = """
+import asyncio, sys
+from pathlib import Path
+from gateway.reading import Sample
+from gateway.settings import StoreSettings
+from gateway.store import Store
+
+async def main() -> None:
+    settings = StoreSettings(durability="full", max_age=0.0, history=1e10)
+    store = await Store.open(Path(sys.argv[1]) / "readings.db", settings)
+    i = 0
+    while True:
+        store.put_samples([Sample("d", "t", float(i + k), 1.7e9 + i + k) for k in range(7)])
+        i += 7
+        print(await store.flush(), flush=True)
+
+asyncio.run(main())
+"""
+
+
+def _expected(seq: int) -> bytes:
+    i = seq - 1
+    return encode(seq, Sample("d", "t", float(i), 1.7e9 + i))
+
+
+async def test_kill_9_loses_nothing_reported_committed(tmp_path: Path) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        CRASHING_WRITER,
+        str(tmp_path),
+        stdout=asyncio.subprocess.PIPE,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.stdout is not None
+    reported = 0
+    async with asyncio.timeout(60):
+        while reported < 2000:
+            line = await proc.stdout.readline()
+            assert line, "the writer process ended early"
+            reported = int(line)
+    proc.send_signal(signal.SIGKILL)
+    await proc.wait()
+    settings = StoreSettings(max_age=0.0, history=1e10)
+    store = await Store.open(tmp_path / "readings.db", settings)
+    try:
+        assert store.last_seq >= reported
+        stored = await store.read_after(0, store.last_seq + 1)
+        assert [r.seq for r in stored] == list(range(1, store.last_seq + 1))
+        assert all(r.payload == _expected(r.seq) for r in stored)
+        old_last = store.last_seq
+        store.put_samples([sample(0)])
+        assert await store.flush() == old_last + 1
+    finally:
+        await store.close()
