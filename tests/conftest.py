@@ -2,4 +2,6 @@
 
 pytest_plugins = [
     "tests.fixtures.common",
+    "tests.fixtures.mosquitto",
+    "tests.fixtures.tcp_proxy",
 ]

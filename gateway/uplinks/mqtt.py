@@ -1,0 +1,337 @@
+"""The MQTT uplink: delivers the reading log to a broker, at least once.
+
+One consumer of the log (durable cursor = the uplink's name). It reads after
+the cursor, publishes per-device telemetry messages at QoS 1 in a bounded
+window, and moves the cursor only over readings the broker acknowledged with a
+success code (or refused for good, see below), in seq order. On any
+disconnect it re-reads from the cursor: duplicates are possible, loss is not.
+
+The connection is an explicit state machine:
+``connecting -> connected -> backoff -> connecting ...``, ``stopped`` at the end,
+with capped exponential backoff and jitter chosen by the kind of failure.
+``docs/mqtt.md`` describes topics, payloads, reason codes and TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import random
+import time
+from concurrent.futures import Executor, ThreadPoolExecutor
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.errors import StoreError, UplinkError
+from gateway.interfaces import ReadingLog, SampleSink, UplinkStatus
+from gateway.reading import DeadLetter
+from gateway.settings import MqttSettings
+from gateway.uplinks.backoff import Backoff, FailureKind, retry_delay
+from gateway.uplinks.batching import MQTT_MAX_PACKET, Batch, TelemetryMessage, TelemetryPlanner
+from gateway.uplinks.broker import BrokerAddress, load_credentials
+from gateway.uplinks.paho_async import ConnectOptions, MqttConnection, MqttFailure
+from gateway.uplinks.rate import TokenBucket
+from gateway.uplinks.window import InFlightWindow
+
+log = logging.getLogger(__name__)
+
+# PUBACK codes that will not change however often the same message is sent.
+REFUSED_FOR_GOOD = frozenset({0x90, 0x95, 0x99})  # topic invalid, too large, bad payload
+NOT_AUTHORIZED = 0x87
+CONNECT_TIMEOUT = 10.0
+
+
+class MqttUplink:
+    """Implements ``gateway.interfaces.Uplink`` over MQTT 5 or 3.1.1.
+
+    ``dead_letters``: where readings the broker refuses for good go (the
+    store). Without it such readings are retried like any other failure, so
+    they are never lost, but they hold the cursor back until the broker
+    accepts them.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        gateway_id: str,
+        log: ReadingLog,
+        name: str = "mqtt",
+        dead_letters: SampleSink | None = None,
+    ) -> None:
+        self.name = name
+        self.status = UplinkStatus()
+        self.settings = settings
+        self.gateway_id = gateway_id
+        self.log = log
+        self.dead_letters = dead_letters
+        try:
+            self.address = BrokerAddress.parse(settings.url)
+        except ValueError as err:
+            raise UplinkError(name, f"url: {err}") from err
+        self.client_id = settings.client_id or f"edge-gateway-{gateway_id}"
+        self.status_topic = f"{settings.topic_prefix}/{gateway_id}/status"
+        self._planner = TelemetryPlanner(gateway_id, settings.topic_prefix, settings.batch_max)
+        self._rate = (
+            TokenBucket(settings.max_messages_per_second)
+            if settings.max_messages_per_second > 0
+            else None
+        )
+        self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
+        # Highest seq below which everything is resolved (may be ahead of the
+        # durable cursor while an ack to the log is under way).
+        self._confirmed = 0
+        self._ack_wanted = asyncio.Event()
+
+    async def run(self) -> None:
+        self._confirmed = await self.log.register_consumer(self.name)
+        self.status.acked_seq = self._confirmed
+        self.status.disconnected_since = time.time()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-connect")
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._ack_loop(), name=f"{self.name}-ack")
+                await self._connect_loop(executor)
+        finally:
+            executor.shutdown(wait=False)
+            self.status.state = "stopped"
+            await self._ack_now()
+
+    # Connection state machine.
+
+    async def _connect_loop(self, executor: Executor) -> None:
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max, self._rng)
+        while True:
+            self.status.state = "connecting"
+            try:
+                connection = await self._open(executor)
+            except MqttFailure as refused:
+                failure = refused
+            else:
+                backoff.reset()
+                failure = await self._session(connection)
+            self._record_error(str(failure))
+            delay = backoff.next_delay(failure.kind)
+            self.status.state = "backoff"
+            log.info("%s: next connection attempt in %.1fs", self.name, delay)
+            await asyncio.sleep(delay)
+
+    async def _open(self, executor: Executor) -> MqttConnection:
+        settings = self.settings
+        try:
+            credentials = await asyncio.to_thread(load_credentials, settings, self.address.tls)
+        except (OSError, ValueError) as err:
+            message = f"cannot load credentials or certificates: {err}"
+            raise MqttFailure(self.name, message, FailureKind.REJECTED) from err
+        options = ConnectOptions(
+            address=self.address,
+            client_id=self.client_id,
+            protocol=mqtt.MQTTv311 if settings.protocol == "3.1.1" else mqtt.MQTTv5,
+            keepalive=settings.keepalive,
+            username=settings.username,
+            password=credentials.password,
+            ssl_context=credentials.ssl_context,
+            tls_insecure=settings.tls_insecure,
+            will_topic=self.status_topic,
+            will_payload=self._status_payload("offline", with_time=False),
+            # One more than the window: the status message shares the connection.
+            max_inflight=settings.max_inflight + 1,
+            connect_timeout=CONNECT_TIMEOUT,
+        )
+        return await MqttConnection.open(self.name, options, executor)
+
+    async def _session(self, connection: MqttConnection) -> MqttFailure:
+        """Deliver over ``connection`` until it is lost; return why it was."""
+        self.status.state = "connected"
+        self.status.connected_since = time.time()
+        self.status.disconnected_since = None
+        log.info("%s: connected to %s", self.name, self.settings.url)
+        limit = self.settings.max_inflight
+        if connection.receive_maximum is not None:
+            limit = min(limit, max(1, connection.receive_maximum - 1))
+        self._planner.max_packet = connection.maximum_packet_size or MQTT_MAX_PACKET
+        window = InFlightWindow(self._confirmed, limit)
+        failure: MqttFailure | None = None
+        try:
+            status = connection.publish(
+                self.status_topic, self._status_payload("online"), retain=True
+            )
+            status.add_done_callback(self._on_status_ack)
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(connection.run(), name=f"{self.name}-keepalive")
+                    tg.create_task(self._deliver(connection, window), name=f"{self.name}-deliver")
+                    tg.create_task(self._resend(connection, window), name=f"{self.name}-resend")
+            except* MqttFailure as group:
+                failure = _first_failure(group)
+        except asyncio.CancelledError:
+            await connection.close((self.status_topic, self._status_payload("offline")))
+            raise
+        finally:
+            window.close()
+            connection.abort()
+            self.status.in_flight = 0
+            self.status.connected_since = None
+            self.status.disconnected_since = time.time()
+        if failure is None:
+            raise UplinkError(self.name, "delivery ended without a failure")
+        return failure
+
+    # Delivery.
+
+    async def _deliver(self, connection: MqttConnection, window: InFlightWindow) -> None:
+        batch_max = self.settings.batch_max
+        while True:
+            await window.wait_for_room()
+            if self.log.last_seq <= window.read_pos:
+                await self.log.wait_beyond(window.read_pos)
+            # Waiting for a token before reading lets readings pile up, so under
+            # a message rate cap each message carries more readings.
+            if self._rate is not None:
+                await self._rate.acquire()
+            last_seq = self.log.last_seq
+            try:
+                readings = await self.log.read_after(window.read_pos, batch_max * window.room)
+            except StoreError as err:
+                self._record_error(f"reading the store failed: {err}")
+                await asyncio.sleep(self.settings.reconnect_min)
+                continue
+            # An empty read means the readings up to last_seq were dropped from
+            # the log (bounds): nothing to send, the cursor may pass them.
+            batch = Batch(readings[-1].seq if readings else last_seq, 0)
+            messages = self._planner.plan(readings, batch)
+            window.read_pos = batch.last_seq
+            if window.acks.add(batch):
+                self._confirm(window.acks.confirmed)
+            for index, message in enumerate(messages):
+                if index:
+                    await window.wait_for_room()
+                    if self._rate is not None:
+                        await self._rate.acquire()
+                window.in_flight += 1
+                self.status.in_flight = window.in_flight
+                message.first_sent = time.monotonic()
+                self._send(connection, window, message)
+
+    async def _resend(self, connection: MqttConnection, window: InFlightWindow) -> None:
+        while True:
+            message = await window.retry_ready.get()
+            if self._rate is not None:
+                await self._rate.acquire()
+            self._send(connection, window, message)
+
+    def _send(
+        self, connection: MqttConnection, window: InFlightWindow, message: TelemetryMessage
+    ) -> None:
+        try:
+            future = connection.publish(message.topic, message.payload)
+        except ValueError as err:
+            # paho refuses the topic (a device id with MQTT wildcards) or the size.
+            self._failed(window, message, f"cannot publish to {message.topic!r}: {err}", True)
+            return
+        future.add_done_callback(functools.partial(self._on_puback, window, message))
+
+    def _on_puback(
+        self,
+        window: InFlightWindow,
+        message: TelemetryMessage,
+        future: asyncio.Future[ReasonCode],
+    ) -> None:
+        if future.cancelled() or window.closed:
+            return  # connection lost: everything unresolved is re-read from the cursor
+        reason = future.result()
+        if not reason.is_failure:
+            status = self.status
+            status.published_messages += 1
+            status.published_readings += message.count
+            if message.first_sent is not None:
+                status.publish_latency.observe(time.monotonic() - message.first_sent)
+            self._resolve(window, message)
+            return
+        code = reason.value
+        text = f"broker refused {message.topic}: {reason} ({code:#04x})"
+        self._failed(window, message, text, code in REFUSED_FOR_GOOD, code == NOT_AUTHORIZED)
+
+    def _failed(
+        self,
+        window: InFlightWindow,
+        message: TelemetryMessage,
+        reason: str,
+        for_good: bool,
+        not_authorized: bool = False,
+    ) -> None:
+        """Dead-letter a message refused for good, else send it again after a delay."""
+        if for_good and self.dead_letters is not None:
+            now = time.time()
+            for reading in message.readings:
+                letter = DeadLetter(message.device, f"{self.name}: {reason}", reading.payload, now)
+                self.dead_letters.put_dead_letter(letter)
+            self.status.refused += message.count
+            self._record_error(f"{reason}; {message.count} readings sent to the dead letters")
+            self._resolve(window, message)
+            return
+        self._record_error(reason)
+        kind = FailureKind.REJECTED if for_good or not_authorized else FailureKind.NETWORK
+        settings = self.settings
+        delay = retry_delay(
+            kind, message.failures, settings.reconnect_min, settings.reconnect_max, self._rng
+        )
+        message.failures += 1
+        window.retry_later(delay, message)
+
+    def _resolve(self, window: InFlightWindow, message: TelemetryMessage) -> None:
+        if window.resolved(message):
+            self._confirm(window.acks.confirmed)
+        self.status.in_flight = window.in_flight
+
+    # The durable cursor.
+
+    def _confirm(self, seq: int) -> None:
+        self._confirmed = seq
+        self._ack_wanted.set()
+
+    async def _ack_loop(self) -> None:
+        """Moves the durable cursor; PUBACKs that arrive during a commit are coalesced."""
+        while True:
+            await self._ack_wanted.wait()
+            self._ack_wanted.clear()
+            await self._ack_now()
+
+    async def _ack_now(self) -> None:
+        target = self._confirmed
+        if target <= self.status.acked_seq:
+            return
+        try:
+            await self.log.ack(self.name, target)
+        except StoreError as err:
+            self._record_error(f"moving the cursor failed: {err}")
+            return
+        self.status.acked_seq = max(self.status.acked_seq, target)
+
+    # Status.
+
+    def _status_payload(self, state: str, *, with_time: bool = True) -> bytes:
+        body: dict[str, object] = {"gateway": self.gateway_id, "state": state}
+        if with_time:
+            body["ts"] = time.time()
+        return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+
+    def _on_status_ack(self, future: asyncio.Future[ReasonCode]) -> None:
+        if not future.cancelled() and future.result().is_failure:
+            self._record_error(f"broker refused the status message: {future.result()}")
+
+    def _record_error(self, message: str) -> None:
+        self.status.errors += 1
+        self.status.last_error = message
+        log.warning("%s: %s", self.name, message)
+
+
+def _first_failure(group: BaseExceptionGroup[MqttFailure]) -> MqttFailure:
+    for error in group.exceptions:
+        if isinstance(error, MqttFailure):
+            return error
+        if isinstance(error, BaseExceptionGroup):
+            return _first_failure(error)
+    raise group
