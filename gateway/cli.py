@@ -99,7 +99,7 @@ def build_parser(command: str | None) -> tuple[argparse.ArgumentParser, Run | No
         parents=[debug],
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
     run: Run | None = None
     for name, command_info in COMMANDS.items():
         sub = subparsers.add_parser(

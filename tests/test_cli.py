@@ -1,0 +1,193 @@
+"""The edge-gateway command: exit codes, one clear line per error, never a traceback."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway import __version__, cli
+from gateway.config import BAUDRATES
+from gateway.errors import StoreError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+BAD_CONFIG = """\
+[gateway]
+id = "gw 1"
+
+[[devices]]
+id = "thermo-1"
+driver = "serial_line"
+port = "/dev/ttyUSB0"
+
+[[devices]]
+id = "thermo-2"
+driver = "serial_line"
+port = "/dev/ttyUSB1"
+baudrate = 9601
+prot = "x"
+"""
+
+BAD_CONFIG_LINES = [
+    'edge-gateway: gateway.id: must be 1 to 64 letters, digits, ".", "_" or "-", '
+    'starting with a letter or digit (got "gw 1")',
+    "edge-gateway: devices[1].baudrate: must be one of "
+    + ", ".join(str(b) for b in BAUDRATES)
+    + " (got 9601)",
+    'edge-gateway: devices[1].prot: unknown key (did you mean "port"?)',
+]
+
+
+def edge_gateway(*args: str | Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+
+
+@pytest.fixture
+def bad_config(tmp_path: Path) -> Path:
+    path = tmp_path / "bad.toml"
+    path.write_text(BAD_CONFIG, encoding="utf-8")
+    return path
+
+
+def test_check_config_accepts_the_example() -> None:
+    result = edge_gateway("check-config", "-c", "examples/gateway.toml")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == ""
+    assert result.stdout == (
+        "examples/gateway.toml: valid; gateway gw-001, 2 device(s): thermo-1, "
+        "power-meter (disabled); uplinks: mqtt mqtt://127.0.0.1:1883; "
+        "local server: 127.0.0.1:8080\n"
+    )
+
+
+def test_check_config_names_every_bad_key_and_exits_2(bad_config: Path) -> None:
+    result = edge_gateway("check-config", "-c", bad_config)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    assert result.stderr.splitlines() == BAD_CONFIG_LINES
+
+
+def test_run_with_a_bad_file_exits_2_with_the_same_lines(bad_config: Path) -> None:
+    result = edge_gateway("run", "--config", bad_config)
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == BAD_CONFIG_LINES
+
+
+def test_toml_syntax_error_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "broken.toml"
+    path.write_text('[gateway]\nid = "gw"\n[[devices]\n', encoding="utf-8")
+    result = edge_gateway("check-config", "-c", path)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert line.startswith(f"edge-gateway: {path}: invalid TOML at line 3, column ")
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_file_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "absent.toml"
+    result = edge_gateway("check-config", "-c", path)
+    assert result.returncode == 2
+    assert result.stderr == f"edge-gateway: {path}: cannot read: No such file or directory\n"
+
+
+def test_version() -> None:
+    result = edge_gateway("--version")
+    assert result.returncode == 0
+    assert result.stdout == f"edge-gateway {__version__}\n"
+
+
+def test_help_lists_every_command() -> None:
+    result = edge_gateway("--help")
+    assert result.returncode == 0
+    for command in ("run", "check-config", "demo", "sim", "queue"):
+        assert re.search(rf"^ +{command}\b", result.stdout, re.MULTILINE), command
+    assert "exit codes" in result.stdout
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_command_help(command: str) -> None:
+    result = edge_gateway(command, "--help")
+    assert result.returncode == 0
+    assert "-c FILE, --config FILE" in result.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        ((), "a command is required"),
+        (("check-config",), "the following arguments are required: -c/--config"),
+        (("frobnicate",), "invalid choice: 'frobnicate'"),
+        (("--verbose",), "unrecognized arguments: --verbose"),
+        (("run", "-c", "x.toml", "--log-level", "LOUD"), "invalid choice: 'LOUD'"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], message: str) -> None:
+    result = edge_gateway(*args)
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: edge-gateway")
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# What escapes a command: main() is called in this process, with a command
+# that raises, because no real command fails on purpose.
+
+
+def install_command(monkeypatch: pytest.MonkeyPatch, error: BaseException) -> None:
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("-c", "--config")
+
+    def failing(args: argparse.Namespace) -> int:
+        raise error
+
+    monkeypatch.setitem(cli._LOCAL, "check-config", (configure, failing))
+
+
+def test_gateway_error_is_one_line_with_its_exit_code(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_command(monkeypatch, StoreError("database is locked"))
+    assert cli.main(["check-config"]) == 1
+    assert capsys.readouterr().err == "edge-gateway: database is locked\n"
+
+
+def test_unexpected_error_is_one_line_and_a_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_command(monkeypatch, RuntimeError("something broke"))
+    assert cli.main(["check-config"]) == 1
+    assert capsys.readouterr().err.splitlines() == [
+        "edge-gateway: unexpected error: RuntimeError: something broke",
+        "edge-gateway: run with --debug for the traceback",
+    ]
+
+
+@pytest.mark.parametrize("argv", [["--debug", "check-config"], ["check-config", "--debug"]])
+def test_debug_shows_the_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    install_command(monkeypatch, RuntimeError("something broke"))
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("Traceback (most recent call last):")
+    assert err.endswith("RuntimeError: something broke\n")
+
+
+def test_interrupt_exits_130_quietly(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    install_command(monkeypatch, KeyboardInterrupt())
+    assert cli.main(["check-config"]) == 130
+    assert capsys.readouterr() == ("", "")
