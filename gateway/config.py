@@ -33,6 +33,7 @@ from gateway.settings import (
     StoreSettings,
     UplinkSettings,
 )
+from gateway.uplinks.broker import BrokerAddress
 
 # Standard serial speeds that USB adapters and UARTs on small boards support.
 BAUDRATES = (300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
@@ -46,8 +47,6 @@ ID_RULE = 'must be 1 to 64 letters, digits, ".", "_" or "-", starting with a let
 MIN_TOKEN_LENGTH = 16
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-BROKER_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
 
 _SIZE_UNITS = {
     "": 1,
@@ -133,52 +132,6 @@ def parse_duration(value: object) -> float:
     if match is None:
         raise ValueError(DURATION_RULE)
     return float(Decimal(match[1]) * _DURATION_UNITS[match[2]])
-
-
-@dataclass(frozen=True, slots=True)
-class BrokerUrl:
-    """A broker address split into what an MQTT client needs."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str  # WebSocket path; "" for plain MQTT
-
-    @property
-    def tls(self) -> bool:
-        return self.scheme in ("mqtts", "wss")
-
-    @property
-    def websocket(self) -> bool:
-        return self.scheme in ("ws", "wss")
-
-
-def parse_broker_url(url: str) -> BrokerUrl:
-    """Split ``mqtt[s]://host[:port]`` or ``ws[s]://host[:port][/path]``; ``ValueError`` if bad."""
-    parts = urlsplit(url)
-    if parts.scheme not in BROKER_PORTS:
-        raise ValueError(f"scheme must be one of {_one_of(BROKER_PORTS)} (got {url!r})")
-    if not parts.hostname:
-        raise ValueError(f"has no host (got {url!r})")
-    if parts.username is not None or parts.password is not None:
-        raise ValueError("must not hold credentials; use username and password or password_file")
-    if parts.query or parts.fragment:
-        raise ValueError("must not have a query or fragment")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError(f"has an invalid port (got {url!r})") from None
-    if port == 0:
-        raise ValueError(f"has an invalid port (got {url!r})")
-    path = parts.path
-    if parts.scheme in ("mqtt", "mqtts"):
-        if path not in ("", "/"):
-            raise ValueError(f"must not have a path with {parts.scheme}:// (got {url!r})")
-        path = ""
-    elif not path:
-        # The path most brokers serve MQTT over WebSocket on.
-        path = "/mqtt"
-    return BrokerUrl(parts.scheme, parts.hostname, port or BROKER_PORTS[parts.scheme], path)
 
 
 _LISTEN_V6 = re.compile(r"\[([^\]]+)\]:(\d{1,5})")
@@ -386,6 +339,24 @@ def _token(value: object) -> str:
     if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
         raise _Invalid(f"must be at least {MIN_TOKEN_LENGTH} characters, without spaces")
     return token
+
+
+def _broker_url(value: object) -> str:
+    url = _string(value)
+    try:
+        address = BrokerAddress.parse(url)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise _Invalid("must not hold credentials; use username and password or password_file")
+    if parts.port == 0:
+        raise _Invalid(f"has port 0 (got {url!r})")
+    if parts.fragment:
+        raise _Invalid(f"must not have a fragment (got {url!r})")
+    if address.transport == "tcp" and (parts.path not in ("", "/") or parts.query):
+        raise _Invalid(f"must not have a path with {parts.scheme}:// (got {url!r})")
+    return url
 
 
 def _checked(check: Callable[[str], object]) -> Convert:
@@ -617,7 +588,7 @@ class _Parser:
 
     def mqtt(self, data: object) -> MqttSettings:
         spec: dict[str, Convert] = {
-            "url": _checked(parse_broker_url),
+            "url": _broker_url,
             "topic_prefix": _topic_prefix,
             "client_id": _string,
             "protocol": _choice(("5", "3.1.1")),
@@ -637,7 +608,7 @@ class _Parser:
         }
         section = self.section(data, "uplink.mqtt", spec)
         mqtt = MqttSettings(**section.values)
-        if section.ok("url") and not parse_broker_url(mqtt.url).tls:
+        if section.ok("url") and not BrokerAddress.parse(mqtt.url).tls:
             for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):
                 if section.values.get(key):
                     self.problem(section.key(key), 'only used with "mqtts://" or "wss://" urls')
