@@ -14,8 +14,9 @@ pulled), removes the link, and replugging makes a new pty and points the link at
 Lines are never cut: a write in progress is completed first, then the device waits
 (up to ``UNPLUG_GRACE``) for the reader to take what is buffered. Lines due while
 unplugged are counted in ``lines_lost`` and the counter keeps counting, so a reader
-sees a gap, as with real hardware. A write that could not complete within the grace
-period (nobody reading) is abandoned with the pty; no reader saw its end.
+sees a gap, as with real hardware. When nobody reads (nothing taken for ``STALL``
+seconds) the device does not wait: the buffered bytes and a write that could not
+complete are dropped with the pty, and no reader saw any of them.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ UNPLUG_GRACE = 1.0
 TICK = 0.005
 # While blocked on a full buffer, how often to look for an unplug request.
 BLOCKED_POLL = 0.05
+# A reader that took nothing for this long is not reading (see unplug).
+STALL = 0.2
 
 
 class PtyDevice:
@@ -188,18 +191,26 @@ class PtyDevice:
         self._master = self._slave = None
 
     async def _wait_drained(self) -> None:
-        """Wait until the reader has taken every byte written (or the grace runs out).
+        """Wait until the reader has taken every byte written.
 
         Written bytes reach the slave's input queue a moment after write() returns,
-        so the queue must read empty twice in a row.
+        so the queue must read empty twice in a row. A queue that does not shrink for
+        ``STALL`` seconds has no reader; waiting longer would only delay the unplug.
         """
         assert self._slave is not None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + UNPLUG_GRACE
+        last_change = loop.time()
         empty_in_a_row = 0
+        previous = -1
         pending = array.array("i", [0])
-        while empty_in_a_row < 2 and loop.time() < deadline:
+        while empty_in_a_row < 2:
+            now = loop.time()
+            if now > deadline or now - last_change > STALL:
+                return
             fcntl.ioctl(self._slave, termios.FIONREAD, pending)
+            if pending[0] != previous:
+                previous, last_change = pending[0], now
             empty_in_a_row = empty_in_a_row + 1 if pending[0] == 0 else 0
             await asyncio.sleep(TICK)
 
@@ -271,7 +282,7 @@ class PtyDevice:
             except BlockingIOError:
                 now = loop.time()
                 blocked_since = blocked_since if blocked_since is not None else now
-                if self._unplugging and now - blocked_since > UNPLUG_GRACE:
+                if self._unplugging and now - blocked_since > STALL:
                     return
                 await _writable(self._master, BLOCKED_POLL)
                 continue

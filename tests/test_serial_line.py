@@ -18,7 +18,7 @@ from drivers.backoff import Backoff
 from drivers.line_codec import REASON_NUL, REASON_TOO_LONG, REASON_UTF8, Decoded, LineDecoder
 from drivers.serial_line import SerialLineDriver
 from gateway.errors import DriverError
-from gateway.reading import DeadLetter, Sample, Value
+from gateway.reading import DeadLetter, Sample
 from gateway.settings import DeviceSettings
 from simulators import PtyDevice
 from tests.fixtures.common import wait_until
@@ -41,8 +41,9 @@ class ListSink:
     def put_dead_letter(self, dead_letter: DeadLetter) -> None:
         self.dead.append(dead_letter)
 
-    def values(self, sensor: str = "n") -> list[Value]:
-        return [s.value for s in self.samples if s.sensor == sensor]
+    def counts(self) -> list[int]:
+        """The counter device's ``n`` values, in the order received."""
+        return [int(s.value) for s in self.samples if s.sensor == "n"]
 
 
 class WatchedDecoder(LineDecoder):
@@ -85,7 +86,7 @@ async def test_every_line_arrives_once_in_order(tmp_path: Path) -> None:
             await wait_until(lambda: is_open(driver), message="port open")
             dev.resume()
             await wait_until(lambda: driver.status.readings == 5000, message="5000 readings")
-            assert sink.values() == list(range(1, 5001))
+            assert sink.counts() == list(range(1, 5001))
             assert sink.dead == []
             assert len(sink.batches) < 5000  # one call per chunk read, not per line
             assert {(s.device, s.unit) for s in sink.samples} == {("counter-1", "count")}
@@ -113,7 +114,7 @@ async def test_unplug_and_replug(tmp_path: Path) -> None:
             await wait_until(lambda: is_open(driver), message="open again")
             assert driver.status.reconnects == 1
             await wait_until(lambda: driver.status.readings >= before + 200, message="more")
-    values = sink.values()
+    values = sink.counts()
     # Lines due while unplugged never reach anyone; nothing is read twice or out of order.
     assert all(a < b for a, b in itertools.pairwise(values))
     assert dev.lines_lost > 0
@@ -149,7 +150,7 @@ async def test_link_follows_a_new_device(tmp_path: Path) -> None:
         await wait_until(lambda: driver.status.state == "waiting", message="waiting")
         async with PtyDevice("counter", link, rate=500, start=1_000_000) as second:
             await wait_until(
-                lambda: any(v == 1_000_010 for v in sink.values()), message="second device"
+                lambda: any(v == 1_000_010 for v in sink.counts()), message="second device"
             )
             assert driver.opened_path == second.slave_path
             assert driver.status.reconnects == 1
@@ -183,7 +184,7 @@ async def test_hostile_input_keeps_the_driver_up(tmp_path: Path) -> None:
         )
         assert is_open(driver)
         assert driver.status.reconnects == 0
-    assert sink.values() == list(range(1, 3001))
+    assert sink.counts() == list(range(1, 3001))
     reasons = [d.reason for d in sink.dead]
     assert reasons.count(REASON_TOO_LONG) == 1
     assert reasons.count(REASON_UTF8) == 1
