@@ -1,0 +1,1 @@
+"""Benchmarks of the gateway against a naive baseline, on the same machine."""

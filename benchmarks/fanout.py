@@ -1,0 +1,157 @@
+"""Fan-out: N WebSocket clients on loopback, in other processes, on the live stream.
+
+This process writes counter lines to a pty at a fixed rate, recording when each
+line is written; the gateway (durability full, MQTT uplink to a local broker, as
+deployed) reads them and streams them to N clients of ``/api/v1/stream``. Each
+client records when each reading arrives. Latency = client receipt - line write,
+over every (client, reading) pair written in the window after warm-up. The
+gateway's RSS is sampled throughout and its CPU measured over the window.
+
+The clients run in at most two processes, so on a 2-core machine they compete
+with the gateway for CPU: the figures include that client-side time.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import math
+import shutil
+import time
+from typing import Any
+
+from benchmarks.harness import (
+    TOKEN,
+    Child,
+    Gateway,
+    GatewayConfig,
+    Mosquitto,
+    PacedWriter,
+    PtyLink,
+    RssSampler,
+    cpu_percent,
+    python_module,
+    scratch_dir,
+    snapshot,
+    wait_for,
+)
+from benchmarks.pipeline import prime, settled
+from benchmarks.plan import Plan
+from benchmarks.report import BenchResult, Figure
+from benchmarks.stats import latency_summary
+
+MB = 1024 * 1024
+# (clients, readings per second, p99 target in ms): issue targets on 2 cores.
+CASES = {10: (1000.0, 2.0), 100: (1000.0, 10.0), 1000: (20.0, 30.0)}
+MAX_CLIENT_PROCESSES = 2
+
+
+def measure_fanout(clients: int, rate: float, plan: Plan) -> dict[str, Any]:
+    work = scratch_dir(f"fanout-{clients}")
+    link = PtyLink(work / "tty-paced")
+    procs: list[Child] = []
+    try:
+        with Mosquitto(work) as broker:
+            config = GatewayConfig(
+                work, [("paced-1", link.path)], broker.url, max_clients=clients + 10
+            )
+            with Gateway(config) as gw, RssSampler(gw.pid) as rss:
+                gw.wait_healthy()
+                url = f"ws://127.0.0.1:{config.local_port}/api/v1/stream?token={TOKEN}"
+                n_procs = min(MAX_CLIENT_PROCESSES, math.ceil(clients / 50))
+                shares = [clients // n_procs + (i < clients % n_procs) for i in range(n_procs)]
+                for i, share in enumerate(shares):
+                    argv = python_module(
+                        "benchmarks.ws_clients",
+                        "--url",
+                        url,
+                        "--clients",
+                        str(share),
+                        "--out",
+                        str(work / f"clients-{i}.bin"),
+                    )
+                    procs.append(Child(f"ws-clients-{i}", argv, work))
+
+                def connected() -> int:
+                    return sum(int((p.get("progress") or {}).get("connected", 0)) for p in procs)
+
+                def received() -> int:
+                    return sum(int((p.get("progress") or {}).get("readings", 0)) for p in procs)
+
+                wait_for(lambda: connected() >= clients, 60, f"{clients} clients to connect")
+                prime(link, received, per_line=clients)
+                first = 100_001
+                writer = PacedWriter(link, rate, plan.warmup + plan.paced_window, first).start()
+                time.sleep(plan.warmup)
+                s0, c0 = snapshot(gw.pid), [snapshot(p.pid) for p in procs]
+                time.sleep(plan.paced_window)
+                s1, c1 = snapshot(gw.pid), [snapshot(p.pid) for p in procs]
+                writer.join()
+                settled(received, quiet=0.5)
+                for p in procs:
+                    p.stop()
+                status = gw.status()
+        measured_from = first + int(plan.warmup * rate)
+        window = {n: t for n, t in writer.written.items() if n >= measured_from}
+        latencies: list[float] = []
+        summaries = []
+        for i in range(len(procs)):
+            path = work / f"clients-{i}.bin"
+            records = array.array("d")
+            records.frombytes(path.read_bytes())
+            summaries.append(json.loads(path.with_suffix(".json").read_text()))
+            for k in range(0, len(records), 2):
+                t_write = window.get(int(records[k]))
+                if t_write is not None:
+                    latencies.append(records[k + 1] - t_write)
+        expected = len(window) * clients
+        return {
+            "clients": clients,
+            "rate": rate,
+            "connected": sum(s["connected"] for s in summaries),
+            "client_processes": len(procs),
+            "written": len(window),
+            "expected_receipts": expected,
+            "receipts": len(latencies),
+            "gaps": sum(s["gaps"] for s in summaries),
+            "closed_by_server": sum(s["closed_by_server"] for s in summaries),
+            "writer_behind_max_s": writer.behind_max,
+            "latency": latency_summary(latencies),
+            "server_cpu_percent": cpu_percent(s0, s1),
+            "server_max_rss_bytes": rss.max_bytes,
+            "client_cpu_percent": [cpu_percent(a, b) for a, b in zip(c0, c1, strict=True)],
+            "store_at_end": status.get("store"),
+        }
+    finally:
+        for p in procs:
+            p.stop()
+        link.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_fanout(plan: Plan) -> BenchResult:
+    bench = "fan-out"
+    figures: list[Figure] = []
+    runs = []
+    for clients in plan.fanout_clients:
+        rate, target_ms = CASES[clients]
+        r = measure_fanout(clients, rate, plan)
+        runs.append(r)
+        label = f"{clients} clients @ {rate:g}/s"
+        figures += [
+            Figure(
+                bench, f"p99 line → client, {label}", "ms", r["latency"]["p99_ms"], target_ms, "max"
+            ),
+            Figure(bench, f"p50 line → client, {label}", "ms", r["latency"]["p50_ms"]),
+            Figure(
+                bench,
+                f"receipts missing, {label}",
+                "receipts",
+                r["expected_receipts"] - r["receipts"],
+                0,
+                "max",
+            ),
+            Figure(bench, f"server CPU, {label}", "% core", r["server_cpu_percent"]),
+            Figure(bench, f"server max RSS, {label}", "MB", r["server_max_rss_bytes"] / MB),
+        ]
+    return BenchResult(bench, figures, {"runs": runs})

@@ -1,0 +1,564 @@
+"""Process plumbing shared by the benchmarks.
+
+A private mosquitto on a free port, the gateway as a subprocess with a generated
+configuration, pseudo-terminals fed by a paced line writer, helper processes that
+report progress as JSON lines, and /proc sampling (CPU, RSS, bytes written).
+Everything binds to 127.0.0.1 and is stopped by whoever started it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tty
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TOKEN = "bench-token-0123456789"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class BenchError(RuntimeError):
+    """A benchmark could not run (a part failed to start, a deadline passed)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(
+    predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise BenchError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
+
+
+def raise_open_files_limit(wanted: int) -> int:
+    """Raise the soft RLIMIT_NOFILE (inherited by children) up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft < target:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def scratch_dir(prefix: str) -> Path:
+    # /tmp is disk-backed here; a tmpfs would hide the bytes written to storage.
+    return Path(tempfile.mkdtemp(prefix=f"edge-bench-{prefix}-"))
+
+
+def python_module(module: str, *args: str) -> list[str]:
+    return [sys.executable, "-m", module, *args]
+
+
+# ---------------------------------------------------------------- /proc sampling
+
+
+@dataclass(frozen=True, slots=True)
+class ProcSnapshot:
+    t: float  # time.monotonic()
+    cpu_seconds: float  # utime + stime
+    rss_bytes: int
+    write_bytes: int  # bytes this process caused to be sent to storage
+
+
+def snapshot(pid: int) -> ProcSnapshot:
+    t = time.monotonic()
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        # The command name may contain spaces; fields resume after its closing ')'.
+        fields = f.read().rsplit(")", 1)[1].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    rss = 0
+    with open(f"/proc/{pid}/status", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1]) * 1024
+                break
+    write_bytes = 0
+    with open(f"/proc/{pid}/io", encoding="ascii") as f:
+        for line in f:
+            if line.startswith("write_bytes:"):
+                write_bytes = int(line.split()[1])
+                break
+    return ProcSnapshot(t, (utime + stime) / CLK_TCK, rss, write_bytes)
+
+
+def cpu_percent(a: ProcSnapshot, b: ProcSnapshot) -> float:
+    """CPU used between two snapshots, as a percentage of one core."""
+    return 100.0 * (b.cpu_seconds - a.cpu_seconds) / (b.t - a.t)
+
+
+class RssSampler:
+    """Samples a process's RSS on a thread; ``max_bytes`` and the series afterwards."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"rss-{pid}", daemon=True)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                s = snapshot(self.pid)
+            except (FileNotFoundError, ProcessLookupError):
+                return
+            self.samples.append((s.t, s.rss_bytes))
+            self._stop.wait(self.interval)
+
+    @property
+    def max_bytes(self) -> int:
+        return max((r for _, r in self.samples), default=0)
+
+
+# ---------------------------------------------------------------- child processes
+
+
+class Child:
+    """A helper subprocess that prints JSON objects, one a line, on stdout.
+
+    A reader thread keeps the latest of each ``event`` so callers can poll
+    progress without blocking; stderr goes to a log file for diagnosis.
+    """
+
+    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=ROOT,
+        )
+        log.close()
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._reader = threading.Thread(target=self._read, name=f"{name}-out", daemon=True)
+        self._reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                obj = json.loads(raw)
+            except ValueError:
+                continue
+            with self._lock:
+                self.latest[obj.get("event", "")] = obj
+
+    def get(self, event: str) -> dict[str, Any] | None:
+        with self._lock:
+            return self.latest.get(event)
+
+    def wait_event(self, event: str, timeout: float) -> dict[str, Any]:
+        def seen() -> bool:
+            if self.proc.poll() is not None and self.get(event) is None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode}: {self.tail()}")
+            return self.get(event) is not None
+
+        wait_for(seen, timeout, f"{self.name}: {event}")
+        result = self.get(event)
+        assert result is not None
+        return result
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> int:
+        """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=5)
+        if self.proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()
+        return self.proc.returncode
+
+    def __enter__(self) -> Child:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- broker
+
+
+@dataclass
+class Mosquitto:
+    """A private broker on a free loopback port, with no limit on queued QoS 1 messages."""
+
+    work: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def start(self) -> None:
+        conf = self.work / f"mosquitto-{self.port}.conf"
+        conf.write_text(
+            "\n".join(
+                [
+                    f"listener {self.port} 127.0.0.1",
+                    "allow_anonymous true",
+                    "persistence false",
+                    # A slow subscriber must not lose QoS 1 messages: that would read as
+                    # lost readings rather than as a slow consumer.
+                    "max_queued_messages 0",
+                    "max_inflight_messages 0",
+                    "log_dest stderr",
+                    "log_type error",
+                    "log_type warning",
+                    "",
+                ]
+            )
+        )
+        log = (self.work / f"mosquitto-{self.port}.log").open("wb")
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
+        log.close()
+
+        def listening() -> bool:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise BenchError(f"mosquitto exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return True
+            except OSError:
+                return False
+
+        wait_for(listening, 10, "mosquitto to listen")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def __enter__(self) -> Mosquitto:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- pseudo-terminals
+
+
+class PtyLink:
+    """A pseudo-terminal whose slave is symlinked at ``path``; we hold the master.
+
+    The slave is kept open in raw mode so that nothing is echoed back into a
+    buffer no one reads, and writes before the reader opens the port are kept.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.master, self._slave = os.openpty()
+        tty.setraw(self._slave)
+        path.unlink(missing_ok=True)
+        path.symlink_to(os.ttyname(self._slave))
+
+    def write(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            n = os.write(self.master, view)
+            view = view[n:]
+
+    def close(self) -> None:
+        self.path.unlink(missing_ok=True)
+        for fd in (self.master, self._slave):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+
+class PacedWriter:
+    """Writes counter lines ``n=<i>`` at a fixed rate on a thread, recording when.
+
+    ``written[i]`` is ``time.time()`` just before line ``i`` is written; the
+    subscriber records ``time.time()`` on arrival, on the same clock.
+    """
+
+    def __init__(self, link: PtyLink, rate: float, duration: float, first: int = 1) -> None:
+        self.link = link
+        self.rate = rate
+        self.duration = duration
+        self.first = first
+        self.written: dict[int, float] = {}
+        self.behind_max = 0.0  # worst lateness of a write against its schedule
+        self._thread = threading.Thread(target=self._run, name="paced-writer", daemon=True)
+        self._stop = threading.Event()
+
+    def start(self) -> PacedWriter:
+        self._thread.start()
+        return self
+
+    def join(self) -> None:
+        self._thread.join()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        period = 1.0 / self.rate
+        count = int(self.rate * self.duration)
+        start = time.monotonic()
+        for k in range(count):
+            if self._stop.is_set():
+                return
+            due = start + k * period
+            now = time.monotonic()
+            if due > now:
+                time.sleep(due - now)
+            else:
+                self.behind_max = max(self.behind_max, now - due)
+            n = self.first + k
+            self.written[n] = time.time()
+            self.link.write(b"n=%d\n" % n)
+
+
+# ---------------------------------------------------------------- the gateway
+
+
+@dataclass
+class GatewayConfig:
+    work: Path
+    devices: list[tuple[str, Path]]
+    mqtt_url: str | None
+    durability: str = "full"
+    gateway_id: str = "gw-bench"
+    local_port: int = field(default_factory=free_port)
+    max_clients: int = 100
+    client_queue: int = 256
+
+    @property
+    def data_dir(self) -> Path:
+        return self.work / "data"
+
+    @property
+    def path(self) -> Path:
+        return self.work / "gateway.toml"
+
+    def write(self) -> Path:
+        lines = [
+            "[gateway]",
+            f'id = "{self.gateway_id}"',
+            f'data_dir = "{self.data_dir}"',
+            'log_level = "WARNING"',
+            "",
+            "[store]",
+            f'durability = "{self.durability}"',
+            "",
+        ]
+        for device_id, port in self.devices:
+            lines += [
+                "[[devices]]",
+                f'id = "{device_id}"',
+                'driver = "serial_line"',
+                f'port = "{port}"',
+                "baudrate = 115200",
+                'format = "kv"',
+                "reconnect_min = 0.05",
+                "reconnect_max = 0.5",
+                "",
+            ]
+        if self.mqtt_url:
+            lines += [
+                "[uplink.mqtt]",
+                f'url = "{self.mqtt_url}"',
+                'topic_prefix = "edge"',
+                "reconnect_min = 0.1",
+                "reconnect_max = 0.5",
+                "",
+            ]
+        lines += [
+            "[local]",
+            f'listen = "127.0.0.1:{self.local_port}"',
+            f'token = "{TOKEN}"',
+            f"max_clients = {self.max_clients}",
+            f"client_queue = {self.client_queue}",
+            "",
+        ]
+        self.path.write_text("\n".join(lines))
+        return self.path
+
+
+class Gateway:
+    """The real gateway (``python -m gateway run -c FILE``) as a subprocess."""
+
+    def __init__(self, config: GatewayConfig, profile: Path | None = None) -> None:
+        self.config = config
+        config.write()
+        self.log_path = config.work / "gateway.log"
+        argv = [sys.executable]
+        if profile is not None:
+            argv += ["-m", "cProfile", "-o", str(profile)]
+        argv += ["-m", "gateway", "run", "-c", str(config.path)]
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+        )
+        log.close()
+        self.started = time.monotonic()
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.local_port}"
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def _get(self, path: str) -> bytes:
+        req = urllib.request.Request(
+            self.base_url + path, headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            body: bytes = resp.read()
+            return body
+
+    def wait_healthy(self, timeout: float = 30.0) -> None:
+        def healthy() -> bool:
+            if self.proc.poll() is not None:
+                raise BenchError(f"gateway exited with {self.proc.returncode}:\n{self.tail()}")
+            try:
+                self._get("/healthz")
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return False
+            return True
+
+        wait_for(healthy, timeout, "gateway /healthz", interval=0.05)
+
+    def status(self) -> dict[str, Any]:
+        body: dict[str, Any] = json.loads(self._get("/api/v1/status"))
+        return body
+
+    def last_seq(self) -> int:
+        return int(self.status()["store"]["last_seq"])
+
+    def stop(self, timeout: float = 60.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+# ---------------------------------------------------------------- feeding at max rate
+
+
+def simulator_available() -> bool:
+    try:
+        import simulators.cli  # noqa: F401, PLC0415 - probing whether the part is installed
+    except ImportError:
+        return False
+    return True
+
+
+def start_counter(name: str, link: Path, log_dir: Path, rate: float, count: int = 0) -> Child:
+    """A counter device at ``rate`` lines/s on a pty at ``link``.
+
+    The product's simulator (``edge-gateway sim counter``) when it is installed;
+    otherwise the benchmarks' own feeder, which writes the same lines.
+    """
+    if simulator_available():
+        argv = python_module("gateway", "sim", "counter", "--link", str(link), "--rate", str(rate))
+        if count:
+            argv += ["--count", str(count)]
+    else:
+        argv = python_module(
+            "benchmarks.feeder", "--link", str(link), "--rate", str(rate), "--count", str(count)
+        )
+    child = Child(name, argv, log_dir)
+    wait_for(lambda: link.exists() or child.proc.poll() is not None, 20, f"{name} to create {link}")
+    if child.proc.poll() is not None:
+        raise BenchError(f"{name} exited with {child.proc.returncode}: {child.tail()}")
+    return child
+
+
+@contextlib.contextmanager
+def counters(
+    n: int, work: Path, rate: float, count: int = 0
+) -> Iterator[tuple[list[tuple[str, Path]], list[Child]]]:
+    """``n`` counter devices; yields their (device id, link path) and their processes."""
+    children: list[Child] = []
+    devices: list[tuple[str, Path]] = []
+    try:
+        for i in range(1, n + 1):
+            link = work / f"tty-counter-{i}"
+            children.append(start_counter(f"counter-{i}", link, work, rate, count))
+            devices.append((f"counter-{i}", link))
+        yield devices, children
+    finally:
+        for child in children:
+            child.stop(timeout=5)

@@ -1,0 +1,347 @@
+"""End-to-end pipeline: counter device(s) → target → mosquitto → subscriber process.
+
+The target is either the gateway (``python -m gateway run``, durability full or
+normal) or the naive baseline program; both are fed, brokered and counted by the
+same parts, in the same run.
+
+- ``throughput``: counters at max rate; readings/s the subscriber receives over a
+  window after warm-up; CPU of every process; disk bytes written per committed
+  reading (durability full and normal).
+- ``latency``: lines written by this process at 1,000/s; per reading, the time
+  from the line write to the subscriber's receipt; CPU of the target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from benchmarks.harness import (
+    BenchError,
+    Child,
+    Gateway,
+    GatewayConfig,
+    Mosquitto,
+    PacedWriter,
+    ProcSnapshot,
+    PtyLink,
+    counters,
+    cpu_percent,
+    python_module,
+    scratch_dir,
+    snapshot,
+    wait_for,
+)
+from benchmarks.plan import Plan
+from benchmarks.report import BenchResult, Figure
+from benchmarks.stats import latency_summary
+
+# "As fast as possible": the feeder is limited by the reader, not by its clock.
+MAX_RATE = 1_000_000.0
+PACED_RATE = 1000.0
+PRIME_LINES = 20
+
+
+@dataclass
+class Target:
+    kind: str  # "gateway" or "naive"
+    pid: int
+    gateway: Gateway | None = None
+
+    def committed(self) -> int | None:
+        return None if self.gateway is None else self.gateway.last_seq()
+
+
+@contextlib.contextmanager
+def running_target(
+    kind: str,
+    work: Path,
+    broker: Mosquitto,
+    devices: list[tuple[str, Path]],
+    durability: str = "full",
+    profile: Path | None = None,
+) -> Iterator[Target]:
+    if kind == "naive":
+        if len(devices) != 1:
+            raise BenchError("the naive baseline reads exactly one device")
+        argv = python_module(
+            "benchmarks.naive_baseline", "--serial", str(devices[0][1]), "--port", str(broker.port)
+        )
+        with Child("naive", argv, work) as naive:
+            yield Target("naive", naive.pid)
+        return
+    config = GatewayConfig(work, devices, broker.url, durability=durability)
+    with Gateway(config, profile=profile) as gw:
+        gw.wait_healthy()
+        yield Target("gateway", gw.pid, gw)
+
+
+def subscriber(work: Path, broker: Mosquitto, fmt: str, arrivals: Path | None = None) -> Child:
+    argv = python_module("benchmarks.subscriber", "--port", str(broker.port), "--format", fmt)
+    if arrivals is not None:
+        argv += ["--arrivals", str(arrivals)]
+    child = Child("subscriber", argv, work)
+    child.wait_event("subscribed", 15)
+    child.wait_event("progress", 5)
+    return child
+
+
+def progress(sub: Child) -> dict[str, Any]:
+    p = sub.get("progress")
+    if p is None:
+        raise BenchError("the subscriber reports no progress")
+    return p
+
+
+def wait_received(sub: Child, count: int, timeout: float) -> bool:
+    try:
+        wait_for(lambda: (sub.get("progress") or {}).get("distinct", 0) >= count, timeout, "")
+    except BenchError:
+        return False
+    return True
+
+
+def prime(
+    link: PtyLink, received: Callable[[], int], per_line: int = 1, timeout: float = 30.0
+) -> int:
+    """Write lines until the target passes them on; returns the readings received.
+
+    Opening a serial port flushes its input, so lines written before the target
+    has the port open are lost: keep writing until one arrives, then some more
+    to warm the path. ``per_line`` is how many receipts one line makes (one per
+    WebSocket client).
+    """
+    deadline = time.monotonic() + timeout
+    n = 1
+    while received() == 0:
+        if time.monotonic() > deadline:
+            raise BenchError("no primed line came through")
+        link.write(b"n=%d\n" % n)
+        n += 1
+        time.sleep(0.05)
+    expected = received() + PRIME_LINES * per_line
+    PacedWriter(link, 100.0, PRIME_LINES / 100.0, first=n).start().join()
+    wait_for(lambda: received() >= expected, 15, "primed lines to come through")
+    return settled(received)
+
+
+def settled(received: Callable[[], int], quiet: float = 0.3) -> int:
+    """Wait until ``received()`` stops changing for ``quiet`` seconds; return it."""
+    last = -1
+    while (now := received()) != last:
+        last = now
+        time.sleep(quiet)
+    return last
+
+
+def _snapshots(pids: dict[str, int]) -> dict[str, ProcSnapshot]:
+    return {name: snapshot(pid) for name, pid in pids.items()}
+
+
+def measure_throughput(
+    kind: str, plan: Plan, durability: str = "full", profile: Path | None = None
+) -> dict[str, Any]:
+    work = scratch_dir(f"tput-{kind}-{durability}")
+    fmt = "naive" if kind == "naive" else "gateway"
+    n_devices = 1 if kind == "naive" else plan.devices
+    try:
+        with (
+            Mosquitto(work) as broker,
+            subscriber(work, broker, fmt) as sub,
+            counters(n_devices, work, MAX_RATE) as (devices, feeders),
+            running_target(kind, work, broker, devices, durability, profile) as target,
+        ):
+            if not wait_received(sub, 1, 30):
+                raise BenchError(f"{kind}: no reading reached the subscriber in 30 s")
+            time.sleep(plan.warmup)
+            pids = {"target": target.pid, "mosquitto": broker.pid, "subscriber": sub.pid}
+            pids |= {f"feeder-{i}": f.pid for i, f in enumerate(feeders, 1)}
+            p0, s0, c0 = progress(sub), _snapshots(pids), target.committed()
+            time.sleep(plan.window)
+            p1, s1, c1 = progress(sub), _snapshots(pids), target.committed()
+            status = target.gateway.status() if target.gateway else None
+        elapsed = p1["mono"] - p0["mono"]
+        delivered = (p1["distinct"] - p0["distinct"]) / elapsed
+        result: dict[str, Any] = {
+            "kind": kind,
+            "durability": durability if kind == "gateway" else None,
+            "devices": n_devices,
+            "window_s": round(elapsed, 3),
+            "delivered_per_s": delivered,
+            "messages_per_s": (p1["messages"] - p0["messages"]) / elapsed,
+            # Counter values never received between the lowest and highest seen.
+            "gaps_in_n": p1["gaps"],
+            "received_total": p1["distinct"],
+            "cpu_percent": {n: round(cpu_percent(s0[n], s1[n]), 1) for n in pids},
+            "target_max_rss_bytes": s1["target"].rss_bytes,
+        }
+        if c0 is not None and c1 is not None:
+            committed = c1 - c0
+            written = s1["target"].write_bytes - s0["target"].write_bytes
+            window = s1["target"].t - s0["target"].t
+            result |= {
+                "committed_per_s": committed / window,
+                "write_bytes": written,
+                "write_bytes_per_reading": written / committed if committed else None,
+                "store_at_end": status["store"] if status else None,
+                "uplinks_at_end": status["uplinks"] if status else None,
+            }
+        return result
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def measure_paced(kind: str, plan: Plan, rate: float = PACED_RATE) -> dict[str, Any]:
+    """Lines at ``rate`` from this process; latency per reading and the target's CPU."""
+    work = scratch_dir(f"paced-{kind}")
+    fmt = "naive" if kind == "naive" else "gateway"
+    arrivals_path = work / "arrivals.json"
+    link = PtyLink(work / "tty-paced")
+    try:
+        with Mosquitto(work) as broker:
+            sub = subscriber(work, broker, fmt, arrivals_path)
+            try:
+                with running_target(kind, work, broker, [("paced-1", link.path)]) as target:
+                    primed = prime(link, lambda: int(progress(sub)["distinct"]))
+                    first = 100_001
+                    writer = PacedWriter(link, rate, plan.warmup + plan.paced_window, first)
+                    writer.start()
+                    time.sleep(plan.warmup)
+                    s0 = snapshot(target.pid)
+                    time.sleep(plan.paced_window)
+                    s1 = snapshot(target.pid)
+                    writer.join()
+                    complete = wait_received(sub, primed + len(writer.written), 10)
+            finally:
+                sub.stop()
+        arrivals = {int(k): v for k, v in json.loads(arrivals_path.read_text()).items()}
+        measured_from = first + int(plan.warmup * rate)
+        window = {n: t for n, t in writer.written.items() if n >= measured_from}
+        latencies = [arrivals[n] - t for n, t in window.items() if n in arrivals]
+        return {
+            "kind": kind,
+            "rate": rate,
+            "written": len(window),
+            "received": len(latencies),
+            "all_received": complete,
+            "writer_behind_max_s": writer.behind_max,
+            "latency": latency_summary(latencies),
+            "cpu_percent": cpu_percent(s0, s1),
+            "rss_bytes": s1.rss_bytes,
+        }
+    finally:
+        link.close()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_throughput(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
+    naive = measure_throughput("naive", plan)
+    profile = profile_dir / "gateway-throughput.prof" if profile_dir else None
+    full = measure_throughput("gateway", plan, "full", profile)
+    normal = measure_throughput("gateway", plan, "normal")
+    base = naive["delivered_per_s"]
+    ratio = full["delivered_per_s"] / base if base else None
+    bench = "throughput"
+    figures = [
+        Figure(
+            bench,
+            "end to end, durability full",
+            "readings/s",
+            full["delivered_per_s"],
+            50_000,
+            "min",
+            base,
+        ),
+        Figure(bench, "end to end vs naive", "x", ratio, 5, "min"),
+        Figure(
+            bench,
+            "end to end, durability normal",
+            "readings/s",
+            normal["delivered_per_s"],
+            None,
+            None,
+            base,
+        ),
+        Figure(
+            bench,
+            "gaps in n at the subscriber, full",
+            "readings",
+            full["gaps_in_n"],
+            0,
+            "max",
+            naive["gaps_in_n"],
+        ),
+        Figure(
+            bench,
+            "dropped by the gateway at max rate, full",
+            "readings",
+            (full.get("store_at_end") or {}).get("dropped"),
+            0,
+            "max",
+            note="the store's own count (intake over its bound)",
+        ),
+        Figure(
+            bench,
+            "committed at max rate, full",
+            "readings/s",
+            full.get("committed_per_s"),
+            note="into the log; above the delivered rate, the backlog grows",
+        ),
+        Figure(bench, "disk written per reading, full", "B", full.get("write_bytes_per_reading")),
+        Figure(
+            bench, "disk written per reading, normal", "B", normal.get("write_bytes_per_reading")
+        ),
+        Figure(
+            bench,
+            "gateway CPU at max rate, full",
+            "% core",
+            full["cpu_percent"]["target"],
+            None,
+            None,
+            naive["cpu_percent"]["target"],
+        ),
+    ]
+    return BenchResult(bench, figures, {"naive": naive, "full": full, "normal": normal})
+
+
+def run_latency(plan: Plan) -> BenchResult:
+    naive = measure_paced("naive", plan)
+    gw = measure_paced("gateway", plan)
+    bench = "rate 1000/s"
+    figures = [
+        Figure(
+            bench,
+            "latency p50 line → subscriber",
+            "ms",
+            gw["latency"]["p50_ms"],
+            None,
+            None,
+            naive["latency"]["p50_ms"],
+        ),
+        Figure(
+            bench,
+            "latency p99 line → subscriber",
+            "ms",
+            gw["latency"]["p99_ms"],
+            25,
+            "max",
+            naive["latency"]["p99_ms"],
+        ),
+        Figure(bench, "gateway CPU", "% core", gw["cpu_percent"], 10, "max", naive["cpu_percent"]),
+        Figure(
+            bench,
+            "readings lost",
+            "readings",
+            gw["written"] - gw["received"],
+            0,
+            "max",
+            naive["written"] - naive["received"],
+        ),
+    ]
+    return BenchResult(bench, figures, {"naive": naive, "gateway": gw})
