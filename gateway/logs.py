@@ -9,8 +9,10 @@ window and then says how often it came.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -33,6 +35,8 @@ _PRIORITY = {
 
 # The attribute that marks a summary record, so the filter lets it through.
 _SUMMARY = "repeat_summary"
+
+_PLACEHOLDER = re.compile(r"%(?:\(\w+\))?[-#0 +]*(?:\*|\d+)?(?:\.(?:\*|\d+))?[diouxXeEfFgGcrsa%]")
 
 
 def setup_logging(level: str, *, repeat_window: float = REPEAT_WINDOW) -> logging.Handler:
@@ -113,7 +117,8 @@ class RepeatFilter(logging.Filter):
     are both summarised. The summary goes out through ``emit`` when the window
     ends, from a timer thread if nothing else is logged by then. Messages must use
     %-style arguments (``log.warning("bad line %r", line)``) for their repeats to be
-    recognised as the same.
+    recognised as the same. A template without words of its own (``"%s: %s"``)
+    says nothing about the event, so such messages are compared as written.
     """
 
     def __init__(
@@ -129,13 +134,13 @@ class RepeatFilter(logging.Filter):
         self._clock = clock
         self._lock = threading.Lock()
         # Insertion order is window start order, so expired windows are at the front.
-        self._windows: dict[tuple[str, int, object], _Window] = {}
+        self._windows: dict[tuple[str, int, str], _Window] = {}
         self._timer: threading.Timer | None = None
 
     def filter(self, record: logging.LogRecord) -> bool:
         if getattr(record, _SUMMARY, False):
             return True
-        key = (record.name, record.levelno, record.msg)
+        key = (record.name, record.levelno, _event(record))
         with self._lock:
             now = self._clock()
             due = self._expire(now)
@@ -203,9 +208,26 @@ class RepeatFilter(logging.Filter):
                     "name": last.name,
                     "levelno": last.levelno,
                     "levelname": last.levelname,
-                    "msg": "%s (repeated %d times in %gs)",
-                    "args": (last.getMessage(), window.repeats, self._window),
+                    "msg": "%s (repeated %d %s in %gs)",
+                    "args": (
+                        last.getMessage(),
+                        window.repeats,
+                        "time" if window.repeats == 1 else "times",
+                        self._window,
+                    ),
                     _SUMMARY: True,
                 }
             )
             self._emit(summary)
+
+
+def _event(record: logging.LogRecord) -> str:
+    """What makes two records "the same message": the template, if it has words."""
+    if isinstance(record.msg, str) and _has_words(record.msg):
+        return record.msg
+    return record.getMessage()
+
+
+@functools.lru_cache(maxsize=1024)
+def _has_words(template: str) -> bool:
+    return any(c.isalpha() for c in _PLACEHOLDER.sub("", template))

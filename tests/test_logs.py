@@ -189,6 +189,19 @@ def test_distinct_messages_pass(
     assert emitted == []
 
 
+def test_templates_without_words_are_compared_as_written(
+    guard: tuple[RepeatFilter, FakeClock, list[logging.LogRecord]],
+) -> None:
+    repeat_filter, clock, emitted = guard
+    assert repeat_filter.filter(record("%s: %s", "mqtt", "connection refused"))
+    assert repeat_filter.filter(record("%s: %s", "mqtt", "not authorised"))
+    assert not repeat_filter.filter(record("%s: %s", "mqtt", "not authorised"))
+    assert repeat_filter.filter(record("%(uplink)s: %(error)r", {"uplink": "a", "error": 1}))
+    clock.now = 10.0
+    repeat_filter.filter(record("next"))
+    assert [r.getMessage() for r in emitted] == ["mqtt: not authorised (repeated 1 time in 10s)"]
+
+
 def test_interleaved_floods_are_each_summarised(
     guard: tuple[RepeatFilter, FakeClock, list[logging.LogRecord]],
 ) -> None:
