@@ -135,12 +135,15 @@ def parse_duration(value: object) -> float:
 
 
 _LISTEN_V6 = re.compile(r"\[([^\]]+)\]:(\d{1,5})")
-_LISTEN_HOST = re.compile(r"([^\s:\[\]/]+):(\d{1,5})")
+_LISTEN_HOST = re.compile(r"([^\s:\[\]/]*):(\d{1,5})")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
-    """Split ``"host:port"`` or ``"[v6]:port"`` into host and port; ``ValueError`` if bad."""
-    rule = f'must be "host:port" or "[IPv6]:port" (got {listen!r})'
+    """Split ``"host:port"``, ``"[v6]:port"`` or ``":port"`` (every interface; host "").
+
+    ``ValueError`` if it is none of these.
+    """
+    rule = f'must be "host:port", "[IPv6]:port" or ":port" (got {listen!r})'
     match = _LISTEN_V6.fullmatch(listen)
     if match is not None:
         try:

@@ -496,6 +496,7 @@ def test_broker_urls(tmp_path: Path, url: str) -> None:
         ("localhost:1", ("localhost", 1)),
         ("[::1]:8080", ("::1", 8080)),
         ("[::]:80", ("::", 80)),
+        (":8080", ("", 8080)),
     ],
 )
 def test_listen_addresses(listen: str, parsed: tuple[str, int]) -> None:
@@ -503,7 +504,7 @@ def test_listen_addresses(listen: str, parsed: tuple[str, int]) -> None:
 
 
 @pytest.mark.parametrize(
-    "listen", ["8080", ":8080", "host:0", "host:65536", "::1:8080", "[::zz]:80", "h:x", "a b:1"]
+    "listen", ["8080", "host:", "host:0", "host:65536", "::1:8080", "[::zz]:80", "h:x", "a b:1"]
 )
 def test_bad_listen_addresses(listen: str) -> None:
     with pytest.raises(ValueError, match=r"must|invalid"):
