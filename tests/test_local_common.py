@@ -11,17 +11,23 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
-from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp.test_utils import TestServer
 
-from gateway.interfaces import CommitListener, DeviceStatus, GatewayView, StoreStats, UplinkStatus
+from gateway.interfaces import DeviceStatus, GatewayView, UplinkStatus
 from gateway.local import create_app
-from gateway.reading import DeadLetter, Sample, StoredReading, encode
-from gateway.settings import DeviceSettings, GatewaySettings, LocalSettings, Settings
+from gateway.reading import Sample
+from gateway.settings import (
+    DeviceSettings,
+    GatewaySettings,
+    LocalSettings,
+    Settings,
+    StoreSettings,
+)
+from gateway.store import Store
 
 TOKEN = "correct-horse-battery-staple"
 
@@ -48,94 +54,12 @@ class FakeUplink:
         await asyncio.Event().wait()
 
 
-class MemoryLog:
-    """In-memory reading log with the store's commit semantics (commit on the next loop turn)."""
-
-    def __init__(self) -> None:
-        self.readings: list[StoredReading] = []
-        self._pending: list[Sample] = []
-        self._listeners: list[CommitListener] = []
-        self._committed = asyncio.Event()
-
-    @property
-    def last_seq(self) -> int:
-        return self.readings[-1].seq if self.readings else 0
-
-    def put_samples(self, samples: Sequence[Sample]) -> None:
-        if not self._pending:
-            asyncio.get_running_loop().call_soon(self._commit)
-        self._pending.extend(samples)
-
-    def put_dead_letter(self, dead_letter: DeadLetter) -> None:
-        raise NotImplementedError
-
-    def _commit(self) -> None:
-        batch = []
-        for sample in self._pending:
-            seq = self.last_seq + 1
-            batch.append(StoredReading(seq, sample.device, encode(seq, sample)))
-            self.readings.append(batch[-1])
-        self._pending.clear()
-        for listener in list(self._listeners):
-            listener(batch)
-        self._committed.set()
-
-    async def flush(self) -> int:
-        while self._pending:
-            self._committed.clear()
-            await self._committed.wait()
-        return self.last_seq
-
-    def add_listener(self, listener: CommitListener) -> None:
-        self._listeners.append(listener)
-
-    def remove_listener(self, listener: CommitListener) -> None:
-        self._listeners.remove(listener)
-
-    async def wait_beyond(self, seq: int) -> int:
-        raise NotImplementedError
-
-    async def read_after(
-        self, seq: int, limit: int, device_glob: str | None = None
-    ) -> list[StoredReading]:
-        await asyncio.sleep(0)
-        out = [
-            r
-            for r in self.readings
-            if r.seq > seq and (device_glob is None or fnmatchcase(r.device, device_glob))
-        ]
-        return out[:limit]
-
-    async def register_consumer(self, name: str) -> int:
-        raise NotImplementedError
-
-    async def ack(self, name: str, seq: int) -> None:
-        raise NotImplementedError
-
-    def stats(self) -> StoreStats:
-        return StoreStats(
-            depth=len(self.readings),
-            bytes=0,
-            last_seq=self.last_seq,
-            dropped=0,
-            dead_letters=0,
-            oldest_unsent_ts=None,
-            degraded=None,
-            commits=0,
-            committed_readings=len(self.readings),
-            commit_seconds=0.0,
-        )
-
-    async def close(self) -> None:
-        await self.flush()
-
-
 @dataclass
 class LocalGateway:
     """A served gateway view: the store behind it and how to reach it."""
 
     view: GatewayView
-    store: MemoryLog
+    store: Store
     server: TestServer
     session: aiohttp.ClientSession
     devices: dict[str, FakeDriver]
@@ -190,7 +114,7 @@ async def local_gateway(
     )
     if configure is not None:
         settings = configure(settings)
-    store = MemoryLog()
+    store = await Store.open(tmp_path / "readings.db", StoreSettings())
     devices = {d: FakeDriver(d) for d in device_ids}
     uplinks = {"mqtt": FakeUplink("mqtt")}
     view = GatewayView(

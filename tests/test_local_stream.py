@@ -127,8 +127,9 @@ async def test_replay_joins_live_with_no_gap_and_no_duplicate_under_load(tmp_pat
             while not stop.is_set():
                 gw.put("counter-1", "n", list(range(n, n + 20)))
                 n += 20
-                # Lets commits, replays and sends interleave with the writes.
-                await asyncio.sleep(0)
+                # Paces the writes (about 20,000 readings/s at most) and lets commits,
+                # replays and sends interleave with them.
+                await asyncio.sleep(0.001)
 
         producer = asyncio.create_task(produce())
         starts = (0, 1, 1234, 2999, 3000)
@@ -306,3 +307,19 @@ async def test_server_shutdown_closes_streams_with_going_away(tmp_path: Path) ->
         msg = await ws.receive(timeout=10)
         assert msg.type is aiohttp.WSMsgType.CLOSE
         assert msg.data == 1001
+
+
+async def test_a_large_commit_is_split_into_bounded_messages(tmp_path: Path) -> None:
+    async with local_gateway(tmp_path) as gw:
+        ws = await open_stream(gw)
+        assert (await receive_json(ws))["type"] == "hello"
+        gw.put("counter-1", "n", list(range(2500)))
+        final = await gw.store.flush()
+        seqs: list[int] = []
+        while len(seqs) < final:
+            message = await receive_json(ws)
+            assert message["type"] == "readings"
+            assert len(message["readings"]) <= 1000
+            seqs += [r["seq"] for r in message["readings"]]
+        assert seqs == list(range(1, final + 1))
+        await ws.close()

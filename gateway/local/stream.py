@@ -26,8 +26,9 @@ from gateway.settings import LocalSettings
 
 logger = logging.getLogger(__name__)
 
-# Readings per message while replaying from the log.
-REPLAY_PAGE = 1000
+# Readings per message: a large commit (a backlog after a stall) is split so that
+# messages stay well under clients' size limits (aiohttp's default is 4 MiB).
+MESSAGE_READINGS = 1000
 # A send that makes no progress for this long means the client is stuck.
 SEND_TIMEOUT = 10.0
 # Bound on the closing handshake with a client that may not be reading.
@@ -68,6 +69,17 @@ class _Batch:
     @property
     def last(self) -> int:
         return self.readings[-1].seq
+
+
+def _messages(readings: Sequence[StoredReading]) -> list[_Batch]:
+    """A commit batch as messages of at most ``MESSAGE_READINGS`` readings each."""
+    if len(readings) <= MESSAGE_READINGS:
+        return [_Batch(readings, readings_message(readings))] if readings else []
+    out = []
+    for start in range(0, len(readings), MESSAGE_READINGS):
+        part = readings[start : start + MESSAGE_READINGS]
+        out.append(_Batch(part, readings_message(part)))
+    return out
 
 
 class StreamClient:
@@ -145,7 +157,7 @@ class StreamClient:
         self._replaying = True
         cursor = since
         while True:
-            page = await log.read_after(cursor, REPLAY_PAGE, self.device_glob)
+            page = await log.read_after(cursor, MESSAGE_READINGS, self.device_glob)
             # What the live queue holds from here on needs no replay.
             live_from = self._queue[0].first if self._queue else None
             reached_live = live_from is not None and bool(page) and page[-1].seq >= live_from
@@ -155,7 +167,7 @@ class StreamClient:
                 await self._send(readings_message(page))
                 cursor = page[-1].seq
                 self._sent_upto = cursor
-            caught_up = len(page) < REPLAY_PAGE and cursor >= self._replay_floor
+            caught_up = len(page) < MESSAGE_READINGS and cursor >= self._replay_floor
             if reached_live or caught_up:
                 break
         self._replaying = False
@@ -214,18 +226,18 @@ class StreamHub:
     def on_commit(self, batch: Sequence[StoredReading]) -> None:
         if not self._clients or not batch:
             return
-        # One message per distinct filter, shared by every client with that filter.
-        by_filter: dict[str | None, _Batch | None] = {}
+        # Messages built once per distinct filter, shared by every client with that filter.
+        by_filter: dict[str | None, list[_Batch]] = {}
         for client in self._clients:
             glob = client.device_glob
-            if glob not in by_filter:
+            shared = by_filter.get(glob)
+            if shared is None:
                 readings = (
                     batch if glob is None else [r for r in batch if fnmatchcase(r.device, glob)]
                 )
-                by_filter[glob] = _Batch(readings, readings_message(readings)) if readings else None
-            shared = by_filter[glob]
-            if shared is not None:
-                client.offer(shared)
+                shared = by_filter[glob] = _messages(readings)
+            for message in shared:
+                client.offer(message)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """Upgrade (after the caller checked token, origin and capacity) and serve a client."""
