@@ -38,6 +38,9 @@ from gateway.uplinks.broker import BrokerAddress
 # Standard serial speeds that USB adapters and UARTs on small boards support.
 BAUDRATES = (300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
 
+# Drivers that read a serial port and so cannot start without one.
+PORT_DRIVERS = frozenset({"serial_line"})
+
 # Ids become an MQTT topic level and a URL path segment: no "/", "+", "#",
 # whitespace, "%" or "$" (topics starting with "$" are reserved by brokers).
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -60,7 +63,7 @@ _SIZE_UNITS = {
     "gib": 1024**3,
     "tib": 1024**4,
 }
-_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*")
+_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
 SIZE_RULE = 'must be a size: bytes as an integer, or a string like "64kB", "512MiB", "1GB"'
 
 _DURATION_UNITS = {
@@ -70,7 +73,7 @@ _DURATION_UNITS = {
     "h": Decimal(3600),
     "d": Decimal(86400),
 }
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*")
+_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*")
 DURATION_RULE = (
     'must be a duration: seconds as a number, or a string like "500ms", "30s", "5m", "2h", "7d"'
 )
@@ -134,8 +137,8 @@ def parse_duration(value: object) -> float:
     return float(Decimal(match[1]) * _DURATION_UNITS[match[2]])
 
 
-_LISTEN_V6 = re.compile(r"\[([^\]]+)\]:(\d{1,5})")
-_LISTEN_HOST = re.compile(r"([^\s:\[\]/]*):(\d{1,5})")
+_LISTEN_V6 = re.compile(r"\[([^\]]+)\]:([0-9]{1,5})")
+_LISTEN_HOST = re.compile(r"([^\s:\[\]/]*):([0-9]{1,5})")
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -358,7 +361,7 @@ def _broker_url(value: object) -> str:
     if parts.fragment:
         raise _Invalid(f"must not have a fragment (got {url!r})")
     if address.transport == "tcp" and (parts.path not in ("", "/") or parts.query):
-        raise _Invalid(f"must not have a path with {parts.scheme}:// (got {url!r})")
+        raise _Invalid(f"must not have a path or query with {parts.scheme}:// (got {url!r})")
     return url
 
 
@@ -395,7 +398,7 @@ def _toml_error_message(exc: tomllib.TOMLDecodeError) -> str:
 
 @dataclass(slots=True)
 class _Section:
-    """The good values of one table and the keys that were given but bad."""
+    """The good values of one table, the keys it gave, and those whose value was bad."""
 
     path: str
     values: dict[str, Any] = field(default_factory=dict)
@@ -560,7 +563,7 @@ class _Parser:
             "baudrate": _choice(BAUDRATES),
             "bytesize": _choice((5, 6, 7, 8)),
             "parity": _choice(("N", "E", "O", "M", "S")),
-            "stopbits": _stopbits,
+            "stopbits": _choice((1, 1.5, 2)),
             "format": _choice(("kv", "csv", "json")),
             "columns": _strings,
             "units": _string_table,
@@ -676,14 +679,6 @@ class _Parser:
             self.problem(section.key("reconnect_min"), message)
 
 
-# Drivers that read a serial port and so cannot start without one.
-PORT_DRIVERS = frozenset({"serial_line"})
-
-
 def _pass(value: object) -> object:
     """Tables checked by their own section parser."""
     return value
-
-
-def _stopbits(value: object) -> float:
-    return float(_choice((1, 1.5, 2))(value))
