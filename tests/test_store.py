@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample, StoredReading, encode
+from gateway.store import Store
 from tests.fixtures.common import wait_until
 from tests.test_store_support import opened, sample
 
@@ -225,18 +226,14 @@ async def test_retention_deletes_only_behind_every_cursor(tmp_path: Path) -> Non
         await store.ack("a", 80)
         await store.ack("b", 40)
 
-        async def oldest() -> int:
-            return (await store.read_after(0, 1))[0].seq
-
-        await wait_until(lambda: _is(oldest(), 41), message="rows up to 40 deleted")
+        await wait_until(lambda: _oldest_is(store, 41), message="rows up to 40 deleted")
         await store.ack("b", 100)
-        await wait_until(lambda: _is(oldest(), 81), message="rows up to 80 deleted")
+        await wait_until(lambda: _oldest_is(store, 81), message="rows up to 80 deleted")
         assert store.stats().dropped == 0
 
 
-async def _is(value: object, expected: int) -> bool:
-    assert asyncio.iscoroutine(value)
-    return bool(await value == expected)
+async def _oldest_is(store: Store, seq: int) -> bool:
+    return (await store.read_after(0, 1))[0].seq == seq
 
 
 async def test_history_keeps_acknowledged_readings_for_replay(tmp_path: Path) -> None:
@@ -270,10 +267,7 @@ async def test_unregistered_cursor_holds_retention_only_during_start_grace(
         assert store.stats().depth == 0
 
 
-async def _empty(store: object) -> bool:
-    from gateway.store import Store  # noqa: PLC0415 - typing aid only
-
-    assert isinstance(store, Store)
+async def _empty(store: Store) -> bool:
     return await store.read_after(0, 1) == []
 
 

@@ -142,10 +142,15 @@ async def test_damaged_file_is_moved_aside_and_seqs_go_on(
             store.put_samples([sample(0)])
             new_seq = await store.flush()
     assert new_seq > 10
-    [aside] = list(tmp_path.glob("readings.db.corrupt-*"))
-    assert aside.read_bytes() == damaged
+    assert _moved_aside(tmp_path) == [damaged]
     assert any("damaged" in r.getMessage() and r.levelno == logging.ERROR for r in caplog.records)
 
+
+def _moved_aside(data_dir: Path) -> list[bytes]:
+    return [p.read_bytes() for p in data_dir.glob("readings.db.corrupt-*")]
+
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 CRASHING_WRITER = """
 import asyncio, sys
@@ -179,7 +184,7 @@ async def test_kill_9_loses_nothing_reported_committed(tmp_path: Path) -> None:
         CRASHING_WRITER,
         str(tmp_path),
         stdout=asyncio.subprocess.PIPE,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=PROJECT_ROOT,
     )
     assert proc.stdout is not None
     reported = 0

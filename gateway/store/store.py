@@ -19,6 +19,7 @@ from gateway.reading import DeadLetter, Sample, StoredReading
 from gateway.settings import StoreSettings
 from gateway.store import schema
 from gateway.store.ingress import Ack, Flush, Register, Request, Stop
+from gateway.store.lock import DataDirLock
 from gateway.store.reader import Reader
 from gateway.store.seq_floor import SeqFloor
 from gateway.store.writer import Outcome, Writer
@@ -35,6 +36,22 @@ def _open_writer(
     path: Path, settings: StoreSettings, max_page_count: int | None, startup_grace: float
 ) -> Writer:
     path.parent.mkdir(parents=True, exist_ok=True)
+    lock = DataDirLock(path.parent)
+    lock.acquire()
+    try:
+        return _open_locked(path, settings, max_page_count, startup_grace, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _open_locked(
+    path: Path,
+    settings: StoreSettings,
+    max_page_count: int | None,
+    startup_grace: float,
+    lock: DataDirLock,
+) -> Writer:
     floor = SeqFloor(path.with_name("seq.floor"))
     try:
         conn = _connect(path, settings, max_page_count)
@@ -52,7 +69,7 @@ def _open_writer(
         )
         conn = _connect(path, settings, max_page_count)
     try:
-        return Writer(path, settings, conn, floor, startup_grace=startup_grace)
+        return Writer(path, settings, conn, floor, lock, startup_grace=startup_grace)
     except sqlite3.Error:
         conn.close()
         raise
@@ -112,7 +129,8 @@ class Store:
         if self._closed:
             return
         self._closed = True
-        await self._request(Stop(self._loop.create_future()))
+        if not self._writer.stopped:
+            await self._request(Stop(self._loop.create_future()))
         await asyncio.to_thread(self._writer.join)
         await self._reader.close()
         for _, waiter in self._waiters:
@@ -204,6 +222,8 @@ class Store:
     async def _request(self, request: Request) -> int:
         if self._closed and not isinstance(request, Stop):
             raise StoreClosedError("the store is closed")
+        if self._writer.stopped:
+            raise StoreError(self._writer.failure or "the store writer has stopped")
         self._writer.ingress.put(request)
         return await request.future
 

@@ -31,6 +31,7 @@ from gateway.reading import DeadLetter, Sample, StoredReading, encode
 from gateway.settings import StoreSettings
 from gateway.store import schema
 from gateway.store.ingress import Ack, Flush, Ingress, Register, Request, Stop
+from gateway.store.lock import DataDirLock
 from gateway.store.seq_floor import SeqFloor
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class Writer:
         settings: StoreSettings,
         conn: sqlite3.Connection,
         floor: SeqFloor,
+        lock: DataDirLock,
         *,
         startup_grace: float,
     ) -> None:
@@ -103,6 +105,7 @@ class Writer:
         self.settings = settings
         self._conn = conn
         self._floor = floor
+        self._lock = lock
         self._grace_until = time.monotonic() + startup_grace
         self.ingress = Ingress(MAX_UNSAVED)
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -131,6 +134,7 @@ class Writer:
         self.committed_readings = 0
         self.commit_seconds = 0.0
         self.failure: str | None = None
+        self.stopped = False  # the thread has ended
         self.store_full = False
         self.low_space = False
         self.settled = 0  # samples committed or dropped by the writer
@@ -181,6 +185,24 @@ class Writer:
             self._thread.join()
 
     def _run(self) -> None:
+        try:
+            stop = self._turns_until_stopped()
+        except BaseException as e:
+            # Last resort, outside the loop: a bug here must not leave callers
+            # waiting forever on a thread that is gone.
+            log.critical("store writer stopped by an unexpected error", exc_info=True)
+            self.failure = f"writer stopped: {e!r}"
+            self.stopped = True
+            error = StoreError(self.failure)
+            results: list[tuple[asyncio.Future[int], int | BaseException]] = [
+                (r.future, error) for r in self._requests
+            ]
+            results += [(f.future, error) for f in self._flushes]
+            self._hand_over(Outcome([], self.last_seq, results))
+            return
+        self._finish(stop)
+
+    def _turns_until_stopped(self) -> Stop:
         retry_delay = RETRY_MIN
         stop: Stop | None = None
         failed_stops = 0
@@ -198,8 +220,7 @@ class Writer:
                 if stop is not None:
                     failed_stops += 1
             if stop is not None and (not self._has_work() or failed_stops >= STOP_ATTEMPTS):
-                break
-        self._finish(stop)
+                return stop
 
     def _finish(self, stop: Stop) -> None:
         lost = len(self._unsaved)
@@ -217,6 +238,8 @@ class Writer:
         except sqlite3.Error as e:
             log.warning("store: optimize on close failed: %s", e)
         self._conn.close()
+        self._lock.release()
+        self.stopped = True
         self._hand_over(Outcome([], self.last_seq, results))
 
     def _has_work(self) -> bool:
@@ -271,10 +294,14 @@ class Writer:
         maintenance = now >= self._next_maintenance
         if not (self._has_work() or maintenance):
             return True
+        try:
+            self._notice_outside_changes()
+        except sqlite3.Error as e:
+            self._failed(e, 0)
+            return False
         if maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self._check_free_space()
-            self._notice_outside_changes()
         if self.failure is not None and self._unsaved:
             # Commit acks and upkeep on their own first: freeing space must not
             # depend on the readings that do not fit yet.
@@ -296,7 +323,7 @@ class Writer:
                 raise
             self._conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:
-            self._failed(e, batch)
+            self._failed(e, len(batch.samples))
             return False
         self._committed(batch, time.perf_counter() - started, maintenance)
         return True
@@ -533,6 +560,13 @@ class Writer:
         self._hand_over(Outcome(batch.readings, self.last_seq, results))
 
     def _measure(self) -> None:
+        try:
+            self._measure_now()
+        except sqlite3.Error as e:
+            # Only the figures go stale; the commit itself has succeeded.
+            log.warning("store: cannot measure the database: %s", e)
+
+    def _measure_now(self) -> None:
         self.page_count = self._pragma("page_count")
         self.used_pages = self.page_count - self._pragma("freelist_count")
         floor = self._active_floor(self.cursors, self.active)
@@ -551,7 +585,7 @@ class Writer:
     def _pragma(self, name: str) -> int:
         return int(self._conn.execute(f"PRAGMA {name}").fetchone()[0])
 
-    def _failed(self, error: sqlite3.Error | OSError, batch: _Batch) -> None:
+    def _failed(self, error: sqlite3.Error | OSError, pending: int) -> None:
         if schema.is_disk_full(error):
             reason = "disk full"
         elif isinstance(error, sqlite3.Error) and schema.is_corruption(error):
@@ -563,7 +597,7 @@ class Writer:
         if reason != self.failure:
             log.error(
                 "store: commit of %d readings failed: %s; keeping them in memory and retrying",
-                len(batch.samples),
+                pending,
                 error,
             )
         self.failure = reason

@@ -1,0 +1,49 @@
+"""One gateway per data directory: an exclusive lock held while the store is open.
+
+Two writers on one log would both hand out the same seqs. The lock also tells
+the ``queue`` commands whether the gateway is running. The kernel releases it
+when the process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from gateway.errors import StoreError
+
+LOCK_NAME = "readings.lock"
+
+
+class DataDirLock:
+    def __init__(self, data_dir: Path) -> None:
+        self.path = data_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(f"{self.path.parent} is in use by another gateway process") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+def held_by_other(data_dir: Path) -> bool:
+    """True while a running gateway has the data directory open."""
+    lock = DataDirLock(data_dir)
+    if not lock.path.exists():
+        return False
+    try:
+        lock.acquire()
+    except StoreError:
+        return True
+    lock.release()
+    return False
