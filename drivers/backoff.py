@@ -13,9 +13,12 @@ class Fault(enum.Enum):
 
     MISSING = "port missing"  # unplugged adapter, symlink gone: poll until it is back
     DENIED = "permission denied"  # fixed by an operator, not by retrying fast
-    LOST = "connection lost"  # it was open and failed: the device is usually back soon
+    LOST = "connection lost"  # it worked for a while, then failed: usually back soon
     FAILED = "open failed"  # busy, refused settings, unknown: exponential backoff
 
+
+# A port that stayed open this long worked; one that failed sooner is flapping.
+STABLE_OPEN = 10.0
 
 _MISSING_ERRNOS = frozenset({errno.ENOENT, errno.ENODEV, errno.ENXIO, errno.ENOTDIR})
 _DENIED_ERRNOS = frozenset({errno.EACCES, errno.EPERM})
@@ -29,6 +32,15 @@ def classify_open_error(exc: OSError | ValueError) -> Fault:
         if exc.errno in _DENIED_ERRNOS:
             return Fault.DENIED
     return Fault.FAILED
+
+
+def classify_loss(open_for: float) -> Fault:
+    """The fault kind of a port that failed after being open ``open_for`` seconds.
+
+    A device that drops the connection right after every open would otherwise be
+    reopened every ``minimum`` seconds forever; it backs off like a failed open.
+    """
+    return Fault.LOST if open_for >= STABLE_OPEN else Fault.FAILED
 
 
 @dataclass(slots=True)
@@ -53,13 +65,9 @@ class Backoff:
         if fault is Fault.DENIED:
             return self.maximum
         if fault is Fault.LOST:
-            # It worked until now: retry soon, and start the exponential series afresh.
+            # It worked for a while: retry soon, and start the exponential series afresh.
             self.attempt = 0
             return self.minimum
         cap = min(self.maximum, self.minimum * 2.0 ** min(self.attempt, 30))
         self.attempt += 1
         return self.rng.uniform(self.minimum, cap)
-
-    def reset(self) -> None:
-        """The port opened: the next failure starts from ``minimum`` again."""
-        self.attempt = 0

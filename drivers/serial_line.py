@@ -25,7 +25,7 @@ from collections.abc import Callable
 import serial
 from serial_asyncio_fast import SerialTransport, connection_for_serial
 
-from drivers.backoff import Backoff, Fault, classify_open_error
+from drivers.backoff import Backoff, Fault, classify_loss, classify_open_error
 from drivers.line_codec import LineDecoder
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
@@ -121,12 +121,12 @@ class SerialLineDriver:
                 if was_open:
                     self.status.reconnects += 1
                 was_open = True
-                self._backoff.reset()
                 self._faults.clear()
                 self.status.state = "open"
                 log.info("%s: port open on %s", self.device_id, self.opened_path)
+                opened_at = time.monotonic()
                 error = await self._read_until_closed(transport, protocol)
-                fault = Fault.LOST
+                fault = classify_loss(time.monotonic() - opened_at)
                 self._closed(error)
             self.status.state = "waiting"
             await asyncio.sleep(self._backoff.delay(fault))
@@ -199,7 +199,7 @@ class SerialLineDriver:
             summary = ", ".join(f"{n} {reason}" for reason, n in self._dead_counts.items())
             log.info("%s: dead letters while open: %s", self.device_id, summary)
             self._dead_counts.clear()
-        message = f"{Fault.LOST.value} on {self.opened_path}: {error}"
+        message = f"connection lost on {self.opened_path}: {error}"
         self.status.errors += 1
         self.status.last_error = message
         self._faults.report(logging.WARNING, message)

@@ -9,7 +9,7 @@ import serial
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.backoff import Backoff, Fault, classify_open_error
+from drivers.backoff import STABLE_OPEN, Backoff, Fault, classify_loss, classify_open_error
 
 
 def test_classify_open_errors() -> None:
@@ -51,12 +51,14 @@ def test_lost_connection_retries_soon_and_restarts_the_series() -> None:
     assert backoff.delay(Fault.FAILED) == 0.5  # first step of a fresh series: [min, min]
 
 
-def test_reset_after_a_successful_open() -> None:
-    backoff = Backoff(0.5, 30.0)
-    for _ in range(10):
-        backoff.delay(Fault.FAILED)
-    backoff.reset()
-    assert backoff.delay(Fault.FAILED) == 0.5
+def test_a_short_lived_connection_backs_off_like_a_failed_open() -> None:
+    assert classify_loss(STABLE_OPEN) is Fault.LOST
+    assert classify_loss(3600.0) is Fault.LOST
+    assert classify_loss(0.1) is Fault.FAILED
+    backoff = Backoff(0.5, 30.0, rng=random.Random(2))
+    # Open, dropped at once, again and again: the waits grow instead of staying at 0.5 s.
+    delays = [backoff.delay(classify_loss(0.1)) for _ in range(12)]
+    assert max(delays[6:]) > 5.0
 
 
 @given(
