@@ -267,10 +267,12 @@ class PtyDevice:
                 self.lines_lost += n
                 return
             for data, payload in segments:
-                await self._send(data, payload)
+                if not await self._send(data, payload):
+                    break
 
-    async def _send(self, data: bytes, payload: _Payload) -> None:
-        """Write all of ``data`` without blocking the loop (see the module docstring)."""
+    async def _send(self, data: bytes, payload: _Payload) -> bool:
+        """Write all of ``data`` without blocking the loop; False if abandoned for an unplug
+        that nobody is reading (see the module docstring)."""
         loop = asyncio.get_running_loop()
         view = memoryview(data)
         sent = 0
@@ -283,7 +285,7 @@ class PtyDevice:
                 now = loop.time()
                 blocked_since = blocked_since if blocked_since is not None else now
                 if self._unplugging and now - blocked_since > STALL:
-                    return
+                    return False
                 await _writable(self._master, BLOCKED_POLL)
                 continue
             blocked_since = None
@@ -292,6 +294,7 @@ class PtyDevice:
             sent += n
         if payload == "garbage":
             self.garbage_written += 1
+        return True
 
     async def _wait_wake(self, at_most: float | None) -> None:
         with contextlib.suppress(TimeoutError):
