@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -83,6 +85,37 @@ def test_run_with_a_bad_file_exits_2_with_the_same_lines(bad_config: Path) -> No
     result = edge_gateway("run", "--config", bad_config)
     assert result.returncode == 2
     assert result.stderr.splitlines() == BAD_CONFIG_LINES
+
+
+def test_run_logs_one_line_per_event_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    config = tmp_path / "gateway.toml"
+    config.write_text('[gateway]\nid = "gw-cli"\ndata_dir = "data"\n', encoding="utf-8")
+    # Outside systemd, so each line carries a timestamp.
+    env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
+    with subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "-c", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env=env,
+    ) as process:
+        assert process.stdout is not None
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "running" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        rest, err = process.communicate(timeout=60)
+    assert process.returncode == 0, err
+    assert err == ""
+    lines += rest.splitlines(keepends=True)
+    assert lines
+    for line in lines:
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\S+ (INFO|WARNING) [\w.]+: .+\n", line), line
+    assert any("gateway gw-cli running" in line for line in lines)
+    assert (tmp_path / "data" / "readings.db").exists()
 
 
 def test_toml_syntax_error_is_one_line(tmp_path: Path) -> None:
