@@ -2,8 +2,8 @@
 
 Each subcommand lives in the module that owns it, which exposes
 ``configure_parser(parser)`` and ``run(args) -> int``. Only the module of the
-command being run is imported, so ``check-config`` stays fast and works even where
-optional parts cannot be imported.
+command being run is imported: a command starts without loading the others, and a
+fault in one command's module cannot break the rest.
 """
 
 from __future__ import annotations
