@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.reading import StoredReading, join_payloads
 
@@ -28,7 +28,9 @@ class Batch:
     """One read of the log: every stored reading with seq in (previous batch, ``last_seq``]."""
 
     last_seq: int
-    pending: int  # its messages not yet resolved (acknowledged or refused for good)
+    # First seq of each of its messages not yet resolved (acknowledged or
+    # refused for good); each reading is in exactly one message, so these differ.
+    unresolved: set[int] = field(default_factory=set)
 
 
 @dataclass(slots=True, eq=False)
@@ -44,6 +46,10 @@ class TelemetryMessage:
     @property
     def count(self) -> int:
         return len(self.readings)
+
+    @property
+    def first_seq(self) -> int:
+        return self.readings[0].seq
 
 
 class TelemetryPlanner:
@@ -86,7 +92,7 @@ class TelemetryPlanner:
             for part in self._split(group, room):
                 payload = head + join_payloads([r.payload for r in part]) + b"}"
                 messages.append(TelemetryMessage(device, topic, payload, part, batch))
-        batch.pending = len(messages)
+        batch.unresolved = {m.first_seq for m in messages}
         return messages
 
     def _split(self, group: list[StoredReading], room: int) -> list[list[StoredReading]]:
@@ -118,7 +124,12 @@ def _json(text: str) -> bytes:
 
 
 class AckOrder:
-    """The highest seq below which every read batch is resolved, batches kept in read order."""
+    """The highest seq below which every reading is resolved, batches kept in read order.
+
+    Within the oldest open batch, every reading below the first seq of its
+    oldest unresolved message is resolved: the cursor may move that far even
+    while a message behind it waits (for instance one the broker refuses).
+    """
 
     def __init__(self, confirmed: int) -> None:
         self.confirmed = confirmed
@@ -133,14 +144,15 @@ class AckOrder:
         self._batches.append(batch)
         return self._advance()
 
-    def resolve(self, batch: Batch) -> bool:
-        """One message of ``batch`` is resolved; True when ``confirmed`` moved."""
-        batch.pending -= 1
+    def resolve(self, message: TelemetryMessage) -> bool:
+        """``message`` is resolved; True when ``confirmed`` moved."""
+        message.batch.unresolved.discard(message.first_seq)
         return self._advance()
 
     def _advance(self) -> bool:
-        moved = False
-        while self._batches and self._batches[0].pending == 0:
+        before = self.confirmed
+        while self._batches and not self._batches[0].unresolved:
             self.confirmed = self._batches.popleft().last_seq
-            moved = True
-        return moved
+        if self._batches:
+            self.confirmed = max(self.confirmed, min(self._batches[0].unresolved) - 1)
+        return self.confirmed != before

@@ -84,6 +84,8 @@ class MqttUplink:
         # durable cursor while an ack to the log is under way).
         self._confirmed = 0
         self._ack_wanted = asyncio.Event()
+        # A "not authorized" PUBACK seen on the current connection.
+        self._refusal: str | None = None
 
     async def run(self) -> None:
         self._confirmed = await self.log.register_consumer(self.name)
@@ -112,7 +114,7 @@ class MqttUplink:
             else:
                 backoff.reset()
                 failure = await self._session(connection)
-            self._record_error(str(failure))
+            self._record_error(failure.detail)
             delay = backoff.next_delay(failure.kind)
             self.status.state = "backoff"
             log.info("%s: next connection attempt in %.1fs", self.name, delay)
@@ -153,6 +155,7 @@ class MqttUplink:
             limit = min(limit, max(1, connection.receive_maximum - 1))
         self._planner.max_packet = connection.maximum_packet_size or MQTT_MAX_PACKET
         window = InFlightWindow(self._confirmed, limit)
+        self._refusal = None
         failure: MqttFailure | None = None
         try:
             status = connection.publish(
@@ -177,6 +180,11 @@ class MqttUplink:
             self.status.disconnected_since = time.time()
         if failure is None:
             raise UplinkError(self.name, "delivery ended without a failure")
+        if self._refusal is not None:
+            # Some brokers (mosquitto 2) drop the connection after refusing a
+            # publish: report the refusal, and back off as for any rejection.
+            detail = f"{failure.detail}, after: {self._refusal}"
+            return MqttFailure(self.name, detail, FailureKind.REJECTED)
         return failure
 
     # Delivery.
@@ -200,7 +208,7 @@ class MqttUplink:
                 continue
             # An empty read means the readings up to last_seq were dropped from
             # the log (bounds): nothing to send, the cursor may pass them.
-            batch = Batch(readings[-1].seq if readings else last_seq, 0)
+            batch = Batch(readings[-1].seq if readings else last_seq)
             messages = self._planner.plan(readings, batch)
             window.read_pos = batch.last_seq
             if window.acks.add(batch):
@@ -273,6 +281,8 @@ class MqttUplink:
             self._resolve(window, message)
             return
         self._record_error(reason)
+        if not_authorized:
+            self._refusal = reason
         kind = FailureKind.REJECTED if for_good or not_authorized else FailureKind.NETWORK
         settings = self.settings
         delay = retry_delay(

@@ -45,6 +45,7 @@ class MqttFailure(UplinkError):
 
     def __init__(self, uplink: str, message: str, kind: FailureKind) -> None:
         self.kind = kind
+        self.detail = message
         super().__init__(uplink, message)
 
 
@@ -336,6 +337,7 @@ def _new_client(options: ConnectOptions) -> mqtt.Client:
         reconnect_on_failure=False,
     )
     client.connect_timeout = options.connect_timeout
+    client.enable_logger(logging.getLogger("paho"))
     client.max_inflight_messages_set(options.max_inflight)
     if options.username is not None:
         client.username_pw_set(options.username, options.password)

@@ -38,7 +38,7 @@ class InFlightWindow:
     def resolved(self, message: TelemetryMessage) -> bool:
         """``message`` is resolved; True when ``acks.confirmed`` moved."""
         self.in_flight -= 1
-        moved = self.acks.resolve(message.batch)
+        moved = self.acks.resolve(message)
         self._changed.set()
         return moved
 

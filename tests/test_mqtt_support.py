@@ -1,0 +1,82 @@
+"""Helpers shared by the MQTT test files (no tests here): a store, readings, a running uplink."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from gateway.reading import Sample
+from gateway.settings import MqttSettings, StoreSettings
+from gateway.store import Store
+from gateway.uplinks import MqttUplink
+from tests.fixtures.mosquitto import MqttSubscriber
+
+GATEWAY = "gw-test"
+
+
+@contextlib.asynccontextmanager
+async def opened_store(directory: Path) -> AsyncIterator[Store]:
+    """A real store in ``directory``, closed on exit."""
+    store = await Store.open(directory / "readings.db", StoreSettings(durability="normal"))
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+def settings_for(url: str, **options: Any) -> MqttSettings:
+    base = MqttSettings(url=url, reconnect_min=0.05, reconnect_max=0.5, keepalive=5)
+    return replace(base, **options)
+
+
+async def put(store: Store, count: int, devices: tuple[str, ...] = ("thermo-1",)) -> int:
+    """Commit ``count`` readings spread over ``devices``; return the last seq."""
+    now = time.time()
+    store.put_samples(
+        [Sample(devices[i % len(devices)], "t", 20.0 + i / 100, now) for i in range(count)]
+    )
+    return await store.flush()
+
+
+@contextlib.asynccontextmanager
+async def running(uplink: MqttUplink) -> AsyncIterator[asyncio.Task[None]]:
+    task = asyncio.create_task(uplink.run(), name="uplink-under-test")
+    try:
+        yield task
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def stored_payloads(store: Store) -> dict[int, Any]:
+    return {r.seq: json.loads(r.payload) for r in await store.read_after(0, 1_000_000)}
+
+
+def assert_complete_and_ordered(
+    subscriber: MqttSubscriber, expected: dict[int, Any], devices: set[str]
+) -> None:
+    """Every stored reading arrived, duplicates identical, each device's in seq order."""
+    first_seen: dict[int, Any] = {}
+    order: dict[str, list[int]] = {device: [] for device in devices}
+    for message in subscriber.telemetry():
+        body = message.json()
+        assert message.topic == f"edge/{GATEWAY}/{body['device']}/telemetry"
+        assert body["gateway"] == GATEWAY
+        seqs = [r["seq"] for r in body["readings"]]
+        assert seqs == sorted(seqs)
+        for reading in body["readings"]:
+            assert reading["device"] == body["device"]
+            assert reading == expected[reading["seq"]]
+            if reading["seq"] not in first_seen:
+                first_seen[reading["seq"]] = reading
+                order[body["device"]].append(reading["seq"])
+    assert set(first_seen) == set(expected)
+    for seqs in order.values():
+        assert seqs == sorted(seqs)
