@@ -1,0 +1,191 @@
+"""The dashboard in a real headless Chromium, against a gateway fed by simulated serial devices."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from playwright.async_api import Browser, Page, async_playwright
+
+from drivers.serial_line import SerialLineDriver
+from gateway.interfaces import GatewayView
+from gateway.local import create_app
+from gateway.local.keys import HUB
+from gateway.settings import DeviceSettings, GatewaySettings, Settings, StoreSettings
+from gateway.store import Store
+from simulators.pty_device import PtyDevice
+from tests.fixtures.common import wait_until
+from tests.test_local_common import TOKEN, FakeUplink, local_settings
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+PHONE = {"width": 390, "height": 844}
+DESKTOP = {"width": 1280, "height": 800}
+
+
+@dataclass
+class RunningGateway:
+    url: str
+    server: TestServer
+    uplink: FakeUplink
+
+
+@asynccontextmanager
+async def simulated_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    """Two simulated devices on pseudo-terminals, read by the serial driver into a real store."""
+    devices = (
+        DeviceSettings(
+            id="thermo-1",
+            driver="serial_line",
+            port=str(tmp_path / "thermo-1"),
+            units={"t": "°C", "h": "%"},
+            expected_interval=0.5,
+        ),
+        DeviceSettings(id="counter-1", driver="serial_line", port=str(tmp_path / "counter-1")),
+    )
+    settings = Settings(
+        gateway=GatewaySettings(id="gw-field-7", data_dir=tmp_path),
+        devices=devices,
+        local=local_settings(),
+    )
+    store = await Store.open(tmp_path / "readings.db", StoreSettings())
+    drivers = {d.id: SerialLineDriver(d, store) for d in devices}
+    uplink = FakeUplink("mqtt")
+    uplink.status.state, uplink.status.connected_since = "connected", time.time()
+    view = GatewayView(
+        settings=settings, log=store, devices=drivers, uplinks={"mqtt": uplink}, started=time.time()
+    )
+    server = TestServer(create_app(view), host="127.0.0.1")
+    try:
+        async with (
+            PtyDevice("thermo", tmp_path / "thermo-1", rate=4, seed=7),
+            PtyDevice("counter", tmp_path / "counter-1", rate=10),
+            asyncio.TaskGroup() as tasks,
+        ):
+            readers = [tasks.create_task(d.run(), name=f"driver:{i}") for i, d in drivers.items()]
+            await server.start_server()
+            try:
+                yield RunningGateway(f"http://127.0.0.1:{server.port}/", server, uplink)
+            finally:
+                await server.close()
+                for reader in readers:
+                    reader.cancel()
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def chromium() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            await browser.close()
+
+
+async def tile_value(page: Page, device: str, sensor: str) -> str:
+    selector = f'.tile[data-device="{device}"][data-sensor="{sensor}"] .number'
+    return await page.locator(selector).inner_text()
+
+
+async def sign_in(page: Page, url: str) -> None:
+    await page.goto(url)
+    await page.locator("#login").wait_for(state="visible")
+    await page.fill("#token-input", TOKEN)
+    await page.click("#login-form button[type=submit]")
+    await page.locator("#login").wait_for(state="hidden")
+
+
+async def test_dashboard_shows_live_values_status_and_a_link_down_banner(tmp_path: Path) -> None:
+    async with simulated_gateway(tmp_path) as gw, chromium() as browser:
+        phone = await browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True)
+        page = await phone.new_page()
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+
+        await sign_in(page, gw.url)
+        counter = page.locator('.tile[data-device="counter-1"][data-sensor="n"] .number')
+        await counter.wait_for()
+        await page.wait_for_function(
+            "() => /^\\d+$/.test(document.querySelector("
+            '\'.tile[data-device="counter-1"][data-sensor="n"] .number\').textContent)'
+        )
+        first = await counter.inner_text()
+        await page.wait_for_function(
+            "(first) => document.querySelector("
+            '\'.tile[data-device="counter-1"][data-sensor="n"] .number\').textContent !== first',
+            arg=first,
+        )
+        assert int(await counter.inner_text()) > int(first)
+        assert (
+            await page.locator('.tile[data-device="thermo-1"][data-sensor="t"] .unit').inner_text()
+            == "°C"
+        )
+        await page.wait_for_function(
+            "() => document.getElementById('st-seq').textContent !== '\u2013'"
+        )
+        assert await page.locator("#st-uplinks").inner_text() == "mqtt: connected"
+        assert await page.locator("#link").inner_text() == "live"
+        assert await page.locator("#banner").is_hidden()
+        # The chart draws the last minutes.
+        await page.wait_for_function(
+            "() => document.querySelector('.tile[data-device=\"counter-1\"] polyline')"
+            ".getAttribute('points').split(' ').length > 3"
+        )
+        phone_shot = tmp_path / "dashboard-phone.png"
+        await page.screenshot(path=phone_shot, full_page=True)
+
+        # The link to the cloud goes down: a banner says so.
+        gw.uplink.status.state, gw.uplink.status.disconnected_since = "backoff", time.time()
+        banner = page.locator("#banner")
+        await banner.wait_for(state="visible")
+        assert "Link to the cloud is down" in await banner.inner_text()
+        await page.screenshot(path=tmp_path / "dashboard-phone-link-down.png", full_page=True)
+
+        # The token is kept in the browser: with the same storage, the page signs in by itself.
+        kept = await phone.storage_state()
+        desktop = await (await browser.new_context(viewport=DESKTOP, storage_state=kept)).new_page()
+        await desktop.goto(gw.url)
+        await desktop.locator('.tile[data-device="thermo-1"][data-sensor="h"]').wait_for()
+        assert await desktop.locator("#login").is_hidden()
+        desktop_shot = tmp_path / "dashboard-desktop.png"
+        await desktop.screenshot(path=desktop_shot, full_page=True)
+        assert errors == []
+        print(f"screenshots: {phone_shot} {desktop_shot}")
+
+
+async def test_dashboard_reconnects_and_fills_the_gap(tmp_path: Path) -> None:
+    async with simulated_gateway(tmp_path) as gw, chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await sign_in(page, gw.url)
+        await page.wait_for_function("() => state.streamUp && state.lastSeq > 0")
+        hub = gw.server.app[HUB]
+
+        # A network blip: the server drops every stream; the counter keeps counting.
+        await hub.close_all()
+        await page.wait_for_function("() => !state.streamUp")
+        seq_at_blip = await page.evaluate("state.lastSeq")
+        await page.wait_for_function(
+            "(seq) => state.streamUp && state.lastSeq > seq + 20", arg=seq_at_blip
+        )
+        values = await page.evaluate(
+            "state.series.get('counter-1\\u0000n').points.map((p) => p.value)"
+        )
+        assert values == list(range(values[0], values[0] + len(values)))
+        await wait_until(lambda: hub.counters.clients == 1)
