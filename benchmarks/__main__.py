@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks import backlog, fanout, pipeline
-from benchmarks.harness import BenchError, raise_open_files_limit
+from benchmarks.harness import BenchError, load_average, raise_open_files_limit, system_cpu
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import RESULTS, BenchResult, table, write_json
 
@@ -66,15 +66,29 @@ def main() -> int:
     results: list[BenchResult] = []
     for name in names:
         print(f"running {name} ({plan.name}) ...", file=sys.stderr, flush=True)
-        t0 = time.monotonic()
+        t0, load0, (busy0, total0) = time.monotonic(), load_average(), system_cpu()
         try:
             result = BENCHMARKS[name](plan, profile_dir)
         except (BenchError, OSError, ValueError, KeyError) as exc:
             traceback.print_exc()
             result = BenchResult(name, error=f"{type(exc).__name__}: {exc}")
         result.seconds = time.monotonic() - t0
+        busy1, total1 = system_cpu()
+        # Other work on the machine skews every figure: say how busy it was.
+        result.machine = {
+            "load_average_before": load0,
+            "load_average_after": load_average(),
+            "machine_busy_percent": round(100 * (busy1 - busy0) / (total1 - total0), 1),
+        }
         results.append(result)
     print(table(results))
+    for r in results:
+        if r.machine.get("load_average_before", 0) > 1.0:
+            print(
+                f"warning: {r.name} started with a load average of "
+                f"{r.machine['load_average_before']:.1f}: other work competed for the CPU",
+                file=sys.stderr,
+            )
     path = write_json(results, plan.name, started)
     print(f"\nJSON: {path} (and {path.parent / 'latest.json'})")
     return 1 if any(r.error for r in results) else 0

@@ -5,7 +5,10 @@ line is written; the gateway (durability full, MQTT uplink to a local broker, as
 deployed) reads them and streams them to N clients of ``/api/v1/stream``. Each
 client records when each reading arrives. Latency = client receipt - line write,
 over every (client, reading) pair written in the window after warm-up. The
-gateway's RSS is sampled throughout and its CPU measured over the window.
+server's RSS is sampled throughout and its CPU measured over the window.
+
+The baseline is ``naive_ws``: a hand-written server that sends each line to
+every client as it is read, with no store in between.
 
 The clients run in at most two processes, so on a 2-core machine they compete
 with the gateway for CPU: the figures include that client-side time.
@@ -14,10 +17,14 @@ with the gateway for CPU: the figures include that client-side time.
 from __future__ import annotations
 
 import array
+import contextlib
 import json
 import math
 import shutil
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from benchmarks.harness import (
@@ -30,6 +37,8 @@ from benchmarks.harness import (
     PtyLink,
     RssSampler,
     cpu_percent,
+    free_port,
+    listening,
     python_module,
     scratch_dir,
     snapshot,
@@ -38,7 +47,7 @@ from benchmarks.harness import (
 from benchmarks.pipeline import prime, settled
 from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
-from benchmarks.stats import latency_summary
+from benchmarks.stats import LatencySplit, latency_summary
 
 MB = 1024 * 1024
 # (clients, readings per second, p99 target in ms): issue targets on 2 cores.
@@ -46,77 +55,103 @@ CASES = {10: (1000.0, 2.0), 100: (1000.0, 10.0), 1000: (20.0, 30.0)}
 MAX_CLIENT_PROCESSES = 2
 
 
-def measure_fanout(clients: int, rate: float, plan: Plan) -> dict[str, Any]:
-    work = scratch_dir(f"fanout-{clients}")
+@dataclass
+class StreamServer:
+    pid: int
+    url: str
+    gateway: Gateway | None
+
+
+@contextlib.contextmanager
+def stream_server(kind: str, work: Path, link: PtyLink, clients: int) -> Iterator[StreamServer]:
+    """The gateway (with its uplink to a local broker, as deployed) or the naive server."""
+    if kind == "naive":
+        port = free_port()
+        argv = python_module(
+            "benchmarks.naive_ws", "--serial", str(link.path), "--listen-port", str(port)
+        )
+        with Child("naive-ws", argv, work) as server:
+            wait_for(lambda: listening(port), 20, "the naive server to listen")
+            yield StreamServer(server.pid, f"ws://127.0.0.1:{port}/api/v1/stream", None)
+        return
+    with Mosquitto(work) as broker:
+        config = GatewayConfig(work, [("paced-1", link.path)], broker.url, max_clients=clients + 10)
+        with Gateway(config) as gw:
+            gw.wait_healthy()
+            url = f"ws://127.0.0.1:{config.local_port}/api/v1/stream?token={TOKEN}"
+            yield StreamServer(gw.pid, url, gw)
+
+
+def start_clients(url: str, clients: int, work: Path) -> list[Child]:
+    n_procs = min(MAX_CLIENT_PROCESSES, math.ceil(clients / 50))
+    shares = [clients // n_procs + (i < clients % n_procs) for i in range(n_procs)]
+    procs = []
+    for i, share in enumerate(shares):
+        out = work / f"clients-{i}.bin"
+        argv = python_module(
+            "benchmarks.ws_clients", "--url", url, "--clients", str(share), "--out", str(out)
+        )
+        procs.append(Child(f"ws-clients-{i}", argv, work))
+    return procs
+
+
+def measure_fanout(kind: str, clients: int, rate: float, plan: Plan) -> dict[str, Any]:
+    work = scratch_dir(f"fanout-{kind}-{clients}")
     link = PtyLink(work / "tty-paced")
     procs: list[Child] = []
     try:
-        with Mosquitto(work) as broker:
-            config = GatewayConfig(
-                work, [("paced-1", link.path)], broker.url, max_clients=clients + 10
+        with (
+            stream_server(kind, work, link, clients) as server,
+            RssSampler(server.pid) as rss,
+        ):
+            procs = start_clients(server.url, clients, work)
+
+            def progress_sum(key: str) -> int:
+                return sum(int((p.get("progress") or {}).get(key, 0)) for p in procs)
+
+            wait_for(
+                lambda: progress_sum("connected") >= clients, 60, f"{clients} clients to connect"
             )
-            with Gateway(config) as gw, RssSampler(gw.pid) as rss:
-                gw.wait_healthy()
-                url = f"ws://127.0.0.1:{config.local_port}/api/v1/stream?token={TOKEN}"
-                n_procs = min(MAX_CLIENT_PROCESSES, math.ceil(clients / 50))
-                shares = [clients // n_procs + (i < clients % n_procs) for i in range(n_procs)]
-                for i, share in enumerate(shares):
-                    argv = python_module(
-                        "benchmarks.ws_clients",
-                        "--url",
-                        url,
-                        "--clients",
-                        str(share),
-                        "--out",
-                        str(work / f"clients-{i}.bin"),
-                    )
-                    procs.append(Child(f"ws-clients-{i}", argv, work))
-
-                def connected() -> int:
-                    return sum(int((p.get("progress") or {}).get("connected", 0)) for p in procs)
-
-                def received() -> int:
-                    return sum(int((p.get("progress") or {}).get("readings", 0)) for p in procs)
-
-                wait_for(lambda: connected() >= clients, 60, f"{clients} clients to connect")
-                prime(link, received, per_line=clients)
-                first = 100_001
-                writer = PacedWriter(link, rate, plan.warmup + plan.paced_window, first).start()
-                time.sleep(plan.warmup)
-                s0, c0 = snapshot(gw.pid), [snapshot(p.pid) for p in procs]
-                time.sleep(plan.paced_window)
-                s1, c1 = snapshot(gw.pid), [snapshot(p.pid) for p in procs]
-                writer.join()
-                settled(received, quiet=0.5)
-                for p in procs:
-                    p.stop()
-                status = gw.status()
+            prime(link, lambda: progress_sum("readings"), per_line=clients)
+            first = 100_001
+            writer = PacedWriter(link, rate, plan.warmup + plan.paced_window, first).start()
+            time.sleep(plan.warmup)
+            s0, c0 = snapshot(server.pid), [snapshot(p.pid) for p in procs]
+            time.sleep(plan.paced_window)
+            s1, c1 = snapshot(server.pid), [snapshot(p.pid) for p in procs]
+            writer.join()
+            settled(lambda: progress_sum("readings"), quiet=0.5)
+            for p in procs:
+                p.stop()
+            status = server.gateway.status() if server.gateway else {}
         measured_from = first + int(plan.warmup * rate)
         window = {n: t for n, t in writer.written.items() if n >= measured_from}
-        latencies: list[float] = []
+        split = LatencySplit()
         summaries = []
         for i in range(len(procs)):
             path = work / f"clients-{i}.bin"
             records = array.array("d")
             records.frombytes(path.read_bytes())
             summaries.append(json.loads(path.with_suffix(".json").read_text()))
-            for k in range(0, len(records), 2):
+            for k in range(0, len(records), 3):
                 t_write = window.get(int(records[k]))
                 if t_write is not None:
-                    latencies.append(records[k + 1] - t_write)
-        expected = len(window) * clients
+                    split.add(t_write, records[k + 1], records[k + 2])
         return {
+            "kind": kind,
             "clients": clients,
             "rate": rate,
             "connected": sum(s["connected"] for s in summaries),
             "client_processes": len(procs),
             "written": len(window),
-            "expected_receipts": expected,
-            "receipts": len(latencies),
+            "expected_receipts": len(window) * clients,
+            "receipts": len(split.total),
             "gaps": sum(s["gaps"] for s in summaries),
             "closed_by_server": sum(s["closed_by_server"] for s in summaries),
             "writer_behind_max_s": writer.behind_max,
-            "latency": latency_summary(latencies),
+            "latency": latency_summary(split.total),
+            "latency_line_to_read": latency_summary(split.to_read),
+            "latency_read_to_client": latency_summary(split.after_read),
             "server_cpu_percent": cpu_percent(s0, s1),
             "server_max_rss_bytes": rss.max_bytes,
             "client_cpu_percent": [cpu_percent(a, b) for a, b in zip(c0, c1, strict=True)],
@@ -135,23 +170,49 @@ def run_fanout(plan: Plan) -> BenchResult:
     runs = []
     for clients in plan.fanout_clients:
         rate, target_ms = CASES[clients]
-        r = measure_fanout(clients, rate, plan)
-        runs.append(r)
+        gw = measure_fanout("gateway", clients, rate, plan)
+        naive = measure_fanout("naive", clients, rate, plan)
+        runs += [gw, naive]
         label = f"{clients} clients @ {rate:g}/s"
         figures += [
             Figure(
-                bench, f"p99 line → client, {label}", "ms", r["latency"]["p99_ms"], target_ms, "max"
+                bench,
+                f"p99 line → client, {label}",
+                "ms",
+                gw["latency"]["p99_ms"],
+                target_ms,
+                "max",
+                naive["latency"]["p99_ms"],
             ),
-            Figure(bench, f"p50 line → client, {label}", "ms", r["latency"]["p50_ms"]),
+            Figure(
+                bench,
+                f"p50 line → client, {label}",
+                "ms",
+                gw["latency"]["p50_ms"],
+                baseline=naive["latency"]["p50_ms"],
+            ),
             Figure(
                 bench,
                 f"receipts missing, {label}",
                 "receipts",
-                r["expected_receipts"] - r["receipts"],
+                gw["expected_receipts"] - gw["receipts"],
                 0,
                 "max",
+                naive["expected_receipts"] - naive["receipts"],
             ),
-            Figure(bench, f"server CPU, {label}", "% core", r["server_cpu_percent"]),
-            Figure(bench, f"server max RSS, {label}", "MB", r["server_max_rss_bytes"] / MB),
+            Figure(
+                bench,
+                f"server CPU, {label}",
+                "% core",
+                gw["server_cpu_percent"],
+                baseline=naive["server_cpu_percent"],
+            ),
+            Figure(
+                bench,
+                f"server max RSS, {label}",
+                "MB",
+                gw["server_max_rss_bytes"] / MB,
+                baseline=naive["server_max_rss_bytes"] / MB,
+            ),
         ]
     return BenchResult(bench, figures, {"runs": runs})

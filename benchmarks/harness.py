@@ -45,6 +45,15 @@ def free_port() -> int:
         return port
 
 
+def listening(port: int) -> bool:
+    """Whether something accepts TCP connections on 127.0.0.1:``port``."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_for(
     predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.02
 ) -> None:
@@ -103,6 +112,49 @@ def snapshot(pid: int) -> ProcSnapshot:
                 write_bytes = int(line.split()[1])
                 break
     return ProcSnapshot(t, (utime + stime) / CLK_TCK, rss, write_bytes)
+
+
+def thread_cpu(pid: int) -> dict[int, float]:
+    """CPU seconds (utime + stime) of each thread of ``pid``, by thread id."""
+    out: dict[int, float] = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
+def thread_percent(
+    pid: int, a: dict[int, float], b: dict[int, float], seconds: float
+) -> dict[str, float]:
+    """Per-thread CPU between two ``thread_cpu`` readings, as % of one core.
+
+    The main thread (the event loop) is named; the others (the store's writer,
+    readers, the MQTT client's thread, executors) are listed busiest first.
+    """
+    busy = {tid: 100.0 * (b[tid] - a.get(tid, 0.0)) / seconds for tid in b}
+    out = {"main": round(busy.pop(pid, 0.0), 1)}
+    for k, (_, pct) in enumerate(sorted(busy.items(), key=lambda kv: -kv[1]), 1):
+        if pct >= 0.5:
+            out[f"thread-{k}"] = round(pct, 1)
+    return out
+
+
+def system_cpu() -> tuple[float, float]:
+    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
+    with open("/proc/stat", encoding="ascii") as f:
+        values = [int(v) for v in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    total = sum(values[:8])  # guest time is already counted in user
+    return (total - idle) / CLK_TCK, total / CLK_TCK
+
+
+def load_average() -> float:
+    with open("/proc/loadavg", encoding="ascii") as f:
+        return float(f.read().split()[0])
 
 
 def cpu_percent(a: ProcSnapshot, b: ProcSnapshot) -> float:
@@ -270,17 +322,13 @@ class Mosquitto:
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
         log.close()
 
-        def listening() -> bool:
+        def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise BenchError(f"mosquitto exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return True
-            except OSError:
-                return False
+            return listening(self.port)
 
-        wait_for(listening, 10, "mosquitto to listen")
+        wait_for(up, 10, "mosquitto to listen")
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -493,6 +541,16 @@ class Gateway:
     def status(self) -> dict[str, Any]:
         body: dict[str, Any] = json.loads(self._get("/api/v1/status"))
         return body
+
+    def metrics(self) -> dict[str, float]:
+        """The /metrics samples, keyed by name with labels as written."""
+        out: dict[str, float] = {}
+        for line in self._get("/metrics").decode().splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                with contextlib.suppress(ValueError):
+                    out[key] = float(value)
+        return out
 
     def last_seq(self) -> int:
         return int(self.status()["store"]["last_seq"])

@@ -31,16 +31,19 @@ from benchmarks.harness import (
     PacedWriter,
     ProcSnapshot,
     PtyLink,
+    RssSampler,
     counters,
     cpu_percent,
     python_module,
     scratch_dir,
     snapshot,
+    thread_cpu,
+    thread_percent,
     wait_for,
 )
 from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
-from benchmarks.stats import latency_summary
+from benchmarks.stats import LatencySplit, latency_summary
 
 # "As fast as possible": the feeder is limited by the reader, not by its clock.
 MAX_RATE = 1_000_000.0
@@ -56,6 +59,27 @@ class Target:
 
     def committed(self) -> int | None:
         return None if self.gateway is None else self.gateway.last_seq()
+
+    def internals(self) -> Internals:
+        metrics = self.gateway.metrics() if self.gateway else {}
+        return Internals(time.monotonic(), metrics, thread_cpu(self.pid))
+
+    def breakdown(self, a: Internals, b: Internals) -> dict[str, Any]:
+        """Where the target's time went between two ``internals`` readings."""
+        seconds = b.t - a.t
+        out: dict[str, Any] = {
+            "threads_cpu_percent": thread_percent(self.pid, a.threads, b.threads, seconds)
+        }
+        if self.gateway is not None:
+            out |= store_and_uplink_rates(a.metrics, b.metrics, seconds)
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Internals:
+    t: float
+    metrics: dict[str, float]
+    threads: dict[int, float]
 
 
 @contextlib.contextmanager
@@ -140,6 +164,30 @@ def settled(received: Callable[[], int], quiet: float = 0.3) -> int:
     return last
 
 
+def store_and_uplink_rates(
+    m0: dict[str, float], m1: dict[str, float], seconds: float
+) -> dict[str, float | None]:
+    """What the gateway's own counters say about a window: commits, batches, messages."""
+
+    def delta(key: str) -> float:
+        return m1.get(key, 0.0) - m0.get(key, 0.0)
+
+    commits = delta("edge_gateway_store_commits_total")
+    readings = delta("edge_gateway_store_committed_readings_total")
+    messages = delta('edge_gateway_uplink_published_messages_total{uplink="mqtt"}')
+    published = delta('edge_gateway_uplink_published_readings_total{uplink="mqtt"}')
+    return {
+        "commits_per_s": commits / seconds,
+        "readings_per_commit": readings / commits if commits else None,
+        "mean_commit_ms": 1000 * delta("edge_gateway_store_commit_seconds_total") / commits
+        if commits
+        else None,
+        "commit_busy_percent": 100 * delta("edge_gateway_store_commit_seconds_total") / seconds,
+        "mqtt_messages_per_s": messages / seconds,
+        "readings_per_message": published / messages if messages else None,
+    }
+
+
 def _snapshots(pids: dict[str, int]) -> dict[str, ProcSnapshot]:
     return {name: snapshot(pid) for name, pid in pids.items()}
 
@@ -163,8 +211,11 @@ def measure_throughput(
             pids = {"target": target.pid, "mosquitto": broker.pid, "subscriber": sub.pid}
             pids |= {f"feeder-{i}": f.pid for i, f in enumerate(feeders, 1)}
             p0, s0, c0 = progress(sub), _snapshots(pids), target.committed()
-            time.sleep(plan.window)
+            i0 = target.internals()
+            with RssSampler(target.pid) as rss:
+                time.sleep(plan.window)
             p1, s1, c1 = progress(sub), _snapshots(pids), target.committed()
+            i1 = target.internals()
             status = target.gateway.status() if target.gateway else None
         elapsed = p1["mono"] - p0["mono"]
         delivered = (p1["distinct"] - p0["distinct"]) / elapsed
@@ -179,7 +230,8 @@ def measure_throughput(
             "gaps_in_n": p1["gaps"],
             "received_total": p1["distinct"],
             "cpu_percent": {n: round(cpu_percent(s0[n], s1[n]), 1) for n in pids},
-            "target_max_rss_bytes": s1["target"].rss_bytes,
+            "target_max_rss_bytes": rss.max_bytes,
+            "breakdown": target.breakdown(i0, i1),
         }
         if c0 is not None and c1 is not None:
             committed = c1 - c0
@@ -213,9 +265,9 @@ def measure_paced(kind: str, plan: Plan, rate: float = PACED_RATE) -> dict[str, 
                     writer = PacedWriter(link, rate, plan.warmup + plan.paced_window, first)
                     writer.start()
                     time.sleep(plan.warmup)
-                    s0 = snapshot(target.pid)
+                    s0, i0 = snapshot(target.pid), target.internals()
                     time.sleep(plan.paced_window)
-                    s1 = snapshot(target.pid)
+                    s1, i1 = snapshot(target.pid), target.internals()
                     writer.join()
                     complete = wait_received(sub, primed + len(writer.written), 10)
             finally:
@@ -223,7 +275,11 @@ def measure_paced(kind: str, plan: Plan, rate: float = PACED_RATE) -> dict[str, 
         arrivals = {int(k): v for k, v in json.loads(arrivals_path.read_text()).items()}
         measured_from = first + int(plan.warmup * rate)
         window = {n: t for n, t in writer.written.items() if n >= measured_from}
-        latencies = [arrivals[n] - t for n, t in window.items() if n in arrivals]
+        split = LatencySplit()
+        for n, t in window.items():
+            if n in arrivals:
+                split.add(t, *arrivals[n])
+        latencies = split.total
         return {
             "kind": kind,
             "rate": rate,
@@ -232,8 +288,11 @@ def measure_paced(kind: str, plan: Plan, rate: float = PACED_RATE) -> dict[str, 
             "all_received": complete,
             "writer_behind_max_s": writer.behind_max,
             "latency": latency_summary(latencies),
+            "latency_line_to_read": latency_summary(split.to_read),
+            "latency_read_to_arrival": latency_summary(split.after_read),
             "cpu_percent": cpu_percent(s0, s1),
             "rss_bytes": s1.rss_bytes,
+            "breakdown": target.breakdown(i0, i1),
         }
     finally:
         link.close()

@@ -53,6 +53,7 @@ class BenchResult:
     details: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    machine: dict[str, float] = field(default_factory=dict)
 
 
 def _num(value: float | None, unit: str = "") -> str:
@@ -132,6 +133,7 @@ def write_json(results: list[BenchResult], mode: str, started: float) -> Path:
                 "name": r.name,
                 "seconds": round(r.seconds, 1),
                 "error": r.error,
+                "machine": r.machine,
                 "figures": [f.as_dict() for f in r.figures],
                 "details": r.details,
             }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -31,3 +32,22 @@ def latency_summary(seconds: list[float]) -> dict[str, float | int | None]:
         "p999_ms": 1000 * percentile(values, 0.999),
         "max_ms": 1000 * values[-1],
     }
+
+
+@dataclass
+class LatencySplit:
+    """Line write → arrival, and its two parts around the reading's ``ts``.
+
+    ``ts`` is when the target read the line (the gateway stamps each reading),
+    so ``to_read`` is the serial side (pty, driver wake-up) and ``after_read``
+    is everything after: commit, publish, broker or WebSocket, receiver.
+    """
+
+    total: list[float] = field(default_factory=list)
+    to_read: list[float] = field(default_factory=list)
+    after_read: list[float] = field(default_factory=list)
+
+    def add(self, written: float, arrived: float, read: float) -> None:
+        self.total.append(arrived - written)
+        self.to_read.append(read - written)
+        self.after_read.append(arrived - read)

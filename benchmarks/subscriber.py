@@ -2,8 +2,8 @@
 
 Prints a ``progress`` JSON line every 50 ms (messages, readings, distinct
 readings, highest seq, time of the first and last arrival). With ``--arrivals``
-it records ``time.time()`` at the arrival of each counter value ``n`` and writes
-them to that file when stopped (SIGTERM).
+it records ``time.time()`` at the arrival of each counter value ``n`` (with the
+reading's ``ts``) and writes them to that file when stopped (SIGTERM).
 
     python -m benchmarks.subscriber --port P [--format gateway|naive] [--arrivals FILE]
 """
@@ -58,7 +58,8 @@ class Counter:
         # Per device, the counter values seen: gaps in ``n`` are lines the device
         # wrote that never arrived (dropped anywhere on the way, not only by the broker).
         self.counters: dict[str, tuple[Bitmap, list[int]]] = {}
-        self.arrivals: dict[int, float] = {}
+        # n -> (arrival time, the reading's ts: when the target read the line)
+        self.arrivals: dict[int, tuple[float, float]] = {}
 
     def _mark(self, key: int) -> None:
         if self.seen.add(key):
@@ -98,8 +99,8 @@ class Counter:
                 if r.get("sensor") == "n":
                     n = int(r["value"])
                     self._counter(r["device"], n)
-                    if self.record:
-                        self.arrivals.setdefault(n, now)
+                    if self.record and n not in self.arrivals:
+                        self.arrivals[n] = (now, r["ts"])
         else:
             data = obj.get("data", {})
             self.readings += len(data)
@@ -109,8 +110,8 @@ class Counter:
                 self._mark(n)
                 self._counter(obj.get("device", ""), n)
                 self.max_seq = max(self.max_seq, n)
-                if self.record:
-                    self.arrivals.setdefault(n, now)
+                if self.record and n not in self.arrivals:
+                    self.arrivals[n] = (now, obj.get("ts", now))
 
     def progress(self) -> dict[str, Any]:
         return {

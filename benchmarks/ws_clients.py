@@ -1,9 +1,10 @@
 """Many WebSocket stream clients in one process, recording when each reading arrives.
 
-Each client records ``(n, time.time())`` for every counter reading it receives
-(the time taken once per message, as soon as aiohttp hands it over). Prints a
+Each client records ``(n, time.time(), ts)`` for every counter reading it
+receives (the time taken once per message, as soon as aiohttp hands it over;
+``ts`` is when the gateway read the line). Prints a
 ``progress`` JSON line every 100 ms; on SIGTERM closes the clients and writes
-the records to ``OUT`` (doubles: n, t, n, t, …) and a summary to ``OUT.json``.
+the records to ``OUT`` (doubles: n, arrival, reading ts, n, …) and a summary to ``OUT.json``.
 
     python -m benchmarks.ws_clients --url WS_URL --clients N --out FILE
 """
@@ -69,8 +70,7 @@ async def one_client(
             if kind == "readings":
                 for r in obj["readings"]:
                     if r.get("sensor") == "n":
-                        rec.append(float(r["value"]))
-                        rec.append(t)
+                        rec.extend((float(r["value"]), t, float(r["ts"])))
                 tally.readings += len(obj["readings"])
             elif kind == "gap":
                 tally.gaps += 1
