@@ -113,9 +113,10 @@ class _Window:
 class RepeatFilter(logging.Filter):
     """Log a (logger, message template) once per window, then how often it repeated.
 
-    Each message template has its own window, so two devices flooding at once
-    are both summarised. The summary goes out through ``emit`` when the window
-    ends, from a timer thread if nothing else is logged by then. Messages must use
+    Each message template (and subject, see ``_event``) has its own window, so two
+    devices flooding at once are both summarised. The summary goes out through
+    ``emit`` when the window ends, from a timer thread if nothing else is logged
+    by then. Messages must use
     %-style arguments (``log.warning("bad line %r", line)``) for their repeats to be
     recognised as the same. A template without words of its own (``"%s: %s"``)
     says nothing about the event, so such messages are compared as written.
@@ -222,9 +223,17 @@ class RepeatFilter(logging.Filter):
 
 
 def _event(record: logging.LogRecord) -> str:
-    """What makes two records "the same message": the template, if it has words."""
-    if isinstance(record.msg, str) and _has_words(record.msg):
-        return record.msg
+    """What makes two records "the same message": the template, if it has words.
+
+    A template that starts with ``%s:`` names its subject there (a device or an
+    uplink): each subject gets its own window, so one device's flood never hides
+    another device's news.
+    """
+    template = record.msg
+    if isinstance(template, str) and _has_words(template):
+        if template.startswith("%s:") and isinstance(record.args, tuple) and record.args:
+            return f"{record.args[0]}\0{template}"
+        return template
     return record.getMessage()
 
 

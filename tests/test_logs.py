@@ -202,6 +202,16 @@ def test_templates_without_words_are_compared_as_written(
     assert [r.getMessage() for r in emitted] == ["mqtt: not authorised (repeated 1 time in 10s)"]
 
 
+def test_each_subject_named_first_has_its_own_window(
+    guard: tuple[RepeatFilter, FakeClock, list[logging.LogRecord]],
+) -> None:
+    repeat_filter, _, emitted = guard
+    assert repeat_filter.filter(record("%s: read %d readings", "dev-a", 196))
+    assert repeat_filter.filter(record("%s: read %d readings", "dev-b", 130))
+    assert not repeat_filter.filter(record("%s: read %d readings", "dev-a", 197))
+    assert emitted == []
+
+
 def test_interleaved_floods_are_each_summarised(
     guard: tuple[RepeatFilter, FakeClock, list[logging.LogRecord]],
 ) -> None:
