@@ -10,17 +10,25 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
 from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, async_playwright
+from playwright.async_api import Error as PlaywrightError
 
 from drivers.serial_line import SerialLineDriver
 from gateway.interfaces import GatewayView
-from gateway.local import create_app
+from gateway.local import create_app, serve
 from gateway.local.keys import HUB
-from gateway.settings import DeviceSettings, GatewaySettings, Settings, StoreSettings
+from gateway.settings import (
+    DeviceSettings,
+    GatewaySettings,
+    LocalSettings,
+    Settings,
+    StoreSettings,
+)
 from gateway.store import Store
 from simulators.pty_device import PtyDevice
-from tests.fixtures.common import wait_until
+from tests.fixtures.common import free_port, wait_until
 from tests.test_local_common import TOKEN, FakeUplink, local_settings
 
 pytestmark = pytest.mark.browser
@@ -46,7 +54,9 @@ class RunningGateway:
 
 
 @asynccontextmanager
-async def simulated_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+async def simulated_gateway(
+    tmp_path: Path, local: LocalSettings | None = None
+) -> AsyncIterator[GatewayView]:
     """Two simulated devices on pseudo-terminals, read by the serial driver into a real store."""
     devices = (
         DeviceSettings(
@@ -61,7 +71,7 @@ async def simulated_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
     settings = Settings(
         gateway=GatewaySettings(id="gw-field-7", data_dir=tmp_path),
         devices=devices,
-        local=local_settings(),
+        local=local or local_settings(),
     )
     store = await Store.open(tmp_path / "readings.db", StoreSettings())
     drivers = {d.id: SerialLineDriver(d, store) for d in devices}
@@ -70,7 +80,6 @@ async def simulated_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
     view = GatewayView(
         settings=settings, log=store, devices=drivers, uplinks={"mqtt": uplink}, started=time.time()
     )
-    server = TestServer(create_app(view), host="127.0.0.1")
     try:
         async with (
             PtyDevice("thermo", tmp_path / "thermo-1", rate=4, seed=7),
@@ -78,15 +87,26 @@ async def simulated_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
             asyncio.TaskGroup() as tasks,
         ):
             readers = [tasks.create_task(d.run(), name=f"driver:{i}") for i, d in drivers.items()]
-            await server.start_server()
             try:
-                yield RunningGateway(f"http://127.0.0.1:{server.port}/", server, uplink)
+                yield view
             finally:
-                await server.close()
                 for reader in readers:
                     reader.cancel()
     finally:
         await store.close()
+
+
+@asynccontextmanager
+async def served_gateway(tmp_path: Path) -> AsyncIterator[RunningGateway]:
+    async with simulated_gateway(tmp_path) as view:
+        server = TestServer(create_app(view), host="127.0.0.1")
+        await server.start_server()
+        uplink = view.uplinks["mqtt"]
+        assert isinstance(uplink, FakeUplink)
+        try:
+            yield RunningGateway(f"http://127.0.0.1:{server.port}/", server, uplink)
+        finally:
+            await server.close()
 
 
 @asynccontextmanager
@@ -113,7 +133,7 @@ async def sign_in(page: Page, url: str) -> None:
 
 
 async def test_dashboard_shows_live_values_status_and_a_link_down_banner(tmp_path: Path) -> None:
-    async with simulated_gateway(tmp_path) as gw, chromium() as browser:
+    async with served_gateway(tmp_path) as gw, chromium() as browser:
         phone = await browser.new_context(viewport=PHONE, device_scale_factor=2, is_mobile=True)
         page = await phone.new_page()
         errors: list[str] = []
@@ -171,7 +191,7 @@ async def test_dashboard_shows_live_values_status_and_a_link_down_banner(tmp_pat
 
 
 async def test_dashboard_reconnects_and_fills_the_gap(tmp_path: Path) -> None:
-    async with simulated_gateway(tmp_path) as gw, chromium() as browser:
+    async with served_gateway(tmp_path) as gw, chromium() as browser:
         page = await browser.new_page(viewport=DESKTOP)
         await sign_in(page, gw.url)
         await page.wait_for_function("() => state.streamUp && state.lastSeq > 0")
@@ -189,3 +209,39 @@ async def test_dashboard_reconnects_and_fills_the_gap(tmp_path: Path) -> None:
         )
         assert values == list(range(values[0], values[0] + len(values)))
         await wait_until(lambda: hub.counters.clients == 1)
+
+
+async def test_dashboard_works_over_https_with_a_secure_websocket(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    issued = ca.issue_cert("127.0.0.1")
+    cert, key = tmp_path / "local.crt", tmp_path / "local.key"
+    issued.cert_chain_pems[0].write_to_path(cert)
+    issued.private_key_pem.write_to_path(key)
+    port = free_port()
+    local = local_settings(listen=f"127.0.0.1:{port}", cert_file=cert, key_file=key)
+    async with simulated_gateway(tmp_path, local) as view, chromium() as browser:
+        server = asyncio.create_task(serve(view))
+        try:
+            context = await browser.new_context(viewport=PHONE, ignore_https_errors=True)
+            page = await context.new_page()
+            url = f"https://127.0.0.1:{port}/"
+            # The page is served once the server listens; until then the browser gets refused.
+            await wait_until(lambda: _loads(page, url), timeout=20)
+            await page.locator("#login").wait_for(state="visible")
+            await page.fill("#token-input", TOKEN)
+            await page.click("#login-form button[type=submit]")
+            await page.wait_for_function("() => state.streamUp && state.lastSeq > 0")
+            assert await page.evaluate("state.socket.url.startsWith('wss://')")
+            await page.locator('.tile[data-device="counter-1"][data-sensor="n"] .number').wait_for()
+        finally:
+            server.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await server
+
+
+async def _loads(page: Page, url: str) -> bool:
+    try:
+        response = await page.goto(url)
+    except PlaywrightError:
+        return False
+    return response is not None and response.ok

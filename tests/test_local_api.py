@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 import time
 from dataclasses import replace
 from pathlib import Path
 
-from gateway.settings import Settings, StoreSettings
-from tests.test_local_common import TOKEN, local_gateway, local_settings
+import aiohttp
+import pytest
+import trustme
+
+from gateway.errors import ConfigError
+from gateway.interfaces import GatewayView
+from gateway.local import serve
+from gateway.reading import Sample
+from gateway.settings import GatewaySettings, Settings, StoreSettings
+from gateway.store import Store
+from tests.fixtures.common import free_port, wait_until
+from tests.test_local_common import TOKEN, local_gateway, local_settings, receive_json
 
 METRIC_NAMES = [
     "edge_gateway_info",
@@ -238,3 +250,71 @@ async def test_dashboard_is_self_contained(tmp_path: Path) -> None:
             async with gw.session.get(gw.url(asset)) as resp:
                 assert resp.status == 200
                 assert "https://" not in await resp.text()
+
+
+def issue_server_cert(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
+    ca = trustme.CA()
+    server_cert = ca.issue_cert("127.0.0.1", "localhost")
+    cert, key = tmp_path / "local.crt", tmp_path / "local.key"
+    server_cert.cert_chain_pems[0].write_to_path(cert)
+    server_cert.private_key_pem.write_to_path(key)
+    return ca, cert, key
+
+
+async def test_serve_over_tls_answers_https_and_wss(tmp_path: Path) -> None:
+    ca, cert, key = issue_server_cert(tmp_path)
+    port = free_port()
+    local = local_settings(listen=f"127.0.0.1:{port}", cert_file=cert, key_file=key)
+    store = await Store.open(tmp_path / "readings.db", StoreSettings())
+    view = GatewayView(
+        settings=Settings(gateway=GatewaySettings(id="gw-tls", data_dir=tmp_path), local=local),
+        log=store,
+        devices={},
+        uplinks={},
+        started=time.time(),
+    )
+    client_tls = ssl.create_default_context()
+    ca.configure_trust(client_tls)
+    server = asyncio.create_task(serve(view))
+    base = f"https://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_tls)) as s:
+
+            async def answers() -> bool:
+                try:
+                    async with s.get(f"{base}/healthz") as resp:
+                        return resp.status == 200
+                except aiohttp.ClientConnectorError:
+                    return False
+
+            await wait_until(answers)
+            ws = await s.ws_connect(
+                f"wss://127.0.0.1:{port}/api/v1/stream", params={"token": TOKEN}, origin=base
+            )
+            hello = await receive_json(ws)
+            assert hello == {"type": "hello", "gateway": "gw-tls", "last_seq": 0}
+            store.put_samples([Sample("thermo-1", "t", 21.5, time.time())])
+            message = await receive_json(ws)
+            assert [r["value"] for r in message["readings"]] == [21.5]
+            await ws.close()
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
+        await store.close()
+
+
+async def test_serve_rejects_a_bad_listen_address(tmp_path: Path) -> None:
+    store = await Store.open(tmp_path / "readings.db", StoreSettings())
+    view = GatewayView(
+        settings=Settings(local=local_settings(listen="localhost")),
+        log=store,
+        devices={},
+        uplinks={},
+        started=time.time(),
+    )
+    try:
+        with pytest.raises(ConfigError, match=r"local\.listen"):
+            await serve(view)
+    finally:
+        await store.close()
