@@ -87,6 +87,7 @@ async def status(request: web.Request) -> web.Response:
             "gaps": counters.gaps,
             "closed_slow": counters.closed_slow,
             "inbound_errors": counters.inbound_errors,
+            "refused_busy": counters.refused_busy,
         },
     }
     return web.json_response(body)

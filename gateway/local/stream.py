@@ -240,8 +240,13 @@ class StreamHub:
                 client.offer(message)
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
-        """Upgrade (after the caller checked token, origin and capacity) and serve a client."""
-        device_glob = request.query.get("device") or None
+        """Refuse beyond ``max_clients``, else upgrade and serve one client until it goes.
+
+        The caller has checked the token and the origin.
+        """
+        requested = request.query.get("device", "").strip()
+        # "*" matches every device: such clients share the unfiltered messages.
+        device_glob = None if requested in {"", "*"} else requested
         since = _since(request)
         settings = self._settings
         if len(self._clients) + self._opening >= settings.max_clients:
@@ -301,6 +306,9 @@ class StreamHub:
         rate = self._settings.max_inbound_per_second
         bucket = _TokenBucket(rate) if rate > 0 else None
         async for msg in client.ws:
+            if msg.type is WSMsgType.ERROR:
+                # aiohttp has closed the connection already (1009 for an oversized message).
+                return
             if bucket is not None and not bucket.take():
                 await client.close(WSCloseCode.POLICY_VIOLATION, b"too many messages")
                 return
