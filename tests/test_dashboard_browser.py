@@ -210,6 +210,13 @@ async def test_dashboard_reconnects_and_fills_the_gap(tmp_path: Path) -> None:
         assert values == list(range(values[0], values[0] + len(values)))
         await wait_until(lambda: hub.counters.clients == 1)
 
+        # The gateway goes away altogether: the page says so plainly.
+        await gw.server.close()
+        banner = page.locator("#banner")
+        await banner.wait_for(state="visible", timeout=20_000)
+        assert "Gateway unreachable" in await banner.inner_text()
+        await page.screenshot(path=tmp_path / "dashboard-gateway-down.png")
+
 
 async def test_dashboard_works_over_https_with_a_secure_websocket(tmp_path: Path) -> None:
     ca = trustme.CA()

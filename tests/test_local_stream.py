@@ -323,3 +323,20 @@ async def test_a_large_commit_is_split_into_bounded_messages(tmp_path: Path) -> 
             seqs += [r["seq"] for r in message["readings"]]
         assert seqs == list(range(1, final + 1))
         await ws.close()
+
+
+async def test_a_peer_that_stops_answering_pings_is_dropped(tmp_path: Path) -> None:
+    async with local_gateway(tmp_path, local=local_settings(heartbeat=0.2)) as gw:
+        hub = gw.server.app[HUB]
+        # autoping off: this client never answers the server's pings, like a dead peer.
+        ws = await gw.session.ws_connect(gw.url(STREAM), params={"token": TOKEN}, autoping=False)
+        assert (await receive_json(ws))["type"] == "hello"
+        await wait_until(lambda: hub.counters.clients == 1)
+        kinds: list[aiohttp.WSMsgType] = []
+        while not ws.closed:
+            msg = await ws.receive(timeout=10)
+            kinds.append(msg.type)
+            if msg.type in {aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED}:
+                break
+        assert aiohttp.WSMsgType.PING in kinds
+        await wait_until(lambda: hub.counters.clients == 0)
