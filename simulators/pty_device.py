@@ -168,17 +168,23 @@ class PtyDevice:
 
     def _plug(self) -> None:
         master, slave = os.openpty()
-        # Raw: no echo, no line editing, no CR/LF translation between device and reader.
-        tty.setraw(slave)
-        os.set_blocking(master, False)
+        try:
+            # Raw: no echo, no line editing, no CR/LF translation between device and reader.
+            tty.setraw(slave)
+            os.set_blocking(master, False)
+            slave_path = os.ttyname(slave)
+            self.link.parent.mkdir(parents=True, exist_ok=True)
+            # A rename replaces the link atomically: a reader never sees it half made.
+            tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
+            tmp.unlink(missing_ok=True)
+            tmp.symlink_to(slave_path)
+            tmp.replace(self.link)
+        except OSError:
+            os.close(master)
+            os.close(slave)
+            raise
         self._master, self._slave = master, slave
-        self.slave_path = os.ttyname(slave)
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        # A rename replaces the link atomically: a reader never sees it missing or half made.
-        tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(self.slave_path)
-        tmp.replace(self.link)
+        self.slave_path = slave_path
 
     def _close_pty(self) -> None:
         if self._master is None or self._slave is None:

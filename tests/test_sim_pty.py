@@ -198,3 +198,13 @@ def test_invalid_arguments(tmp_path: Path) -> None:
 def test_counter_source_numbers_lines() -> None:
     source = CounterSource(7)
     assert [source.line() for _ in range(3)] == [b"n=7\n", b"n=8\n", b"n=9\n"]
+
+
+async def test_an_unusable_link_path_leaks_nothing(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    fds_before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(FileExistsError):  # mkdir of the link's directory
+        async with PtyDevice("counter", blocker / "c"):
+            pass
+    assert len(os.listdir("/proc/self/fd")) == fds_before
