@@ -178,6 +178,8 @@ class LineDecoder:
         except UnicodeDecodeError:
             out.dead_letters.append(self._dead(REASON_UTF8, line, ts))
             return
+        if text.isspace():
+            return
         try:
             if self.format == "kv":
                 out.samples.extend(self._kv(text, ts))
@@ -219,8 +221,6 @@ class LineDecoder:
         ]
 
     def _json(self, text: str, ts: float) -> list[Sample]:
-        if not text.strip():
-            return []
         try:
             obj = json.loads(text)
         except (ValueError, RecursionError) as exc:

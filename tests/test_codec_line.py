@@ -19,7 +19,7 @@ from drivers.line_codec import (
 )
 from gateway.errors import DriverError
 from gateway.reading import DeadLetter, Sample, Value
-from gateway.settings import DeviceSettings
+from gateway.settings import DeviceSettings, LineFormat
 
 TS = 1764086400.5
 
@@ -87,9 +87,11 @@ def test_crlf_split_across_chunks_gives_no_dead_letter() -> None:
     assert first.dead_letters == second.dead_letters == []
 
 
-def test_blank_lines_are_skipped() -> None:
-    out = LineDecoder("d").feed(b"\n\n  \n\r\n \t \na=1\n", TS)
-    assert pairs(out.samples) == [("a", 1)]
+@pytest.mark.parametrize(("fmt", "line"), [("kv", b"a=1"), ("csv", b"1,2"), ("json", b'{"a":1}')])
+def test_blank_lines_are_skipped(fmt: LineFormat, line: bytes) -> None:
+    codec = LineDecoder("d", fmt, columns=("a", "b"))
+    out = codec.feed(b"\n\n  \n\r\n \t \n" + line + b"\n", TS)
+    assert pairs(out.samples)[0] == ("a", 1)
     assert out.dead_letters == []
 
 
