@@ -243,7 +243,5 @@ class LineDecoder:
                 self._flatten(value, name + ".", ts, out)
             elif isinstance(value, list):
                 raise _BadLine(f"array value for {name[:40]!r}")
-            elif value is not None:
-                if not isinstance(value, bool | int | float | str):
-                    raise _BadLine(f"unsupported value for {name[:40]!r}")
+            elif isinstance(value, bool | int | float | str):
                 out.append(self._sample(name, value, ts))
