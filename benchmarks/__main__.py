@@ -24,7 +24,7 @@ Runner = Callable[[Plan, Path | None], BenchResult]
 
 BENCHMARKS: dict[str, Runner] = {
     "throughput": pipeline.run_throughput,
-    "latency": lambda plan, _profile: pipeline.run_latency(plan),
+    "latency": pipeline.run_latency,
     "backlog": lambda plan, _profile: backlog.run_backlog(plan),
     "fanout": lambda plan, _profile: fanout.run_fanout(plan),
 }
@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="run the gateway under cProfile in the throughput benchmark (results/*.prof)",
+        help="run the gateway under cProfile in throughput and latency (results/*.prof)",
     )
     args = parser.parse_args()
 

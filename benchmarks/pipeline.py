@@ -249,7 +249,9 @@ def measure_throughput(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def measure_paced(kind: str, plan: Plan, rate: float = PACED_RATE) -> dict[str, Any]:
+def measure_paced(
+    kind: str, plan: Plan, rate: float = PACED_RATE, profile: Path | None = None
+) -> dict[str, Any]:
     """Lines at ``rate`` from this process; latency per reading and the target's CPU."""
     work = scratch_dir(f"paced-{kind}")
     fmt = "naive" if kind == "naive" else "gateway"
@@ -259,7 +261,8 @@ def measure_paced(kind: str, plan: Plan, rate: float = PACED_RATE) -> dict[str, 
         with Mosquitto(work) as broker:
             sub = subscriber(work, broker, fmt, arrivals_path)
             try:
-                with running_target(kind, work, broker, [("paced-1", link.path)]) as target:
+                devices = [("paced-1", link.path)]
+                with running_target(kind, work, broker, devices, profile=profile) as target:
                     primed = prime(link, lambda: int(progress(sub)["distinct"]))
                     first = 100_001
                     writer = PacedWriter(link, rate, plan.warmup + plan.paced_window, first)
@@ -369,9 +372,10 @@ def run_throughput(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
     return BenchResult(bench, figures, {"naive": naive, "full": full, "normal": normal})
 
 
-def run_latency(plan: Plan) -> BenchResult:
+def run_latency(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
     naive = measure_paced("naive", plan)
-    gw = measure_paced("gateway", plan)
+    profile = profile_dir / "gateway-rate1000.prof" if profile_dir else None
+    gw = measure_paced("gateway", plan, profile=profile)
     bench = "rate 1000/s"
     figures = [
         Figure(

@@ -32,5 +32,5 @@ QUICK = Plan(
     window=2.0,
     paced_window=2.0,
     backlog_sizes=(1_000, 20_000),
-    fanout_clients=(10, 100),
+    fanout_clients=(10,),
 )
