@@ -193,8 +193,9 @@ async def test_a_client_that_never_reads_does_not_hold_back_the_others(tmp_path:
             last = await gw.store.flush()
             await wait_until(lambda: all(r.last == last for r in readers), timeout=30)  # noqa: B023
             chunks += 1
+        # Depending on how fast its queue filled, it was also told of a gap or not; the
+        # gap itself is covered by the slow-client test.
         assert hub.counters.closed_slow == 1
-        assert hub.counters.gaps >= 1
         final = gw.store.last_seq
         for reader in readers:
             assert reader.seqs == list(range(1, final + 1))
