@@ -15,7 +15,8 @@ import trustme
 from gateway.errors import ConfigError
 from gateway.interfaces import GatewayView
 from gateway.local import serve
-from gateway.reading import Sample
+from gateway.local.latest import sensor_of
+from gateway.reading import Sample, encode
 from gateway.settings import GatewaySettings, Settings, StoreSettings
 from gateway.store import Store
 from tests.fixtures.common import free_port, wait_until
@@ -234,6 +235,27 @@ async def test_devices_show_the_last_reading_of_each_sensor(tmp_path: Path) -> N
     assert thermo["reconnects"] == 2
     assert thermo["readings"] == 4
     assert by_id["counter-1"]["last"] == {}
+
+
+@pytest.mark.parametrize(
+    ("device", "sensor"),
+    [
+        ("thermo-1", "t"),
+        ('a"b', 's"x'),
+        ("ends-with-\\", "t"),
+        ("d", '","sensor":"'),
+        ('dev,"sensor":"y', "real"),
+        ("é", "ü"),
+    ],
+)
+def test_sensor_of_finds_the_sensor_of_any_stored_payload(device: str, sensor: str) -> None:
+    assert sensor_of(encode(7, Sample(device, sensor, 1.5, 0.0))) == sensor
+
+
+def test_sensor_of_a_foreign_payload() -> None:
+    assert sensor_of(b'{"sensor": "x", "seq": 1}') == "x"
+    assert sensor_of(b"not json") is None
+    assert sensor_of(b'{"seq": 1}') is None
 
 
 async def test_dashboard_is_self_contained(tmp_path: Path) -> None:

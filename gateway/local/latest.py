@@ -7,30 +7,53 @@ from collections.abc import Sequence
 
 from gateway.reading import StoredReading
 
+# ``gateway.reading.encode`` writes the keys in a fixed order (seq, ts, device, sensor,
+# value), and quotes inside the device id are escaped, so the first occurrence of this
+# key is the sensor's.
+_SENSOR_KEY = b',"sensor":"'
+
+
+def sensor_of(payload: bytes) -> str | None:
+    """The sensor name of a stored payload, without decoding the whole object.
+
+    Names holding escapes, and payloads of another shape, take the slow path.
+    """
+    start = payload.find(_SENSOR_KEY)
+    if start >= 0:
+        start += len(_SENSOR_KEY)
+        end = payload.find(b'"', start)
+        name = payload[start:end]
+        if end > 0 and b"\\" not in name:
+            return name.decode("utf-8", "replace")
+    try:
+        obj = json.loads(payload)
+    except ValueError:
+        return None
+    sensor = obj.get("sensor") if isinstance(obj, dict) else None
+    return sensor if isinstance(sensor, str) else None
+
 
 class LatestReadings:
-    """Device id -> sensor -> the newest reading's decoded object.
+    """Device id -> sensor -> the newest reading's stored payload.
 
-    Payloads are decoded here once per reading; a payload that does not decode
-    to an object with a ``sensor`` is counted, never raised on the commit path.
+    The commit listener only finds each reading's sensor name (a byte search); payloads
+    are decoded when someone asks, so keeping this costs little at high rates.
     """
 
     def __init__(self) -> None:
-        self._by_device: dict[str, dict[str, dict[str, object]]] = {}
+        self._by_device: dict[str, dict[str, bytes]] = {}
         self.undecodable = 0
 
     def on_commit(self, batch: Sequence[StoredReading]) -> None:
         for reading in batch:
-            try:
-                obj = json.loads(reading.payload)
-            except ValueError:
+            sensor = sensor_of(reading.payload)
+            if sensor is None:
                 self.undecodable += 1
                 continue
-            sensor = obj.get("sensor") if isinstance(obj, dict) else None
-            if not isinstance(sensor, str):
-                self.undecodable += 1
-                continue
-            self._by_device.setdefault(reading.device, {})[sensor] = obj
+            self._by_device.setdefault(reading.device, {})[sensor] = reading.payload
 
-    def of(self, device: str) -> dict[str, dict[str, object]]:
-        return dict(self._by_device.get(device, {}))
+    def of(self, device: str) -> dict[str, object]:
+        return {
+            sensor: json.loads(payload)
+            for sensor, payload in self._by_device.get(device, {}).items()
+        }

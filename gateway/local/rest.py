@@ -9,6 +9,7 @@ from aiohttp import web
 
 from gateway.local import health
 from gateway.local.keys import HUB, LATEST, VIEW
+from gateway.local.latest import sensor_of
 from gateway.reading import StoredReading, join_payloads
 
 DEFAULT_LIMIT = 100
@@ -93,14 +94,6 @@ async def status(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
-def _sensor_of(reading: StoredReading) -> object:
-    try:
-        obj = json.loads(reading.payload)
-    except ValueError:
-        return None
-    return obj.get("sensor") if isinstance(obj, dict) else None
-
-
 async def readings(request: web.Request) -> web.Response:
     """History after ``since``, ascending; ``next`` is the ``since`` of the following page."""
     log = request.app[VIEW].log
@@ -118,7 +111,7 @@ async def readings(request: web.Request) -> web.Response:
         for _ in range(MAX_SCAN_PAGES):
             page = await log.read_after(cursor, SCAN_PAGE, device)
             for reading in page:
-                if _sensor_of(reading) == sensor:
+                if sensor_of(reading.payload) == sensor:
                     found.append(reading)
                     if len(found) == limit:
                         break

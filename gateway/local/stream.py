@@ -161,8 +161,8 @@ class StreamClient:
             # What the live queue holds from here on needs no replay.
             live_from = self._queue[0].first if self._queue else None
             reached_live = live_from is not None and bool(page) and page[-1].seq >= live_from
-            if reached_live:
-                page = [r for r in page if r.seq < live_from]  # type: ignore[operator]
+            if live_from is not None and reached_live:
+                page = [r for r in page if r.seq < live_from]
             if page:
                 await self._send(readings_message(page))
                 cursor = page[-1].seq
