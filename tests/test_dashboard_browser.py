@@ -193,7 +193,10 @@ async def test_dashboard_shows_live_values_status_and_a_link_down_banner(tmp_pat
 async def test_dashboard_reconnects_and_fills_the_gap(tmp_path: Path) -> None:
     async with served_gateway(tmp_path) as gw, chromium() as browser:
         page = await browser.new_page(viewport=DESKTOP)
-        await sign_in(page, gw.url)
+        # Signed in by a link carrying the token in its fragment, as the demo prints it.
+        await page.goto(f"{gw.url}#token={TOKEN}")
+        assert await page.locator("#login").is_hidden()
+        assert "#" not in page.url
         await page.wait_for_function("() => state.streamUp && state.lastSeq > 0")
         hub = gw.server.app[HUB]
 

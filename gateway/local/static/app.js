@@ -14,6 +14,18 @@ const SVG_NS = "http://www.w3.org/2000/svg";
 
 const $ = (id) => document.getElementById(id);
 
+// A link like http://gw:8080/#token=… (as printed by `edge-gateway demo`) signs in
+// directly. The fragment never reaches the server or its logs; it is removed from the
+// address bar once the token is kept.
+function tokenFromLink() {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const token = params.get("token");
+  if (!token) return;
+  localStorage.setItem(TOKEN_KEY, token);
+  history.replaceState(null, "", location.pathname + location.search);
+}
+tokenFromLink();
+
 const state = {
   token: localStorage.getItem(TOKEN_KEY),
   lastSeq: null, // highest seq received; the next connection replays from it
