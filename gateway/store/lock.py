@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 from gateway.errors import StoreError
@@ -21,14 +22,24 @@ class DataDirLock:
         self.path = data_dir / LOCK_NAME
         self._fd: int | None = None
 
-    def acquire(self) -> None:
+    def acquire(self, wait: float = 0.0) -> None:
+        """Take the lock, retrying for up to ``wait`` seconds (a ``queue`` command
+        checking whether the gateway runs holds it for an instant)."""
+        deadline = time.monotonic() + wait
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreError(f"{self.path.parent} is in use by another gateway process") from None
-        self._fd = fd
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
+                os.close(fd)
+                raise StoreError(
+                    f"{self.path.parent} is in use by another gateway process"
+                ) from None
+            self._fd = fd
+            return
 
     def release(self) -> None:
         if self._fd is not None:

@@ -30,16 +30,24 @@ log = logging.getLogger(__name__)
 # still hold retention this long, so a restart never deletes what an uplink
 # about to register has not sent.
 STARTUP_GRACE = 60.0
+# How long opening waits for the data directory's lock before giving up.
+LOCK_WAIT = 2.0
 
 
 def _open_writer(
     path: Path, settings: StoreSettings, max_page_count: int | None, startup_grace: float
 ) -> Writer:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = DataDirLock(path.parent)
-    lock.acquire()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = DataDirLock(path.parent)
+        lock.acquire(wait=LOCK_WAIT)
+    except OSError as e:
+        raise StoreError(f"cannot open the store in {path.parent}: {e}") from e
     try:
         return _open_locked(path, settings, max_page_count, startup_grace, lock)
+    except (sqlite3.Error, OSError) as e:
+        lock.release()
+        raise StoreError(f"cannot open the store {path}: {e}") from e
     except BaseException:
         lock.release()
         raise

@@ -15,8 +15,8 @@ itself degraded, and the writer retries with backoff until the disk has room.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
-import math
 import os
 import sqlite3
 import threading
@@ -332,7 +332,7 @@ class Writer:
         if len(self._unsaved) <= MAX_BATCH:
             samples = list(self._unsaved)
         else:
-            samples = [self._unsaved[i] for i in range(MAX_BATCH)]
+            samples = list(itertools.islice(self._unsaved, MAX_BATCH))
         return _Batch(
             samples=samples,
             dead_letters=list(self._unsaved_dead),
@@ -398,23 +398,28 @@ class Writer:
         )
 
     def _insert(self, batch: _Batch, counted: bool) -> None:
+        # The per-reading loop of the hot path: names bound locally on purpose.
         seq = self.last_seq
         rows = batch.rows
-        readings = batch.readings
+        add_row = rows.append
+        add_reading = batch.readings.append
+        encode_one = encode
+        stored = StoredReading
         for sample in batch.samples:
             try:
-                payload = encode(seq + 1, sample)
+                payload = encode_one(seq + 1, sample)
             except (TypeError, ValueError) as e:
-                # A value JSON cannot carry; keep it as a dead letter rather than lose it.
+                # JSON cannot carry it (a non-finite ts, an odd value type): keep it as
+                # a dead letter rather than lose it. encode() thus also vouches for ts.
                 reason = f"unencodable sample: {e}"
                 batch.unencodable.append(
                     DeadLetter(sample.device, reason, repr(sample).encode(), time.time())
                 )
                 continue
             seq += 1
-            ts = sample.ts
-            rows.append((seq, 0.0 if math.isnan(ts) else ts, sample.device, payload))
-            readings.append(StoredReading(seq, sample.device, payload))
+            device = sample.device
+            add_row((seq, sample.ts, device, payload))
+            add_reading(stored(seq, device, payload))
         if rows:
             self._floor.reserve(seq)
             self._conn.executemany(
