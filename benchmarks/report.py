@@ -54,6 +54,8 @@ class BenchResult:
     error: str | None = None
     seconds: float = 0.0
     machine: dict[str, float] = field(default_factory=dict)
+    # One line each on where the time went, printed under the table.
+    notes: list[str] = field(default_factory=list)
 
 
 def _num(value: float | None, unit: str = "") -> str:
@@ -100,6 +102,9 @@ def table(results: list[BenchResult]) -> str:
         lines.append("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
         if k == 0:
             lines.append("  ".join("-" * w for w in widths))
+    notes = [f"  {r.name}: {note}" for r in results for note in r.notes]
+    if notes:
+        lines += ["", "where the time goes:", *notes]
     return "\n".join(lines)
 
 
@@ -134,6 +139,7 @@ def write_json(results: list[BenchResult], mode: str, started: float) -> Path:
                 "seconds": round(r.seconds, 1),
                 "error": r.error,
                 "machine": r.machine,
+                "notes": r.notes,
                 "figures": [f.as_dict() for f in r.figures],
                 "details": r.details,
             }
