@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.errors import StoreError
 from gateway.reading import Sample, encode
 from gateway.settings import StoreSettings
 from gateway.store import Store, writer
@@ -207,3 +208,30 @@ async def test_kill_9_loses_nothing_reported_committed(tmp_path: Path) -> None:
         assert await store.flush() == old_last + 1
     finally:
         await store.close()
+
+
+async def test_a_lost_database_does_not_restart_seqs(tmp_path: Path) -> None:
+    async with opened(tmp_path) as store:
+        store.put_samples([sample(i) for i in range(5)])
+        await store.flush()
+    floor = int((tmp_path / "seq.floor").read_text())
+    assert floor > 5
+    for name in ("readings.db", "readings.db-wal", "readings.db-shm"):
+        (tmp_path / name).unlink(missing_ok=True)
+    async with opened(tmp_path) as store:
+        store.put_samples([sample(0)])
+        assert await store.flush() == floor + 1
+
+
+async def test_one_gateway_per_data_directory(tmp_path: Path) -> None:
+    async with opened(tmp_path):
+        with pytest.raises(StoreError, match="in use by another gateway"):
+            await Store.open(tmp_path / "readings.db", StoreSettings())
+    async with opened(tmp_path) as store:  # released on close
+        assert store.last_seq == 0
+
+
+async def test_unusable_data_directory_is_a_store_error(tmp_path: Path) -> None:
+    (tmp_path / "not-a-dir").write_text("")
+    with pytest.raises(StoreError, match="cannot open the store"):
+        await Store.open(tmp_path / "not-a-dir" / "readings.db", StoreSettings())

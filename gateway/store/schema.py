@@ -56,8 +56,10 @@ META_DROPPED = "dropped"
 META_DEAD_LETTERS = "dead_letters"
 META_SCHEMA = "schema_version"
 
+# Primary result codes; errors carry extended codes whose low byte is the primary one.
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})
 _FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
+_BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
 def connect(path: Path, durability: Durability, *, create: bool = True) -> sqlite3.Connection:
@@ -92,14 +94,23 @@ def read_meta(conn: sqlite3.Connection) -> dict[str, int]:
     return {str(k): int(v) for k, v in conn.execute("SELECT key, value FROM meta")}
 
 
+def _primary_code(error: sqlite3.Error) -> int | None:
+    code = getattr(error, "sqlite_errorcode", None)
+    return None if code is None else int(code) & 0xFF
+
+
 def is_corruption(error: sqlite3.Error) -> bool:
-    return getattr(error, "sqlite_errorcode", None) in _CORRUPTION_CODES
+    return _primary_code(error) in _CORRUPTION_CODES
+
+
+def is_busy(error: sqlite3.Error) -> bool:
+    return _primary_code(error) in _BUSY_CODES
 
 
 def is_disk_full(error: BaseException) -> bool:
     """SQLite's own "database or disk is full", or the OS's ENOSPC/EDQUOT."""
     if isinstance(error, sqlite3.Error):
-        return getattr(error, "sqlite_errorcode", None) in _FULL_CODES
+        return _primary_code(error) in _FULL_CODES
     if isinstance(error, OSError):
         return error.errno in (errno.ENOSPC, errno.EDQUOT)
     return False

@@ -595,7 +595,7 @@ class Writer:
             reason = "disk full"
         elif isinstance(error, sqlite3.Error) and schema.is_corruption(error):
             reason = f"database damaged ({error}); restart to move it aside"
-        elif isinstance(error, sqlite3.OperationalError) and "locked" in str(error):
+        elif isinstance(error, sqlite3.Error) and schema.is_busy(error):
             reason = "database busy"
         else:
             reason = f"write failed: {error}"
