@@ -20,9 +20,10 @@ const $ = (id) => document.getElementById(id);
 function tokenFromLink() {
   const params = new URLSearchParams(location.hash.slice(1));
   const token = params.get("token");
-  if (!token) return;
+  if (!token) return null;
   localStorage.setItem(TOKEN_KEY, token);
   history.replaceState(null, "", location.pathname + location.search);
+  return token;
 }
 tokenFromLink();
 
@@ -399,6 +400,16 @@ function renderBanner() {
   banner.hidden = !text;
   banner.classList.toggle("warn", warn);
 }
+
+// The same link opened in a tab already showing the page changes only the fragment.
+window.addEventListener("hashchange", () => {
+  const token = tokenFromLink();
+  if (!token) return;
+  stop();
+  state.token = token;
+  $("login").hidden = true;
+  start();
+});
 
 setInterval(renderAges, 1000);
 
