@@ -184,6 +184,26 @@ async def test_metrics_expose_every_family(tmp_path: Path) -> None:
     assert 0 < samples["process_start_time_seconds"] <= time.time()
 
 
+async def test_metrics_pass_promtool_lint(tmp_path: Path) -> None:
+    async with local_gateway(tmp_path) as gw:
+        gw.put("thermo-1", "t", [1.0])
+        await gw.store.flush()
+        gw.uplinks["mqtt"].status.publish_latency.observe(0.01)
+        async with gw.session.get(gw.url("/metrics")) as resp:
+            text = await resp.read()
+    promtool = await asyncio.create_subprocess_exec(
+        "promtool",
+        "check",
+        "metrics",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await promtool.communicate(text)
+    assert promtool.returncode == 0, output.decode()
+    assert output == b""
+
+
 async def test_readings_page_by_seq_and_filter(tmp_path: Path) -> None:
     async with local_gateway(tmp_path) as gw:
         for i in range(50):
