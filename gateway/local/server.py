@@ -25,6 +25,7 @@ logger = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 STREAM_PATH = "/api/v1/stream"
+PROMETHEUS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # The dashboard loads nothing from elsewhere; the policy makes that a rule for the browser too.
 CONTENT_SECURITY_POLICY = (
     "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; "
@@ -67,12 +68,7 @@ async def metrics(request: web.Request) -> web.Response:
     free = await health.free_bytes(view.settings.gateway.data_dir)
     process = await asyncio.to_thread(metrics_page.read_process_stats)
     text = metrics_page.render(view, request.app[HUB].counters, free, process, time.time())
-    return web.Response(
-        text=text,
-        content_type="text/plain",
-        charset="utf-8",
-        headers={"X-Prometheus-Format": "0.0.4"},
-    )
+    return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 
 async def stream(request: web.Request) -> web.StreamResponse:
