@@ -63,7 +63,9 @@ class StreamServer:
 
 
 @contextlib.contextmanager
-def stream_server(kind: str, work: Path, link: PtyLink, clients: int) -> Iterator[StreamServer]:
+def stream_server(
+    kind: str, work: Path, link: PtyLink, clients: int, durability: str = "full"
+) -> Iterator[StreamServer]:
     """The gateway (with its uplink to a local broker, as deployed) or the naive server."""
     if kind == "naive":
         port = free_port()
@@ -75,7 +77,13 @@ def stream_server(kind: str, work: Path, link: PtyLink, clients: int) -> Iterato
             yield StreamServer(server.pid, f"ws://127.0.0.1:{port}/api/v1/stream", None)
         return
     with Mosquitto(work) as broker:
-        config = GatewayConfig(work, [("paced-1", link.path)], broker.url, max_clients=clients + 10)
+        config = GatewayConfig(
+            work,
+            [("paced-1", link.path)],
+            broker.url,
+            durability=durability,
+            max_clients=clients + 10,
+        )
         with Gateway(config) as gw:
             gw.wait_healthy()
             url = f"ws://127.0.0.1:{config.local_port}/api/v1/stream?token={TOKEN}"
@@ -95,13 +103,15 @@ def start_clients(url: str, clients: int, work: Path) -> list[Child]:
     return procs
 
 
-def measure_fanout(kind: str, clients: int, rate: float, plan: Plan) -> dict[str, Any]:
+def measure_fanout(
+    kind: str, clients: int, rate: float, plan: Plan, durability: str = "full"
+) -> dict[str, Any]:
     work = scratch_dir(f"fanout-{kind}-{clients}")
     link = PtyLink(work / "tty-paced")
     procs: list[Child] = []
     try:
         with (
-            stream_server(kind, work, link, clients) as server,
+            stream_server(kind, work, link, clients, durability) as server,
             RssSampler(server.pid) as rss,
         ):
             procs = start_clients(server.url, clients, work)
@@ -139,6 +149,7 @@ def measure_fanout(kind: str, clients: int, rate: float, plan: Plan) -> dict[str
                     split.add(t_write, records[k + 1], records[k + 2])
         return {
             "kind": kind,
+            "durability": durability if kind == "gateway" else None,
             "clients": clients,
             "rate": rate,
             "connected": sum(s["connected"] for s in summaries),
@@ -162,6 +173,28 @@ def measure_fanout(kind: str, clients: int, rate: float, plan: Plan) -> dict[str
             p.stop()
         link.close()
         shutil.rmtree(work, ignore_errors=True)
+
+
+def fsync_share(plan: Plan, runs: list[dict[str, Any]]) -> Figure:
+    """The smallest case once more with durability normal: how much is the commit's fsync.
+
+    A reading is streamed only once committed, so with durability full every
+    reading waits for an fsync before any client sees it.
+    """
+    clients = plan.fanout_clients[0]
+    rate = CASES[clients][0]
+    normal = measure_fanout("gateway", clients, rate, plan, durability="normal")
+    runs.append(normal)
+    naive_p99 = next(
+        r["latency"]["p99_ms"] for r in runs if r["kind"] == "naive" and r["clients"] == clients
+    )
+    return Figure(
+        "fan-out",
+        f"p99 line → client, {clients} clients @ {rate:g}/s, durability normal",
+        "ms",
+        normal["latency"]["p99_ms"],
+        baseline=naive_p99,
+    )
 
 
 def run_fanout(plan: Plan) -> BenchResult:
@@ -215,8 +248,11 @@ def run_fanout(plan: Plan) -> BenchResult:
                 baseline=naive["server_max_rss_bytes"] / MB,
             ),
         ]
+    if plan.fanout_normal:
+        figures.append(fsync_share(plan, runs))
     notes = [
-        f"{r['kind']}, {r['clients']} clients @ {r['rate']:g}/s: p99 line → read "
+        f"{r['kind']}{' (' + r['durability'] + ')' if r['durability'] else ''}, "
+        f"{r['clients']} clients @ {r['rate']:g}/s: p99 line → read "
         f"{r['latency_line_to_read']['p99_ms'] or 0:.1f} ms, read → client "
         f"{r['latency_read_to_client']['p99_ms'] or 0:.1f} ms; server CPU "
         f"{r['server_cpu_percent']:.0f}%, client processes "
