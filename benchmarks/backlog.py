@@ -25,6 +25,7 @@ from benchmarks.harness import (
     PtyLink,
     RssSampler,
     cpu_percent,
+    memory_breakdown,
     python_module,
     scratch_dir,
     snapshot,
@@ -62,6 +63,7 @@ def measure_drain(count: int) -> dict[str, Any]:
                 s0 = snapshot(gw.pid)
                 complete = wait_received(sub, count, 60 + count / 5_000)
                 s1 = snapshot(gw.pid)
+                memory = memory_breakdown(gw.pid)
                 p = progress(sub)
                 # RSS once the backlog is gone, to see whether memory is given back.
                 time.sleep(1.0)
@@ -84,6 +86,7 @@ def measure_drain(count: int) -> dict[str, Any]:
             "max_rss_bytes": rss.max_bytes,
             "rss_after_drain_bytes": rss_after,
             "rss_samples": len(rss.samples),
+            "memory_at_end_of_drain": memory,
         }
     finally:
         link.close()

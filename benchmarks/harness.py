@@ -114,6 +114,21 @@ def snapshot(pid: int) -> ProcSnapshot:
     return ProcSnapshot(t, (utime + stime) / CLK_TCK, rss, write_bytes)
 
 
+def memory_breakdown(pid: int) -> dict[str, int]:
+    """RSS split by kind (anonymous, file-backed, shared memory) from smaps_rollup, bytes."""
+    out: dict[str, int] = {}
+    wanted = {"Rss", "Anonymous", "Shared_Clean", "Private_Clean", "Private_Dirty", "Shmem"}
+    try:
+        with open(f"/proc/{pid}/smaps_rollup", encoding="ascii") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in wanted:
+                    out[key] = int(rest.split()[0]) * 1024
+    except FileNotFoundError:
+        pass
+    return out
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds (utime + stime) of each thread of ``pid``, by thread id."""
     out: dict[int, float] = {}

@@ -1,10 +1,15 @@
-"""Figures, the table printed at the end of a run, and the JSON written beside it."""
+"""Figures, the table printed at the end of a run, and the JSON written beside it.
+
+``python -m benchmarks.report [FILE]`` prints a result file (default: the latest)
+as a Markdown table, for the documentation.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 import platform
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -61,7 +66,7 @@ class BenchResult:
 def _num(value: float | None, unit: str = "") -> str:
     if value is None:
         return "-"
-    if unit in {"readings/s", "B"} or abs(value) >= 1000:
+    if unit in {"readings/s", "B", "readings", "receipts"} or abs(value) >= 1000:
         return f"{value:,.0f}"
     if abs(value) >= 100:
         return f"{value:.0f}"
@@ -151,3 +156,57 @@ def write_json(results: list[BenchResult], mode: str, started: float) -> Path:
     path.write_text(text)
     (RESULTS / "latest.json").write_text(text)
     return path
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """A result file's figures as a Markdown table, with the machine and its load."""
+    m = doc["machine"]
+    lines = [
+        f"Run {doc['started']} ({doc['mode']}, {doc['seconds']:.0f} s) on {m['cpus']} x "
+        f"{m['cpu_model']}, Python {m['python']}, Linux {m['kernel']}.",
+        "",
+        "| benchmark | figure | target | measured | baseline | ratio | |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for bench in doc["benchmarks"]:
+        if bench["error"]:
+            lines.append(f"| {bench['name']} | error: {bench['error']} | | | | | |")
+        for d in bench["figures"]:
+            f = Figure(
+                **{
+                    k: d[k]
+                    for k in (
+                        "bench",
+                        "name",
+                        "unit",
+                        "measured",
+                        "target",
+                        "goal",
+                        "baseline",
+                        "note",
+                    )
+                }
+            )
+            unit = "" if f.unit in {"x", "readings", "receipts"} else f" {f.unit}"
+            ratio = "" if f.ratio is None else f"{f.ratio:.2f}x"
+            target = _target(f) + (unit if f.target is not None else "")
+            lines.append(
+                f"| {f.bench} | {f.name} | {target} | {_num(f.measured, f.unit)}{unit} | "
+                f"{_num(f.baseline, f.unit) if f.baseline is not None else ''} | {ratio} | "
+                f"{f.status if f.status != 'INFO' else ''} |"
+            )
+    loads = ", ".join(
+        f"{b['name']} {b['machine'].get('load_average_before', 0):.1f}"
+        for b in doc["benchmarks"]
+        if b.get("machine")
+    )
+    lines += ["", f"Load average when each benchmark started: {loads}."]
+    notes = [f"- {b['name']}: {n}" for b in doc["benchmarks"] for n in b.get("notes", [])]
+    if notes:
+        lines += ["", "Where the time goes:", "", *notes]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    source = Path(sys.argv[1]) if len(sys.argv) > 1 else RESULTS / "latest.json"
+    print(markdown(json.loads(source.read_text())))
