@@ -127,6 +127,13 @@ async def tile_value(page: Page, device: str, sensor: str) -> str:
 async def sign_in(page: Page, url: str) -> None:
     await page.goto(url)
     await page.locator("#login").wait_for(state="visible")
+    # A wrong token is refused and asked for again.
+    await page.fill("#token-input", "not-the-token")
+    await page.click("#login-form button[type=submit]")
+    error = page.locator("#login-error")
+    await page.wait_for_function("() => document.getElementById('login-error').textContent")
+    assert "refused" in await error.inner_text()
+    assert await page.evaluate("localStorage.length") == 0
     await page.fill("#token-input", TOKEN)
     await page.click("#login-form button[type=submit]")
     await page.locator("#login").wait_for(state="hidden")

@@ -75,6 +75,7 @@ $("forget").addEventListener("click", () => {
 async function start() {
   $("forget").hidden = false;
   await Promise.all([pollStatus(), loadDevices()]);
+  if (state.token === null) return; // refused: the sign-in form is showing
   if (state.lastSeq === null && state.status) {
     // Start a little in the past so the charts are not empty.
     state.lastSeq = Math.max(0, state.status.store.last_seq - HISTORY_READINGS);
@@ -111,6 +112,8 @@ async function pollStatus() {
     return;
   }
   if (response.status === 401) {
+    localStorage.removeItem(TOKEN_KEY);
+    state.token = null;
     askToken("The gateway refused this token.");
     return;
   }
