@@ -19,14 +19,11 @@ SYSTEMD_ANALYZE = "/usr/bin/systemd-analyze"
 MAX_EXPOSURE = 2.5
 
 
-def make_root(root: Path, unit: Path, executable: Path) -> None:
-    """A filesystem root holding ``unit`` as an installed unit and what it refers to.
+def add_host_units(root: Path) -> None:
+    """Give ``root`` what the unit refers to on any host: target units and /bin/kill.
 
-    The target units and /bin/kill are the host's own; ``executable`` stands at the
-    path ExecStart= names.
+    Both are the host's own files.
     """
-    (root / "etc/systemd/system").mkdir(parents=True)
-    shutil.copy(unit, root / "etc/systemd/system" / unit.name)
     system_units = root / "usr/lib/systemd/system"
     system_units.mkdir(parents=True)
     for target in Path("/usr/lib/systemd/system").glob("*.target"):
@@ -34,6 +31,13 @@ def make_root(root: Path, unit: Path, executable: Path) -> None:
     (root / "usr/bin").mkdir()
     shutil.copy("/usr/bin/kill", root / "usr/bin/kill")
     (root / "bin").symlink_to("usr/bin")
+
+
+def make_root(root: Path, unit: Path, executable: Path) -> None:
+    """A filesystem root with ``unit`` installed and ``executable`` where ExecStart= points."""
+    (root / "etc/systemd/system").mkdir(parents=True)
+    shutil.copy(unit, root / "etc/systemd/system" / unit.name)
+    add_host_units(root)
     exec_start = root / "opt/edge-gateway/venv/bin/edge-gateway"
     exec_start.parent.mkdir(parents=True)
     shutil.copy(executable, exec_start)
