@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import trustme
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, StoreError
 from gateway.interfaces import GatewayView
 from gateway.local import serve
 from gateway.local.latest import sensor_of
@@ -360,3 +360,27 @@ async def test_serve_rejects_a_bad_listen_address(tmp_path: Path) -> None:
             await serve(view)
     finally:
         await store.close()
+
+
+async def test_an_unreadable_log_is_a_503_not_a_crash(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with local_gateway(tmp_path) as gw:
+
+        async def failing_read(seq: int, limit: int, device_glob: str | None = None) -> None:
+            # The fault a damaged disk would give; SQLite cannot be made to fail on cue.
+            raise StoreError("disk I/O error")
+
+        monkeypatch.setattr(gw.store, "read_after", failing_read)
+        async with gw.session.get(gw.url("/api/v1/readings"), headers=gw.auth()) as resp:
+            assert resp.status == 503
+            assert "disk I/O error" in (await resp.json())["error"]
+        ws = await gw.session.ws_connect(
+            gw.url("/api/v1/stream"), params={"token": TOKEN, "since": 0}
+        )
+        assert (await receive_json(ws))["type"] == "hello"
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1011
+        async with gw.session.get(gw.url("/healthz")) as resp:
+            assert resp.status == 200

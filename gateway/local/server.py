@@ -12,7 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from gateway.errors import ConfigError, ConfigProblem, GatewayError
+from gateway.errors import ConfigError, ConfigProblem, GatewayError, StoreError
 from gateway.interfaces import GatewayView
 from gateway.local import health, metrics_page, rest
 from gateway.local.auth import Guard, load_token, unauthorized
@@ -37,6 +37,19 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def local_settings(view: GatewayView) -> LocalSettings:
     return view.settings.local or LocalSettings()
+
+
+@web.middleware
+async def _store_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A log that cannot be read is the gateway's trouble, told as 503, not a crash."""
+    try:
+        return await handler(request)
+    except StoreError as exc:
+        logger.error("%s %s: %s", request.method, request.path, exc)
+        raise web.HTTPServiceUnavailable(
+            text=json.dumps({"error": f"the reading log is unavailable: {exc}"}),
+            content_type="application/json",
+        ) from exc
 
 
 @web.middleware
@@ -100,7 +113,7 @@ async def _close_streams(app: web.Application) -> None:
 def create_app(view: GatewayView, *, send_timeout: float = SEND_TIMEOUT) -> web.Application:
     """The local server for ``view``; ``send_timeout`` bounds a send to a stuck client."""
     settings = local_settings(view)
-    app = web.Application(middlewares=[_require_token])
+    app = web.Application(middlewares=[_require_token, _store_errors])
     app[VIEW] = view
     app[GUARD] = Guard(load_token(settings), settings.allowed_origins)
     app[HUB] = StreamHub(view.gateway_id, view.log, settings, send_timeout)

@@ -20,6 +20,7 @@ from fnmatch import fnmatchcase
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
+from gateway.errors import StoreError
 from gateway.interfaces import ReadingLog
 from gateway.reading import StoredReading, join_payloads
 from gateway.settings import LocalSettings
@@ -148,6 +149,9 @@ class StreamClient:
         except ConnectionError:
             # The peer went away mid-send; the reader side ends the connection.
             return
+        except StoreError as exc:
+            logger.error("stream replay failed: %s", exc)
+            await self.close(WSCloseCode.INTERNAL_ERROR, b"the log cannot be read")
 
     async def _send(self, message: bytes) -> None:
         async with asyncio.timeout(self._send_timeout):
