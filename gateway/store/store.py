@@ -149,6 +149,11 @@ class Store:
     # -- SampleSink --------------------------------------------------------------
 
     def put_samples(self, samples: Sequence[Sample]) -> None:
+        """Queue samples for the next commit; call on the event loop's thread.
+
+        Never blocks. If the writer is far behind (a hung disk), the samples are
+        dropped and counted rather than piling up in memory.
+        """
         if self._closed:
             raise StoreClosedError("the store is closed")
         if samples and not self._writer.ingress.put_samples(samples):
