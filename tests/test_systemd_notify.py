@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import socket
 import time
@@ -19,8 +20,9 @@ from gateway.settings import Settings
 from gateway.systemd_notify import Notifier, status_line, watchdog
 from tests.fixtures.common import wait_until
 
-# Ten pings a second keeps the tests short; the stall and lag bounds below are many
-# periods wide, so a busy machine cannot turn an on-time tick into a late one.
+# Ten pings a second keeps the tests short. The stall is twice the lag bound, so the
+# tick after it is late whatever the machine's load; the other ticks are not asserted
+# to be on time, since a busy machine may delay one.
 WATCHDOG_USEC = 200_000
 MAX_LAG = 1.0
 
@@ -175,7 +177,8 @@ async def test_watchdog_pings_only_while_healthy(
 ) -> None:
     notifier = manager.notifier(WATCHDOG_USEC=str(WATCHDOG_USEC))
     probe = HealthProbe(notifier)
-    task = asyncio.create_task(watchdog(notifier, probe, max_lag=MAX_LAG))
+    # No lag bound: this test is about health alone.
+    task = asyncio.create_task(watchdog(notifier, probe, max_lag=math.inf))
     try:
         await wait_until(lambda: probe.checks_in(manager.drain()) >= 2, message="healthy checks")
         probe.reason = "store writer made no progress"
@@ -213,8 +216,7 @@ async def test_a_stalled_event_loop_withholds_the_late_ping(manager: Manager) ->
         # Block the event loop the way a blocking call on it would.
         time.sleep(MAX_LAG * 2)  # noqa: ASYNC251
         await wait_until(
-            lambda: probe.checks_in(manager.drain()) >= stalled_after + 2,
-            message="checks after the stall",
+            lambda: "WATCHDOG=1" in _after_stall(manager.drain()), message="pings after the stall"
         )
     finally:
         task.cancel()
@@ -222,11 +224,16 @@ async def test_a_stalled_event_loop_withholds_the_late_ping(manager: Manager) ->
         notifier.close()
 
     messages = manager.drain()
-    stall = messages.index("X-STALL=1")
-    before, after = messages[:stall], _through_check(messages[stall + 1 :], stalled_after + 2)
-    assert before[-1] == "WATCHDOG=1"
-    assert after == [f"X-CHECK={stalled_after + 1}", f"X-CHECK={stalled_after + 2}", "WATCHDOG=1"]
+    before, after = messages[: messages.index("X-STALL=1")], _after_stall(messages)
+    assert "WATCHDOG=1" in before
+    # The late tick checked health and sent nothing: the next message is the next check.
+    assert after[:2] == [f"X-CHECK={stalled_after + 1}", f"X-CHECK={stalled_after + 2}"]
+    assert "WATCHDOG=1" in after
     assert all(answer is None for answer in probe.answers)
+
+
+def _after_stall(messages: list[str]) -> list[str]:
+    return messages[messages.index("X-STALL=1") + 1 :] if "X-STALL=1" in messages else []
 
 
 async def test_watchdog_returns_when_systemd_set_none(manager: Manager) -> None:
