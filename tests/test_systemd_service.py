@@ -26,7 +26,7 @@ from tests.test_systemd_unit import UNIT, service_section
 
 PR_SET_MDWE = 65
 PR_MDWE_REFUSE_EXEC_GAIN = 1
-WATCHDOG_USEC = 1_000_000
+WATCHDOG_USEC = 4_000_000
 
 
 def _refuse_write_execute() -> None:
