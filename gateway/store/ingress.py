@@ -24,13 +24,17 @@ class Request:
 
 
 @dataclass(slots=True)
-class Register(Request):
+class CursorRequest(Request):
     name: str
 
 
 @dataclass(slots=True)
-class Ack(Request):
-    name: str
+class Register(CursorRequest):
+    pass
+
+
+@dataclass(slots=True)
+class Ack(CursorRequest):
     seq: int
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample, StoredReading, encode
 from gateway.settings import StoreSettings
-from gateway.store import schema
-from gateway.store.ingress import Ack, Flush, Ingress, Register, Request, Stop
+from gateway.store import schema, trim
+from gateway.store.ingress import Ack, CursorRequest, Flush, Ingress, Register, Request, Stop
 from gateway.store.lock import DataDirLock
 from gateway.store.seq_floor import SeqFloor
 
@@ -143,7 +143,7 @@ class Writer:
         self._unsaved_dead: deque[DeadLetter] = deque()
         self._acks: dict[str, int] = {}
         self._registers: list[str] = []
-        self._requests: list[Request] = []
+        self._requests: list[CursorRequest] = []
         self._flushes: list[Flush] = []
         self._taken = 0
         self._inserted_since_maintenance = 0
@@ -366,10 +366,10 @@ class Writer:
             ).fetchone()
             batch.depth_delta = -acked
 
-        holding = self._holding_floor(cursors, active)
+        floors = trim.Floors(new_floor, self._holding_floor(cursors, active))
         if maintenance:
-            self._expire(batch, cursors, active, holding)
-        room = self._make_room(batch, len(batch.samples), new_floor, holding)
+            self._expire(batch, floors)
+        room = self._make_room(batch, floors)
         if not room and self.settings.overflow == "reject_new":
             batch.rejected = True
         else:
@@ -429,63 +429,40 @@ class Writer:
                 batch.depth_delta += len(rows)
         batch.last_seq = seq
 
-    def _expire(
-        self, batch: _Batch, cursors: dict[str, int], active: set[str], holding: int | None
-    ) -> None:
+    def _expire(self, batch: _Batch, floors: trim.Floors) -> None:
         """Retention behind every cursor after ``history``, and the ``max_age`` bound."""
         chunk = max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance)
         now = time.time()
-        floors = (self._active_floor(cursors, active), holding)
-        upto = holding if holding is not None else self.last_seq
-        self._delete_prefix(batch, chunk, now - self.settings.history, upto, floors)
+        upto = floors.holding if floors.holding is not None else self.last_seq
+        cutoff = now - self.settings.history
+        self._count(
+            batch, trim.expired(self._conn, chunk=chunk, cutoff=cutoff, upto=upto, floors=floors)
+        )
         if self.settings.max_age > 0:
-            self._delete_prefix(batch, chunk, now - self.settings.max_age, self.last_seq, floors)
+            cutoff = now - self.settings.max_age
+            done = trim.expired(
+                self._conn, chunk=chunk, cutoff=cutoff, upto=self.last_seq, floors=floors
+            )
+            self._count(batch, done)
 
-    def _make_room(
-        self, batch: _Batch, incoming: int, active_floor: int | None, holding: int | None
-    ) -> bool:
-        """Delete the oldest rows while over ``max_bytes``; True if there is room."""
-        if not incoming or self._used_bytes() < self.settings.max_bytes:
+    def _make_room(self, batch: _Batch, floors: trim.Floors) -> bool:
+        """Delete the oldest rows when over ``max_bytes``; True if there is room."""
+        incoming = len(batch.samples)
+        max_bytes = self.settings.max_bytes
+        if not incoming or trim.used_bytes(self._conn, self.page_size) < max_bytes:
             return True
         upto = self.last_seq
-        if self.settings.overflow == "reject_new" and holding is not None:
+        if self.settings.overflow == "reject_new" and floors.holding is not None:
             # Only readings every consumer has may go; unsent ones are kept.
-            upto = holding
-        k = max(incoming, 1024)
-        hi, n, unsent_for_depth, unsent = self._conn.execute(
-            "SELECT max(seq), count(*), sum(seq > ?), sum(seq > ?) FROM "
-            "(SELECT seq FROM readings WHERE seq <= ? ORDER BY seq LIMIT ?)",
-            (_or_max(active_floor), _or_max(holding), upto, k),
-        ).fetchone()
-        if n:
-            self._conn.execute("DELETE FROM readings WHERE seq <= ?", (hi,))
-            batch.dropped += unsent or 0
-            batch.depth_delta -= unsent_for_depth or 0
-        return self._used_bytes() < self.settings.max_bytes
+            upto = floors.holding
+        count = max(incoming, 1024)
+        self._count(batch, trim.oldest(self._conn, count=count, upto=upto, floors=floors))
+        return trim.used_bytes(self._conn, self.page_size) < max_bytes
 
-    def _delete_prefix(
-        self,
-        batch: _Batch,
-        chunk: int,
-        cutoff: float,
-        upto: int,
-        floors: tuple[int | None, int | None],
-    ) -> None:
-        """Delete rows older than ``cutoff`` among the oldest ``chunk`` (bounded work).
-
-        ``ts`` grows with ``seq`` (both follow the gateway's clock), so looking at
-        the oldest rows only finds every expired row over a few turns.
-        """
-        active_floor, holding = floors
-        hi, n, unsent_for_depth, unsent = self._conn.execute(
-            "SELECT max(seq), count(*), sum(seq > ?), sum(seq > ?) FROM "
-            "(SELECT seq, ts FROM readings ORDER BY seq LIMIT ?) WHERE ts < ? AND seq <= ?",
-            (_or_max(active_floor), _or_max(holding), chunk, cutoff, upto),
-        ).fetchone()
-        if n:
-            self._conn.execute("DELETE FROM readings WHERE seq <= ? AND ts < ?", (hi, cutoff))
-            batch.dropped += unsent or 0
-            batch.depth_delta -= unsent_for_depth or 0
+    @staticmethod
+    def _count(batch: _Batch, done: trim.Trimmed) -> None:
+        batch.dropped += done.unsent_holding
+        batch.depth_delta -= done.unsent_active
 
     def _count_after(self, seq: int) -> int:
         (n,) = self._conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (seq,)).fetchone()
@@ -545,12 +522,13 @@ class Writer:
             self.failure = None
         self._measure()
 
-        remaining: list[Request] = []
+        remaining: list[CursorRequest] = []
         for req in self._requests:
-            registered = isinstance(req, Register) and req.name in self.active
-            acked = isinstance(req, Ack) and req.name not in self._acks
-            if registered or acked:
-                assert isinstance(req, Register | Ack)
+            if isinstance(req, Register):
+                done = req.name in self.active
+            else:
+                done = req.name not in self._acks
+            if done:
                 results.append((req.future, self.cursors[req.name]))
             else:
                 remaining.append(req)
@@ -582,10 +560,6 @@ class Writer:
                 "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", (floor,)
             ).fetchone()
             self.oldest_unsent_ts = None if row is None else float(row[0])
-
-    def _used_bytes(self) -> int:
-        used = self._pragma("page_count") - self._pragma("freelist_count")
-        return used * self.page_size
 
     def _pragma(self, name: str) -> int:
         return int(self._conn.execute(f"PRAGMA {name}").fetchone()[0])
@@ -644,8 +618,3 @@ class Writer:
         except RuntimeError:
             # The event loop is gone (the process is exiting without close()).
             log.debug("store: event loop closed; %d readings not announced", len(outcome.readings))
-
-
-def _or_max(seq: int | None) -> int:
-    """A cursor for SQL comparisons; no consumer means nothing counts as unsent."""
-    return seq if seq is not None else 2**62
