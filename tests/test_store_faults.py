@@ -235,3 +235,24 @@ async def test_unusable_data_directory_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "not-a-dir").write_text("")
     with pytest.raises(StoreError, match="cannot open the store"):
         await Store.open(tmp_path / "not-a-dir" / "readings.db", StoreSettings())
+
+
+async def test_a_writer_bug_fails_callers_instead_of_hanging_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_encode(seq: int, s: Sample) -> bytes:
+        raise RuntimeError("a bug")
+
+    async with opened(tmp_path) as store:
+        monkeypatch.setattr(writer, "encode", broken_encode)
+        store.put_samples([sample(1)])
+        with pytest.raises(StoreError, match="writer stopped"):
+            await store.flush()
+        assert store.health_reason is not None
+        assert store.health_reason.startswith("writer stopped")
+        with pytest.raises(StoreError):
+            await store.register_consumer("mqtt")
+    monkeypatch.undo()
+    async with opened(tmp_path) as store:  # the lock was released
+        store.put_samples([sample(1)])
+        assert await store.flush() == 1

@@ -15,6 +15,7 @@ itself degraded, and the writer retries with backoff until the disk has room.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import os
@@ -58,13 +59,17 @@ RETRY_MAX = 2.0
 STOP_ATTEMPTS = 3
 
 
+# A request's future and what to resolve it with (a value or an error).
+Result = tuple[asyncio.Future[int], int | BaseException]
+
+
 @dataclass(slots=True)
 class Outcome:
     """What one turn produced, handed to the event loop in one callback."""
 
     readings: list[StoredReading]
     last_seq: int
-    results: list[tuple[asyncio.Future[int], int | BaseException]] = field(default_factory=list)
+    results: list[Result] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -128,7 +133,6 @@ class Writer:
         self.oldest_unsent_ts: float | None = None
         self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         self.page_count = 0
-        self.used_pages = 0
         self.free_bytes: int | None = None
         self.commits = 0
         self.committed_readings = 0
@@ -194,11 +198,12 @@ class Writer:
             self.failure = f"writer stopped: {e!r}"
             self.stopped = True
             error = StoreError(self.failure)
-            results: list[tuple[asyncio.Future[int], int | BaseException]] = [
-                (r.future, error) for r in self._requests
-            ]
-            results += [(f.future, error) for f in self._flushes]
-            self._hand_over(Outcome([], self.last_seq, results))
+            waiting = [i for i in self.ingress.take(0) if isinstance(i, Request)]
+            requests = [*self._requests, *self._flushes, *waiting]
+            self._hand_over(Outcome([], self.last_seq, [(r.future, error) for r in requests]))
+            with contextlib.suppress(sqlite3.Error):
+                self._conn.close()
+            self._lock.release()
             return
         self._finish(stop)
 
@@ -228,9 +233,7 @@ class Writer:
             log.error("store closed with %d readings that could not be committed", lost)
             self._dropped_here += lost
         closed = StoreClosedError("the store is closed")
-        results: list[tuple[asyncio.Future[int], int | BaseException]] = [
-            (r.future, closed) for r in self._requests
-        ]
+        results: list[Result] = [(r.future, closed) for r in self._requests]
         results += [(f.future, closed) for f in self._flushes]
         results.append((stop.future, self.last_seq))
         try:
@@ -486,7 +489,7 @@ class Writer:
     # -- after the transaction -----------------------------------------------
 
     def _committed(self, batch: _Batch, elapsed: float, maintenance: bool) -> None:
-        results: list[tuple[asyncio.Future[int], int | BaseException]] = []
+        results: list[Result] = []
         n = len(batch.samples)
         if n == len(self._unsaved):
             self._unsaved.clear()
@@ -551,7 +554,6 @@ class Writer:
 
     def _measure_now(self) -> None:
         self.page_count = self._pragma("page_count")
-        self.used_pages = self.page_count - self._pragma("freelist_count")
         floor = self._active_floor(self.cursors, self.active)
         if floor is None:
             self.oldest_unsent_ts = None
