@@ -337,7 +337,7 @@ def test_an_unhealthy_canary_fails_and_stops_the_rollout(site: Site, first_run: 
     assert "gw-second" not in result.recap
 
 
-def test_upgrade_keeps_the_previous_release_and_rollback_restores_it(
+def test_upgrade_keeps_the_previous_release_rollback_restores_it_prune_spares_it(
     site: Site, first_run: PlayResult
 ) -> None:
     assert first_run.returncode == 0, first_run.output
@@ -363,6 +363,20 @@ def test_upgrade_keeps_the_previous_release_and_rollback_restores_it(
     )
     assert missing.returncode != 0
     assert os.readlink(venv) == "releases/0.1.0"
+
+    # Keeping one release keeps the active one, though 0.1.1 is newer.
+    pruned = site.play(
+        "site.yml",
+        "--limit",
+        "gw-ansible",
+        "--start-at-task",
+        "Find the active release",
+        "-e",
+        json.dumps({"edge_gateway_keep_releases": 1}),
+    )
+    assert pruned.returncode == 0, pruned.output
+    assert sorted(p.name for p in (site.install_dir / "releases").iterdir()) == ["0.1.0"]
+    assert _installed_version(site) == "0.1.0"
 
 
 def _installed_version(site: Site) -> str:
