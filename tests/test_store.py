@@ -313,3 +313,23 @@ async def test_a_sample_json_cannot_carry_becomes_a_dead_letter(tmp_path: Path) 
         assert await store.flush() == 2
         assert store.stats().dead_letters == 1
         assert [r.seq for r in await store.read_after(0, 10)] == [1, 2]
+
+
+async def test_cancelled_waiters_do_not_pile_up(tmp_path: Path) -> None:
+    async with opened(tmp_path) as store:
+        for _ in range(100):
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(0.001):
+                    await store.wait_beyond(0)
+        assert store._waiters == []  # nothing else shows the pile-up before memory does
+        store.put_samples([sample(1)])
+        assert await store.wait_beyond(0) == 1
+        assert store.stats().last_seq == 1
+
+
+async def test_the_caller_may_reuse_its_list(tmp_path: Path) -> None:
+    async with opened(tmp_path) as store:
+        buffer = [sample(1), sample(2)]
+        store.put_samples(buffer)
+        buffer.clear()
+        assert await store.flush() == 2

@@ -75,7 +75,8 @@ class Ingress:
             self.rejected += n
             return False
         self.submitted += n
-        self._items.append(samples)
+        # A copy: the caller may reuse its list once this returns.
+        self._items.append(tuple(samples))
         self._poke()
         return True
 

@@ -184,8 +184,14 @@ class Store:
         if self._closed:
             raise StoreClosedError("the store is closed")
         future: asyncio.Future[int] = self._loop.create_future()
-        self._waiters.append((seq, future))
-        return await future
+        entry = (seq, future)
+        self._waiters.append(entry)
+        try:
+            return await future
+        finally:
+            # A waiter cancelled by its caller's timeout must not pile up while idle.
+            if entry in self._waiters:
+                self._waiters.remove(entry)
 
     async def read_after(
         self, seq: int, limit: int, device_glob: str | None = None
