@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from gateway.local.keys import HUB
+from gateway.local.stream import text_frame
 from tests.fixtures.common import wait_until
 from tests.test_local_common import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
 
@@ -371,3 +372,44 @@ async def test_live_readings_overflowing_the_queue_during_a_replay_come_from_the
         assert collector.covered == list(range(1, final + 1))
         assert collector.seqs[:prefill] == list(range(1, prefill + 1))
         await collector.stop()
+
+
+async def test_compressed_stream_delivers_the_same_readings(tmp_path: Path) -> None:
+    async with local_gateway(tmp_path, local=local_settings(compress=True)) as gw:
+        ws = await gw.session.ws_connect(gw.url(STREAM), params={"token": TOKEN}, compress=15)
+        assert ws.compress == 15
+        assert (await receive_json(ws))["type"] == "hello"
+        collector = Collector(ws)
+        gw.put("thermo-1", "t", [float(i) for i in range(1500)])
+        final = await gw.store.flush()
+        await wait_until(lambda: collector.last == final)
+        assert collector.seqs == list(range(1, final + 1))
+        await collector.stop()
+
+
+@pytest.mark.parametrize(
+    ("size", "header"),
+    [
+        (0, b"\x81\x00"),
+        (125, b"\x81\x7d"),
+        (126, b"\x81\x7e\x00\x7e"),
+        (65535, b"\x81\x7e\xff\xff"),
+        (65536, b"\x81\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ],
+)
+def test_text_frame_lengths(size: int, header: bytes) -> None:
+    payload = b"x" * size
+    assert text_frame(payload) == header + payload
+
+
+async def test_every_frame_size_reaches_the_client_intact(tmp_path: Path) -> None:
+    async with local_gateway(tmp_path) as gw:
+        ws = await open_stream(gw)
+        assert (await receive_json(ws))["type"] == "hello"
+        # One reading per commit, messages from a few bytes to several hundred KiB.
+        for size in (1, 60, 200, 70_000, 400_000):
+            gw.put("thermo-1", "s", ["x" * size])
+            await gw.store.flush()
+            message = await receive_json(ws)
+            assert [len(r["value"]) for r in message["readings"]] == [size]
+        await ws.close()

@@ -1,10 +1,12 @@
 """The live stream: committed readings fanned out to WebSocket clients, with replay.
 
 Each commit batch is turned into one message per distinct device filter, built from
-the stored payload bytes, and the same bytes object is queued for every client with
-that filter. Queues are bounded: a client that falls behind loses readings from its
-queue and is told so with a ``gap`` message; one whose socket stops taking data is
-closed with 1013 so it cannot hold memory or slow anyone else.
+the stored payload bytes and framed once; the same frame bytes are written to every
+idle client with that filter, straight to its socket. A client whose socket is backed up
+gets the message through its own bounded queue and a sender task that waits for the
+socket. A client that falls further behind loses readings from its queue and is told so
+with a ``gap`` message; one whose socket stops taking data is closed with 1013, so it
+cannot hold memory or slow anyone else.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import struct
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -36,11 +39,26 @@ SEND_TIMEOUT = 10.0
 CLOSE_TIMEOUT = 2.0
 # A closed connection whose peer still takes no data is cut after this long.
 ABANDON_AFTER = 30.0
+# Above this much unsent data in a client's transport, readings go through its
+# queue and sender (which waits for the socket) instead of being written directly.
+DIRECT_WRITE_LIMIT = 64 * 1024
 PONG = b'{"type":"pong"}'
 
 
 def readings_message(readings: Sequence[StoredReading]) -> bytes:
     return b'{"type":"readings","readings":' + join_payloads([r.payload for r in readings]) + b"}"
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A final, unmasked WebSocket text frame (RFC 6455, 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        header = bytes((0x81, size))
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", 0x81, 126, size)
+    else:
+        header = struct.pack("!BBQ", 0x81, 127, size)
+    return header + payload
 
 
 def _json(obj: dict[str, object]) -> bytes:
@@ -62,6 +80,8 @@ class _Batch:
 
     readings: Sequence[StoredReading]
     message: bytes
+    # The message framed once for every client (None when frames are compressed per client).
+    frame: bytes | None
 
     @property
     def first(self) -> int:
@@ -72,14 +92,13 @@ class _Batch:
         return self.readings[-1].seq
 
 
-def _messages(readings: Sequence[StoredReading]) -> list[_Batch]:
+def _messages(readings: Sequence[StoredReading], framed: bool) -> list[_Batch]:
     """A commit batch as messages of at most ``MESSAGE_READINGS`` readings each."""
-    if len(readings) <= MESSAGE_READINGS:
-        return [_Batch(readings, readings_message(readings))] if readings else []
     out = []
     for start in range(0, len(readings), MESSAGE_READINGS):
         part = readings[start : start + MESSAGE_READINGS]
-        out.append(_Batch(part, readings_message(part)))
+        message = readings_message(part)
+        out.append(_Batch(part, message, text_frame(message) if framed else None))
     return out
 
 
@@ -112,6 +131,8 @@ class StreamClient:
         # the replay must read the log at least this far to cover them.
         self._replay_floor = 0
         self._sent_upto = 0
+        # True while the sender waits for work: a batch may then skip the queue.
+        self._idle = False
 
     def offer(self, batch: _Batch) -> None:
         """Queue a live batch; never blocks (called from the store's commit listener)."""
@@ -125,6 +146,20 @@ class StreamClient:
                 self._counters.gaps += 1
             else:
                 self._gap[1] = batch.last
+            return
+        transport = self._transport
+        if (
+            batch.frame is not None
+            and self._idle
+            and transport is not None
+            and not transport.is_closing()
+            and not self.ws.closed
+            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+        ):
+            # Fast path, most of the time: the same frame bytes go straight to every
+            # idle client's socket, without waking a task per client.
+            transport.write(batch.frame)
+            self._sent_upto = batch.last
             return
         self._queue.append(batch)
         self._wake.set()
@@ -199,7 +234,11 @@ class StreamClient:
                 await self._send(_json({"type": "gap", "from": first, "to": last}))
             else:
                 self._wake.clear()
-                await self._wake.wait()
+                self._idle = True
+                try:
+                    await self._wake.wait()
+                finally:
+                    self._idle = False
 
     async def close(self, code: int, message: bytes) -> None:
         try:
@@ -239,7 +278,7 @@ class StreamHub:
                 readings = (
                     batch if glob is None else [r for r in batch if fnmatchcase(r.device, glob)]
                 )
-                shared = by_filter[glob] = _messages(readings)
+                shared = by_filter[glob] = _messages(readings, not self._settings.compress)
             for message in shared:
                 client.offer(message)
 
