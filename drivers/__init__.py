@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
+from drivers.gpio_input import GpioInputDriver
 from drivers.serial_line import SerialLineDriver
 from gateway.errors import DriverError
 from gateway.interfaces import Driver, SampleSink
@@ -19,6 +20,7 @@ DriverFactory = Callable[[DeviceSettings, SampleSink], Driver]
 DRIVERS: Mapping[str, DriverFactory] = MappingProxyType(
     {
         "serial_line": SerialLineDriver,
+        "gpio_input": GpioInputDriver,
     }
 )
 

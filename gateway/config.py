@@ -41,6 +41,26 @@ BAUDRATES = (300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 4
 # Drivers that read a serial port and so cannot start without one.
 PORT_DRIVERS = frozenset({"serial_line"})
 
+# Device keys that only some drivers use. A key given to a driver listed here that
+# does not use it is refused, so that a key copied from another device's section
+# never looks as if it took effect.
+SERIAL_KEYS = frozenset(
+    {"port", "baudrate", "bytesize", "parity", "stopbits", "format", "columns", "max_line_bytes"}
+)
+GPIO_KEYS = frozenset({"pin", "pull_up", "bounce", "mode", "sample_interval", "sensor"})
+DRIVER_KEYS = {"serial_line": SERIAL_KEYS, "gpio_input": GPIO_KEYS}
+_DRIVER_ONLY_KEYS = SERIAL_KEYS | GPIO_KEYS
+
+# BCM numbers of the GPIO lines of a Raspberry Pi's SoC, and the pin names gpiozero
+# reads ("GPIO17", "BCM17", "BOARD11", "WPI0", "J8:11"); the board's own pinout decides
+# at open whether the pin exists.
+MAX_BCM_PIN = 53
+_PIN_NAME = re.compile(r"(?:GPIO|BCM|BOARD|WPI)[0-9]{1,2}|[A-Z][A-Z0-9]*:[0-9]{1,2}|[0-9]{1,2}")
+PIN_RULE = (
+    f"must be a BCM number from 0 to {MAX_BCM_PIN} or a pin name like "
+    '"GPIO17", "BOARD11" or "J8:11"'
+)
+
 # Ids become an MQTT topic level and a URL path segment: no "/", "+", "#",
 # whitespace, "%" or "$" (topics starting with "$" are reserved by brokers).
 ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -330,6 +350,18 @@ def _string_table(value: object) -> dict[str, str]:
     return dict(value)
 
 
+def _gpio_pin(value: object) -> int | str:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if not 0 <= value <= MAX_BCM_PIN:
+            raise _Invalid(f"must be a BCM number from 0 to {MAX_BCM_PIN} (got {value})")
+        return value
+    if not isinstance(value, str):
+        raise _Invalid(f"{PIN_RULE}, not {_kind(value)}")
+    if not _PIN_NAME.fullmatch(value):
+        raise _Invalid(f"{PIN_RULE} (got {_toml(value)})")
+    return value
+
+
 def _origins(value: object) -> tuple[str, ...]:
     origins = []
     for item in _strings(value):
@@ -572,6 +604,12 @@ class _Parser:
             "reconnect_min": _duration(positive=True),
             "reconnect_max": _duration(positive=True),
             "enabled": _boolean,
+            "pin": _gpio_pin,
+            "pull_up": _boolean,
+            "bounce": _duration(positive=False),
+            "mode": _choice(("level", "counter")),
+            "sample_interval": _duration(positive=False),
+            "sensor": _text,
         }
         section = self.section(data, path, spec, required=("id", "driver"))
         if not section.ok("id", "driver"):
@@ -579,6 +617,7 @@ class _Parser:
         device = DeviceSettings(**section.values)
         if section.ok("port") and device.driver in PORT_DRIVERS and not device.port:
             self.problem(section.key("port"), f'required by driver "{device.driver}"')
+        self.driver_keys(section, device)
         if section.ok("format", "columns"):
             if device.format == "csv" and not device.columns:
                 self.problem(section.key("columns"), 'required when format = "csv"')
@@ -657,6 +696,25 @@ class _Parser:
         return HealthSettings(**self.section(data, "health", spec).values)
 
     # Rules across keys -------------------------------------------------
+
+    def driver_keys(self, section: _Section, device: DeviceSettings) -> None:
+        """Keys of other drivers are refused; a driver's own keys may be required."""
+        own = DRIVER_KEYS.get(device.driver)
+        if own is None:
+            return
+        for key in sorted(_DRIVER_ONLY_KEYS - own):
+            if key in section.given:
+                self.problem(section.key(key), f'not used by driver "{device.driver}"')
+                # Refused once: no rule about its value may complain of it again.
+                section.bad.add(key)
+        if device.driver != "gpio_input":
+            return
+        if device.pin is None and section.ok("pin"):
+            self.problem(section.key("pin"), 'required by driver "gpio_input"')
+        counts = device.mode == "counter" and section.ok("mode", "sample_interval")
+        if counts and device.sample_interval <= 0:
+            message = 'must be longer than 0 seconds with mode = "counter"'
+            self.problem(section.key("sample_interval"), message)
 
     def pair(self, section: _Section, first: str, second: str) -> None:
         given = {first, second} & section.given

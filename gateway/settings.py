@@ -17,6 +17,7 @@ Overflow = Literal["drop_oldest", "reject_new"]
 LineFormat = Literal["kv", "csv", "json"]
 MqttProtocol = Literal["5", "3.1.1"]
 Parity = Literal["N", "E", "O", "M", "S"]
+GpioMode = Literal["level", "counter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +66,24 @@ class DeviceSettings:
     reconnect_min: float = 0.5
     reconnect_max: float = 30.0
     enabled: bool = True
+    # gpio_input: a BCM number (17) or a gpiozero pin name ("GPIO17", "BOARD11"), as
+    # gpiozero takes it, so the names in its pinout tables work unchanged.
+    pin: int | str | None = None
+    # gpio_input: pull the pin up so a contact or open collector to ground reads as
+    # active; most door contacts, relays and meter outputs are wired that way.
+    pull_up: bool = True
+    # gpio_input: a level must hold this long before it counts, so contact bounce and
+    # electrical spikes never become readings or pulses.
+    bounce: float = 0.01
+    # gpio_input: "level" reports every change of state; "counter" counts pulses.
+    mode: GpioMode = "level"
+    # gpio_input: level: a reading of the state this often even without a change, so a
+    # silent input is told apart from a dead one (0 = changes only); counter: how often
+    # the count and rate are reported.
+    sample_interval: float = 60.0
+    # gpio_input: the sensor name of the state (level) or of the count (counter, whose
+    # rate is then "<sensor>_rate"); unset: "state", or "count" and "rate".
+    sensor: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.config import (
     BAUDRATES,
+    GPIO_KEYS,
     load_config,
     parse_config,
     parse_duration,
@@ -39,6 +40,7 @@ EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
 TOKEN = "0123456789abcdef-token"
 
 DEVICE = '[[devices]]\nid = "d1"\ndriver = "serial_line"\nport = "/dev/ttyUSB0"\n'
+GPIO = '[[devices]]\nid = "g1"\ndriver = "gpio_input"\npin = 17\n'
 
 
 def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
@@ -153,6 +155,45 @@ def test_allowed_origins_are_normalised(tmp_path: Path) -> None:
     assert local.allowed_origins == ("https://dash.example.com",)
 
 
+def test_gpio_device_values(tmp_path: Path) -> None:
+    text = GPIO + 'mode = "counter"\nbounce = "1ms"\nsample_interval = "5s"\nsensor = "water"\n'
+    text += GPIO.replace('"g1"', '"g2"').replace("17", '"BOARD11"') + "pull_up = false\n"
+    counter, level = parse(tmp_path, text).devices
+    assert (counter.pin, counter.mode, counter.bounce) == (17, "counter", 0.001)
+    assert (counter.sample_interval, counter.sensor, counter.pull_up) == (5.0, "water", True)
+    assert (level.pin, level.mode, level.pull_up) == ("BOARD11", "level", False)
+    assert (level.bounce, level.sample_interval, level.sensor) == (0.01, 60.0, "")
+
+
+def test_commented_gpio_example_is_valid_once_uncommented(tmp_path: Path) -> None:
+    text = (ROOT / "examples" / "gateway.toml").read_text(encoding="utf-8")
+    lines = text.splitlines()
+    start = lines.index("# [[devices]]")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line.removeprefix("# "))
+    (door,) = parse(tmp_path, "\n".join(block) + "\n").devices
+    assert (door.driver, door.pin, door.mode, door.sensor) == ("gpio_input", 17, "level", "closed")
+
+
+@pytest.mark.parametrize("pin", [0, 53, "GPIO17", "BCM4", "BOARD40", "WPI0", "J8:11", "17"])
+def test_gpio_pin_forms(tmp_path: Path, pin: object) -> None:
+    text = GPIO.replace("17", f'"{pin}"' if isinstance(pin, str) else str(pin))
+    assert parse(tmp_path, text).devices[0].pin == pin
+
+
+def test_keys_of_one_driver_are_refused_by_the_other(tmp_path: Path) -> None:
+    text = GPIO + 'baudrate = 9600\nformat = "kv"\n' + DEVICE + "pull_up = false\nbounce = 0\n"
+    assert problems(tmp_path, text) == [
+        'devices[0].baudrate: not used by driver "gpio_input"',
+        'devices[0].format: not used by driver "gpio_input"',
+        'devices[1].bounce: not used by driver "serial_line"',
+        'devices[1].pull_up: not used by driver "serial_line"',
+    ]
+
+
 # Problems, each with its exact path -----------------------------------
 
 
@@ -203,6 +244,31 @@ def test_allowed_origins_are_normalised(tmp_path: Path) -> None:
         ),
         (DEVICE + "expected_interval = 'soon'\n", "devices[0].expected_interval: must be a dur"),
         (DEVICE + "max_line_bytes = 8\n", "devices[0].max_line_bytes: must be at least 16 bytes"),
+        (
+            '[[devices]]\nid = "g"\ndriver = "gpio_input"\n',
+            'devices[0].pin: required by driver "gp',
+        ),
+        (GPIO.replace("17", "54"), "devices[0].pin: must be a BCM number from 0 to 53 (got 54)"),
+        (GPIO.replace("17", "-1"), "devices[0].pin: must be a BCM number from 0 to 53 (got -1)"),
+        (GPIO.replace("17", '"gpio17"'), "devices[0].pin: must be a BCM number from 0 to 53 or a"),
+        (GPIO.replace("17", '"GPIO 17"'), "devices[0].pin: must be a BCM number from 0 to 53 or a"),
+        (GPIO.replace("17", "17.0"), "devices[0].pin: must be a BCM number from 0 to 53 or a pin"),
+        (GPIO.replace("17", "true"), "devices[0].pin: must be a BCM number from 0 to 53 or a pin"),
+        (GPIO + "pull_up = 1\n", "devices[0].pull_up: must be true or false, not an integer"),
+        (GPIO + "bounce = -0.01\n", "devices[0].bounce: must not be negative"),
+        (GPIO + "bounce = 'short'\n", "devices[0].bounce: must be a duration"),
+        (GPIO + "mode = 'edges'\n", 'devices[0].mode: must be one of "level", "counter"'),
+        (GPIO + "mode = 'Counter'\n", 'devices[0].mode: must be one of "level", "counter" (got "C'),
+        (GPIO + "sample_interval = -1\n", "devices[0].sample_interval: must not be negative"),
+        (
+            GPIO + "mode = 'counter'\nsample_interval = 0\n",
+            'devices[0].sample_interval: must be longer than 0 seconds with mode = "counter"',
+        ),
+        (GPIO + "sensor = ''\n", "devices[0].sensor: must not be empty"),
+        (GPIO + "port = '/dev/ttyUSB0'\n", 'devices[0].port: not used by driver "gpio_input"'),
+        (DEVICE + "pin = 17\n", 'devices[0].pin: not used by driver "serial_line"'),
+        (DEVICE + "mode = 'counter'\n", 'devices[0].mode: not used by driver "serial_line"'),
+        (GPIO + "columns = ['a']\n", 'devices[0].columns: not used by driver "gpio_input"'),
         ("[gateway]\nid = 'gw/1'\n", "gateway.id: must be 1 to 64 letters, digits"),
         ("[gateway]\nlog_level = 'LOUD'\n", 'gateway.log_level: must be one of "DEBUG"'),
         ("[gateway]\ndata_dir = ''\n", "gateway.data_dir: must not be empty"),
@@ -568,6 +634,8 @@ def test_documented_defaults_are_the_defaults() -> None:
             literal = re.fullmatch(r"`(.+)`", shown)
             assert literal, f"{name} {f.name}: {shown}"
             data = copy.deepcopy(base)
+            if name == "[[devices]]" and f.name in GPIO_KEYS:
+                data = {"devices": [{"id": "d", "driver": "gpio_input", "pin": 17}]}
             table = data
             for part in name.strip("[]").split("."):
                 table = table["devices"][0] if part == "devices" else table.setdefault(part, {})
