@@ -218,3 +218,21 @@ async def test_unpublishable_device_goes_to_dead_letters(
     assert store.stats().dead_letters == 15
     assert {r["device"] for r in subscriber.readings()} == {"good"}
     assert "bad+id" in (uplink.status.last_error or "")
+
+
+async def test_stops_cleanly_when_the_store_closes_first(
+    mosquitto: Mosquitto, subscriber_factory: Callable[..., MqttSubscriber], store: Store
+) -> None:
+    watcher = subscriber_factory(mosquitto, f"edge/{GATEWAY}/status")
+    last = await put(store, 10)
+    uplink = MqttUplink(settings_for(mosquitto.url), GATEWAY, store)
+    async with running(uplink) as task:
+        await wait_until(lambda: uplink.status.acked_seq == last, message="acked")
+        await store.close()
+        await wait_until(task.done, message="uplink stopped")
+        assert task.exception() is None
+    assert uplink.status.state == "stopped"
+    await wait_until(
+        lambda: [m.json()["state"] for m in watcher.messages()][-1:] == ["offline"],
+        message="offline status",
+    )

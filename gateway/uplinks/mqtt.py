@@ -25,7 +25,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.errors import StoreError, UplinkError
+from gateway.errors import StoreClosedError, StoreError, UplinkError
 from gateway.interfaces import ReadingLog, SampleSink, UplinkStatus
 from gateway.reading import DeadLetter
 from gateway.settings import MqttSettings
@@ -92,14 +92,22 @@ class MqttUplink:
         self.status.acked_seq = self._confirmed
         self.status.disconnected_since = time.time()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-connect")
+        store_open = True
         try:
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._ack_loop(), name=f"{self.name}-ack")
-                await self._connect_loop(executor)
+                acker = tg.create_task(self._ack_loop(), name=f"{self.name}-ack")
+                try:
+                    await self._connect_loop(executor)
+                except StoreClosedError:
+                    # The gateway is shutting down and closed the log first.
+                    log.info("%s: the store is closed; stopping", self.name)
+                    store_open = False
+                    acker.cancel()
         finally:
             executor.shutdown(wait=False)
             self.status.state = "stopped"
-            await self._ack_now()
+            if store_open:
+                await self._ack_now()
 
     # Connection state machine.
 
@@ -169,6 +177,9 @@ class MqttUplink:
                     tg.create_task(self._resend(connection, window), name=f"{self.name}-resend")
             except* MqttFailure as group:
                 failure = _first_failure(group)
+            except* StoreClosedError:
+                await connection.close((self.status_topic, self._status_payload("offline")))
+                raise StoreClosedError("the store is closed") from None
         except asyncio.CancelledError:
             await connection.close((self.status_topic, self._status_payload("offline")))
             raise
@@ -202,6 +213,8 @@ class MqttUplink:
             last_seq = self.log.last_seq
             try:
                 readings = await self.log.read_after(window.read_pos, batch_max * window.room)
+            except StoreClosedError:
+                raise
             except StoreError as err:
                 self._record_error(f"reading the store failed: {err}")
                 await asyncio.sleep(self.settings.reconnect_min)
