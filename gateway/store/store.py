@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 STARTUP_GRACE = 60.0
 # How long opening waits for the data directory's lock before giving up.
 LOCK_WAIT = 2.0
+# A writer loop waits at most a couple of seconds between turns; a turn (one commit
+# and bounded maintenance) takes far less than this even on a slow SD card.
+STALL_AFTER = 60.0
 
 
 def _open_writer(
@@ -215,6 +219,21 @@ class Store:
     @property
     def health_reason(self) -> str | None:
         return self._writer.degraded
+
+    def stall_reason(self, now: float | None = None) -> str | None:
+        """Why the writer is wedged, so that only a restart can help; else None.
+
+        Unlike ``health_reason`` this never reports a degraded store (a full disk,
+        a refused commit): the writer still comes round its loop then, and a
+        restart would cure nothing.
+        """
+        writer = self._writer
+        if writer.stopped:
+            return None if self._closed else writer.failure or "the store writer has stopped"
+        idle = (time.monotonic() if now is None else now) - writer.heartbeat
+        if idle > STALL_AFTER:
+            return f"the store writer has not come round its loop for {idle:.0f} s"
+        return None
 
     @property
     def free_bytes(self) -> int | None:

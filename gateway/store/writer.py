@@ -142,6 +142,9 @@ class Writer:
         self.store_full = False
         self.low_space = False
         self.settled = 0  # samples committed or dropped by the writer
+        # When the writer last came round its loop. The watchdog reads it to tell a
+        # wedged writer (a restart cures it) from a degraded one (a restart does not).
+        self.heartbeat = time.monotonic()
 
         self._unsaved: deque[Sample] = deque()
         self._unsaved_dead: deque[DeadLetter] = deque()
@@ -212,6 +215,7 @@ class Writer:
         stop: Stop | None = None
         failed_stops = 0
         while True:
+            self.heartbeat = time.monotonic()
             if self.failure is not None:
                 timeout: float | None = retry_delay
             else:
