@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from gateway.config import parse_listen
 from gateway.errors import ConfigError, ConfigProblem, GatewayError, StoreError
 from gateway.interfaces import GatewayView
 from gateway.local import health, metrics_page, rest
@@ -132,19 +133,6 @@ def create_app(view: GatewayView, *, send_timeout: float = SEND_TIMEOUT) -> web.
     return app
 
 
-def parse_listen(listen: str) -> tuple[str | None, int]:
-    """``host:port``, ``[v6]:port`` or ``:port`` (all interfaces)."""
-    host, sep, port_text = listen.rpartition(":")
-    host = host.strip("[]")
-    try:
-        port = int(port_text)
-    except ValueError:
-        port = -1
-    if not sep or not 0 <= port <= 65535:
-        raise ConfigError([ConfigProblem("local.listen", f"expected HOST:PORT, got {listen!r}")])
-    return host or None, port
-
-
 def _tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
     if settings.cert_file is None and settings.key_file is None:
         return None
@@ -158,10 +146,17 @@ def _tls_context(settings: LocalSettings) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(view: GatewayView) -> None:
-    """Serve ``view`` on ``[local].listen`` (https when a certificate is set) until cancelled."""
+async def serve(view: GatewayView, bound: asyncio.Event | None = None) -> None:
+    """Serve ``view`` on ``[local].listen`` (https when a certificate is set) until cancelled.
+
+    ``bound`` is set once the socket listens, so that readiness is only announced
+    when ``/healthz`` answers.
+    """
     settings = local_settings(view)
-    host, port = parse_listen(settings.listen)
+    try:
+        host, port = parse_listen(settings.listen)
+    except ValueError as exc:
+        raise ConfigError([ConfigProblem("local.listen", str(exc))]) from exc
     tls = await asyncio.to_thread(_tls_context, settings)
     runner = web.AppRunner(create_app(view), access_log=None)
     await runner.setup()
@@ -173,6 +168,8 @@ async def serve(view: GatewayView) -> None:
             raise GatewayError(f"local server: cannot listen on {settings.listen}: {exc}") from exc
         scheme = "https" if tls else "http"
         logger.info("local server on %s://%s", scheme, settings.listen)
+        if bound is not None:
+            bound.set()
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
