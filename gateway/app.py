@@ -1,0 +1,255 @@
+"""The running gateway: one TaskGroup tree that owns every task.
+
+The store is opened first and closed last, so whatever a driver has read is
+committed before the process exits. Drivers, uplinks and the local server are
+supervised children: a SIGHUP reload restarts only those whose settings changed,
+and never closes the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import Coroutine, Iterator
+from dataclasses import dataclass, replace
+from typing import Any
+
+from drivers import create_driver
+from gateway import systemd_notify
+from gateway.config import load_config
+from gateway.errors import ConfigError
+from gateway.interfaces import Driver, GatewayView, Uplink
+from gateway.local import serve
+from gateway.settings import DeviceSettings, MqttSettings, Settings
+from gateway.store import Store
+from gateway.uplinks.mqtt import MqttUplink
+
+log = logging.getLogger(__name__)
+
+# How often the systemd STATUS= line is refreshed.
+STATUS_INTERVAL = 5.0
+
+
+@dataclass(slots=True)
+class _Child:
+    """A supervised task and the settings it was started with (to detect changes)."""
+
+    task: asyncio.Task[None]
+    settings: object
+
+
+class Supervisor:
+    """Named child tasks inside one TaskGroup, each restartable on its own."""
+
+    def __init__(self, group: asyncio.TaskGroup) -> None:
+        self._group = group
+        self._children: dict[str, _Child] = {}
+
+    def start(self, name: str, settings: object, coro: Coroutine[Any, Any, None]) -> None:
+        task = self._group.create_task(coro, name=name)
+        self._children[name] = _Child(task, settings)
+
+    def settings_of(self, name: str) -> object:
+        return self._children[name].settings
+
+    def names(self, prefix: str) -> set[str]:
+        return {n for n in self._children if n.startswith(prefix)}
+
+    async def stop(self, name: str) -> None:
+        child = self._children.pop(name)
+        child.task.cancel()
+        # The child's own cancellation is expected; anything else it raised while
+        # stopping has already been logged by the child.
+        with contextlib.suppress(asyncio.CancelledError):
+            await child.task
+
+    async def stop_all(self, prefix: str = "") -> None:
+        for name in sorted(self.names(prefix)):
+            await self.stop(name)
+
+
+class Gateway:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.store: Store | None = None
+        self.drivers: dict[str, Driver] = {}
+        self.uplinks: dict[str, Uplink] = {}
+        self.notifier = systemd_notify.Notifier.from_environment()
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        # Set by the local server once it listens: readiness waits for it.
+        self._local_bound = asyncio.Event()
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def request_reload(self) -> None:
+        self._reload.set()
+
+    async def run(self) -> int:
+        data_dir = self.settings.gateway.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = await Store.open(data_dir / "readings.db", self.settings.store)
+        try:
+            view = GatewayView(
+                settings=self.settings,
+                log=self.store,
+                devices=self.drivers,
+                uplinks=self.uplinks,
+                started=time.time(),
+            )
+            await self._supervise(self.store, view)
+        finally:
+            # Every sample a driver handed over is committed here, before exit.
+            await self.store.close()
+        log.info("stopped; last committed seq %d", self.store.last_seq)
+        return 0
+
+    async def _supervise(self, store: Store, view: GatewayView) -> None:
+        async with asyncio.TaskGroup() as group:
+            sup = Supervisor(group)
+            for name, child in _children_of(self.settings).items():
+                self._start(sup, store, view, name, child)
+            helpers = [
+                group.create_task(
+                    systemd_notify.watchdog(self.notifier, store.stall_reason), name="watchdog"
+                ),
+                group.create_task(self._report_status(view), name="status"),
+            ]
+            if self.settings.local is not None:
+                await self._local_bound.wait()
+            self.notifier.notify(ready=True, status=systemd_notify.status_line(view))
+            log.info(
+                "gateway %s running: %d device(s), uplinks: %s, local server: %s",
+                self.settings.gateway.id,
+                len(self.drivers),
+                ", ".join(self.uplinks) or "none",
+                self.settings.local.listen if self.settings.local else "off",
+            )
+            await self._wait_for_stop_or_reload(sup, store, view)
+            # From here systemd stops watching the watchdog and allows the stop timeout.
+            self.notifier.notify(stopping=True)
+            # Stop reading first so nothing more arrives, then the rest.
+            await sup.stop_all("device:")
+            for device_id, driver in self.drivers.items():
+                log.info("%s: read %d readings", device_id, driver.status.readings)
+            await sup.stop_all()
+            for task in helpers:
+                task.cancel()
+
+    async def _wait_for_stop_or_reload(
+        self, sup: Supervisor, store: Store, view: GatewayView
+    ) -> None:
+        while True:
+            stop = asyncio.ensure_future(self._stop.wait())
+            reload = asyncio.ensure_future(self._reload.wait())
+            try:
+                await asyncio.wait({stop, reload}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+                reload.cancel()
+            if self._stop.is_set():
+                return
+            self._reload.clear()
+            await self._do_reload(sup, store, view)
+
+    async def _do_reload(self, sup: Supervisor, store: Store, view: GatewayView) -> None:
+        source = self.settings.source
+        if source is None:
+            log.warning("reload requested but the configuration has no file to reload from")
+            return
+        self.notifier.notify(reloading=True)
+        try:
+            new = await asyncio.to_thread(load_config, source)
+        except ConfigError as exc:
+            log.error("reload refused, still running on the previous configuration: %s", exc)
+            self.notifier.notify(ready=True, status="reload refused: bad configuration")
+            return
+        for what, old_value, new_value in (
+            ("gateway", self.settings.gateway, new.gateway),
+            ("store", self.settings.store, new.store),
+        ):
+            if old_value != new_value:
+                log.warning("[%s] changed: takes effect at the next restart", what)
+        # Gateway identity and store settings stay as they were until a restart.
+        new = replace(new, gateway=self.settings.gateway, store=self.settings.store)
+        self.settings = new
+        await self._restart_changed(sup, store, view, new)
+        self.notifier.notify(ready=True, status=systemd_notify.status_line(view))
+        log.info("configuration reloaded from %s", source)
+
+    async def _restart_changed(
+        self, sup: Supervisor, store: Store, view: GatewayView, new: Settings
+    ) -> None:
+        wanted = _children_of(new)
+        for name in sorted(sup.names("")):
+            if name not in wanted or sup.settings_of(name) != wanted[name]:
+                log.info("stopping %s (removed or changed)", name)
+                await sup.stop(name)
+                self.drivers.pop(name.removeprefix("device:"), None)
+                self.uplinks.pop(name.removeprefix("uplink:"), None)
+        view.settings = new
+        running = sup.names("")
+        for name, child in wanted.items():
+            if name not in running:
+                self._start(sup, store, view, name, child)
+
+    def _start(
+        self, sup: Supervisor, store: Store, view: GatewayView, name: str, child: object
+    ) -> None:
+        coro: Coroutine[Any, Any, None]
+        if isinstance(child, DeviceSettings):
+            driver = create_driver(child, store)
+            self.drivers[child.id] = driver
+            coro = driver.run()
+        elif isinstance(child, MqttSettings):
+            uplink = MqttUplink(child, self.settings.gateway.id, store, dead_letters=store)
+            self.uplinks[uplink.name] = uplink
+            coro = uplink.run()
+        else:
+            self._local_bound = asyncio.Event()
+            coro = serve(view, self._local_bound)
+        sup.start(name, child, coro)
+
+    async def _report_status(self, view: GatewayView) -> None:
+        while True:
+            await asyncio.sleep(STATUS_INTERVAL)
+            self.notifier.notify(status=systemd_notify.status_line(view))
+
+
+def _children_of(settings: Settings) -> dict[str, object]:
+    """Each supervised child's name and the settings that, when changed, restart it."""
+    children: dict[str, object] = {f"device:{d.id}": d for d in settings.devices if d.enabled}
+    if settings.uplink.mqtt is not None:
+        children["uplink:mqtt"] = settings.uplink.mqtt
+    if settings.local is not None:
+        children["local"] = settings.local
+    return children
+
+
+@contextlib.contextmanager
+def signals_handled(gateway: Gateway) -> Iterator[None]:
+    """SIGTERM and SIGINT stop ``gateway`` cleanly; SIGHUP reloads its configuration."""
+    loop = asyncio.get_running_loop()
+    handlers = {
+        signal.SIGTERM: gateway.request_stop,
+        signal.SIGINT: gateway.request_stop,
+        signal.SIGHUP: gateway.request_reload,
+    }
+    for signum, handler in handlers.items():
+        loop.add_signal_handler(signum, handler)
+    try:
+        yield
+    finally:
+        for signum in handlers:
+            loop.remove_signal_handler(signum)
+
+
+async def run(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT; SIGHUP reloads the configuration file."""
+    gateway = Gateway(settings)
+    with signals_handled(gateway):
+        return await gateway.run()

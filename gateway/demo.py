@@ -1,0 +1,233 @@
+"""`edge-gateway demo`: the whole product on one machine, no root, no hardware.
+
+Simulated devices on pseudo-terminals feed the real gateway through a real
+configuration file; a private mosquitto plays the cloud when one is installed,
+otherwise the demo runs offline and shows the log buffering.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.app import Gateway, signals_handled
+from gateway.config import load_config
+from gateway.logs import setup_logging
+from simulators import PtyDevice
+
+# (device id, simulator kind, lines per second)
+DEMO_DEVICES = (
+    ("thermo-1", "thermo", 2.0),
+    ("thermo-2", "thermo", 1.0),
+    ("counter-1", "counter", 5.0),
+)
+REPORT_EVERY = 5.0
+SUBSCRIBE_TIMEOUT = 10.0
+
+
+def configure_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dir",
+        type=Path,
+        help="where the demo keeps its configuration, data and device links "
+        "(default: a new temporary directory)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="dashboard port (a free one if taken)")
+    p.add_argument(
+        "--offline", action="store_true", help="run without a broker even if mosquitto exists"
+    )
+    p.add_argument(
+        "--duration", type=float, default=0.0, help="stop after this many seconds (0: Ctrl-C)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    setup_logging("WARNING")
+    root: Path = args.dir or Path(tempfile.mkdtemp(prefix="edge-gateway-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    return asyncio.run(_demo(args, root))
+
+
+def _port_or_free(port: int) -> int:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            s.bind(("127.0.0.1", 0))
+        chosen: int = s.getsockname()[1]
+        return chosen
+
+
+def _mosquitto_binary() -> str | None:
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).exists()),
+        None,
+    )
+
+
+@contextlib.contextmanager
+def _private_broker(root: Path, binary: str) -> Iterator[int]:
+    """A mosquitto on a free loopback port, stopped when the demo ends."""
+    port = _port_or_free(0)
+    conf = root / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    # The binary comes from PATH or sbin and every argument is ours.
+    proc = subprocess.Popen(  # noqa: S603
+        [binary, "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=(root / "mosquitto.log").open("wb"),
+    )
+    try:
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@dataclass
+class CloudView:
+    """What the 'cloud' subscriber has seen, updated from paho's thread."""
+
+    readings: int = 0
+    last_seq: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    subscribed: threading.Event = field(default_factory=threading.Event)
+
+    def on_subscribe(self, *_args: object) -> None:
+        self.subscribed.set()
+
+    def on_message(self, _c: mqtt.Client, _u: object, msg: mqtt.MQTTMessage) -> None:
+        try:
+            readings = json.loads(msg.payload)["readings"]
+        except (ValueError, KeyError, TypeError):
+            return
+        with self.lock:
+            self.readings += len(readings)
+            self.last_seq = max(self.last_seq, *(r["seq"] for r in readings))
+
+
+@contextlib.contextmanager
+def _cloud_subscriber(port: int, view: CloudView) -> Iterator[None]:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="demo-cloud")
+    client.on_message = view.on_message
+    client.on_subscribe = view.on_subscribe
+    client.on_connect = lambda c, *_: c.subscribe("edge/+/+/telemetry", qos=1)
+    client.connect_async("127.0.0.1", port)
+    client.loop_start()
+    try:
+        yield
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+@contextlib.asynccontextmanager
+async def _devices(root: Path) -> AsyncIterator[list[tuple[str, Path]]]:
+    async with contextlib.AsyncExitStack() as stack:
+        links = []
+        for device_id, kind, rate in DEMO_DEVICES:
+            link = root / "dev" / device_id
+            await stack.enter_async_context(PtyDevice(kind, link, rate=rate))
+            links.append((device_id, link))
+        yield links
+
+
+def _write_config(
+    root: Path, links: list[tuple[str, Path]], port: int, token: str, broker: int | None
+) -> Path:
+    parts = [
+        "# Written by `edge-gateway demo`: a real configuration you can copy.",
+        "[gateway]",
+        'id = "demo-gw"',
+        f'data_dir = "{root / "data"}"',
+        "",
+    ]
+    for device_id, link in links:
+        units = 'units = { t = "°C", h = "%" }' if device_id.startswith("thermo") else ""
+        parts += [
+            "[[devices]]",
+            f'id = "{device_id}"',
+            'driver = "serial_line"',
+            f'port = "{link}"',
+            "baudrate = 9600",
+            'format = "kv"',
+            units,
+            "expected_interval = 2.0",
+            "",
+        ]
+    if broker is not None:
+        parts += [
+            "[uplink.mqtt]",
+            f'url = "mqtt://127.0.0.1:{broker}"',
+            'topic_prefix = "edge"',
+            "",
+        ]
+    parts += ["[local]", f'listen = "127.0.0.1:{port}"', f'token = "{token}"', ""]
+    path = root / "gateway.toml"
+    path.write_text("\n".join(parts))
+    return path
+
+
+async def _report(gateway: Gateway, cloud: CloudView | None) -> None:
+    while True:
+        await asyncio.sleep(REPORT_EVERY)
+        if gateway.store is None:
+            continue
+        stats = gateway.store.stats()
+        line = f"log: last seq {stats.last_seq}, unsent {stats.depth}"
+        if cloud is None:
+            line += " (offline: readings wait in the log)"
+        else:
+            with cloud.lock:
+                line += f" | cloud received {cloud.readings} readings, last seq {cloud.last_seq}"
+        print(line, flush=True)
+
+
+async def _demo(args: argparse.Namespace, root: Path) -> int:
+    port = _port_or_free(args.port)
+    token = secrets.token_urlsafe(18)
+    binary = None if args.offline else _mosquitto_binary()
+    with contextlib.ExitStack() as stack:
+        broker = stack.enter_context(_private_broker(root, binary)) if binary else None
+        cloud = CloudView() if broker is not None else None
+        if broker is not None and cloud is not None:
+            stack.enter_context(_cloud_subscriber(broker, cloud))
+            # Counting starts from the first reading only if the subscription is in place.
+            if not await asyncio.to_thread(cloud.subscribed.wait, SUBSCRIBE_TIMEOUT):
+                print("the private broker did not answer; running on anyway", file=sys.stderr)
+        async with _devices(root) as links:
+            config = _write_config(root, links, port, token, broker)
+            gateway = Gateway(load_config(config))
+            print(f"edge-gateway demo in {root}")
+            print(f"  configuration: {config}")
+            print(f"  devices: {', '.join(f'{d} on {link}' for d, link in links)}")
+            if broker is not None:
+                print(f"  cloud: private mosquitto on mqtt://127.0.0.1:{broker}")
+            else:
+                print("  cloud: none (no mosquitto found, or --offline): the log buffers")
+            print(f"  dashboard: http://127.0.0.1:{port}/#token={token}")
+            print("Stop with Ctrl-C.", flush=True)
+            with signals_handled(gateway):
+                async with asyncio.TaskGroup() as group:
+                    reporter = group.create_task(_report(gateway, cloud), name="demo-report")
+                    if args.duration > 0:
+                        asyncio.get_running_loop().call_later(args.duration, gateway.request_stop)
+                    code = await gateway.run()
+                    reporter.cancel()
+    print(f"demo stopped; its files stay in {root}", file=sys.stderr)
+    return code
