@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.common",
+    "tests.fixtures.gateway_proc",
     "tests.fixtures.mosquitto",
     "tests.fixtures.tcp_proxy",
 ]

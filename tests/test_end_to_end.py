@@ -1,0 +1,225 @@
+"""The whole product as users run it: `edge-gateway run` as a process, simulated devices
+on real pseudo-terminals, a real mosquitto behind a TCP proxy the test controls.
+
+The outcome that matters: every committed reading reaches the broker (no gap in
+`seq`), duplicates are identical, and each device's readings keep their order,
+whatever happens to the link, the broker or the gateway process.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from simulators import PtyDevice
+from tests.fixtures.common import wait_until
+from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
+from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+from tests.fixtures.tcp_proxy import TcpProxy
+
+# Readings that must be committed in each phase while the fault is in place.
+PHASE_READINGS = 300
+DRAIN_TIMEOUT = 60.0
+
+
+def check_delivery(subscriber: MqttSubscriber, last_seq: int) -> None:
+    """Every seq 1..last_seq arrived; duplicates identical; per-device order kept."""
+    by_seq: dict[int, dict[str, Any]] = {}
+    for reading in subscriber.readings():
+        first = by_seq.setdefault(reading["seq"], reading)
+        assert reading == first, f"duplicate of seq {reading['seq']} differs"
+    missing = set(range(1, last_seq + 1)) - by_seq.keys()
+    assert not missing, (
+        f"{len(missing)} committed readings never arrived, e.g. {sorted(missing)[:10]}"
+    )
+    first_seen: dict[str, list[int]] = defaultdict(list)
+    seen: set[int] = set()
+    for message in subscriber.telemetry():
+        body = message.json()
+        seqs = [r["seq"] for r in body["readings"]]
+        assert seqs == sorted(seqs), "readings of a message must ascend"
+        assert {r["device"] for r in body["readings"]} == {body["device"]}
+        assert message.topic == f"edge/gw-test/{body['device']}/telemetry"
+        for seq in seqs:
+            if seq not in seen:
+                seen.add(seq)
+                first_seen[body["device"]].append(seq)
+    for device, seqs in first_seen.items():
+        assert seqs == sorted(seqs), f"{device}: readings arrived out of order"
+    # The counter's values follow the seqs: nothing was reordered between pty and broker.
+    for device in first_seen:
+        values = [by_seq[s]["value"] for s in sorted(by_seq) if by_seq[s]["device"] == device]
+        assert values == sorted(values), f"{device}: values out of order"
+
+
+async def committed_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return int((await gw.status())["store"]["last_seq"]) >= n
+
+    return check
+
+
+async def acked_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return int((await gw.status())["uplinks"]["mqtt"]["acked_seq"]) >= n
+
+    return check
+
+
+async def uplink_state_is_not(gw: GatewayProcess, state: str) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return bool((await gw.status())["uplinks"]["mqtt"]["state"] != state)
+
+    return check
+
+
+async def last_seq(gw: GatewayProcess) -> int:
+    return int((await gw.status())["store"]["last_seq"])
+
+
+async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    subscriber_factory: Callable[..., MqttSubscriber],
+    tcp_proxy_factory: Callable[[int], Awaitable[TcpProxy]],
+    gateway_process: GatewayProcess,
+) -> None:
+    subscriber = subscriber_factory(mosquitto, "edge/+/+/telemetry")
+    proxy = await tcp_proxy_factory(mosquitto.port)
+    gw = gateway_process
+    async with (
+        PtyDevice("counter", tmp_path / "dev-a", rate=300) as dev_a,
+        PtyDevice("counter", tmp_path / "dev-b", rate=200) as dev_b,
+    ):
+        gw.devices = [DeviceSpec("dev-a", dev_a.link), DeviceSpec("dev-b", dev_b.link)]
+        gw.mqtt_url = proxy.url()
+        gw.start()
+        await gw.wait_healthy()
+        await wait_until(lambda: len(subscriber.seqs()) >= 100, message="first deliveries")
+
+        # The route dies silently: readings keep being committed, nothing is acked,
+        # until the keepalive tells the uplink that the link is dead.
+        proxy.blackhole()
+        mark = await last_seq(gw)
+        await wait_until(await committed_at_least(gw, mark + PHASE_READINGS), timeout=30)
+        await wait_until(
+            await uplink_state_is_not(gw, "connected"), timeout=30, message="dead link noticed"
+        )
+        # The connection is then torn down (router reboot) and the route comes back.
+        proxy.reset()
+        proxy.resume()
+        await wait_until(
+            await acked_at_least(gw, mark + PHASE_READINGS),
+            timeout=DRAIN_TIMEOUT,
+            message="ack after blackhole",
+        )
+
+        # The broker restarts under load.
+        connections = proxy.accepted
+        mosquitto.restart()
+        mark = await last_seq(gw)
+        await wait_until(lambda: proxy.accepted > connections, timeout=30, message="reconnect")
+        await wait_until(
+            await acked_at_least(gw, mark + PHASE_READINGS),
+            timeout=DRAIN_TIMEOUT,
+            message="ack after broker restart",
+        )
+
+        # The gateway is killed without warning while the devices keep writing.
+        gw.kill9()
+        gw.start()
+        await gw.wait_healthy()
+        mark = await last_seq(gw)
+        await wait_until(
+            await acked_at_least(gw, mark + PHASE_READINGS),
+            timeout=DRAIN_TIMEOUT,
+            message="ack after kill -9",
+        )
+
+    # Devices are gone; the gateway drains what it committed.
+    async def drained() -> bool:
+        status = await gw.status()
+        return bool(
+            status["store"]["depth"] == 0
+            and status["uplinks"]["mqtt"]["acked_seq"] == status["store"]["last_seq"]
+        )
+
+    await wait_until(drained, timeout=DRAIN_TIMEOUT, message="log drained")
+    final = await last_seq(gw)
+    await wait_until(
+        lambda: subscriber.seqs() >= set(range(1, final + 1)),
+        timeout=DRAIN_TIMEOUT,
+        message="subscriber has every seq",
+    )
+    assert gw.terminate() == 0
+    check_delivery(subscriber, final)
+
+
+async def test_sigterm_commits_every_reading_read_and_restart_delivers_it(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    subscriber_factory: Callable[..., MqttSubscriber],
+    tcp_proxy_factory: Callable[[int], Awaitable[TcpProxy]],
+    gateway_process: GatewayProcess,
+) -> None:
+    proxy = await tcp_proxy_factory(mosquitto.port)
+    # The cloud is unreachable while the gateway reads: everything waits in the log.
+    proxy.blackhole()
+    gw = gateway_process
+    async with PtyDevice("counter", tmp_path / "dev-a", rate=2000) as dev:
+        gw.devices = [DeviceSpec("dev-a", dev.link)]
+        gw.mqtt_url = proxy.url()
+        gw.start()
+        await gw.wait_healthy()
+        await wait_until(await committed_at_least(gw, 500), message="readings committed")
+        # Stopped while the device is still writing fast.
+        assert gw.terminate() == 0
+    stopped_log = gw.log_text()
+    committed = gw.queue_stats()["last_seq"]
+    # The driver's own count of what it read, logged at stop, is all committed.
+    read_counts = [
+        int(line.rsplit(" ", 2)[-2])
+        for line in stopped_log.splitlines()
+        if "dev-a: read" in line and "readings" in line
+    ]
+    assert read_counts, f"no read count in the log:\n{stopped_log}"
+    assert committed == read_counts[-1]
+
+    subscriber = subscriber_factory(mosquitto, "edge/+/+/telemetry")
+    proxy.resume()
+    gw.start()
+    await gw.wait_healthy()
+    await wait_until(
+        lambda: subscriber.seqs() >= set(range(1, committed + 1)),
+        timeout=DRAIN_TIMEOUT,
+        message="every reading from before the stop delivered",
+    )
+    assert gw.terminate() == 0
+    check_delivery(subscriber, committed)
+
+
+async def test_hostile_serial_input_keeps_the_gateway_up_and_counts_dead_letters(
+    tmp_path: Path, gateway_process: GatewayProcess
+) -> None:
+    gw = gateway_process
+    async with PtyDevice("counter", tmp_path / "dev-a", rate=200, garbage_every=20) as dev:
+        gw.devices = [DeviceSpec("dev-a", dev.link)]
+        gw.start()
+        await gw.wait_healthy()
+        await wait_until(await committed_at_least(gw, 100), message="readings flowing")
+        # A megabyte without a newline, NUL bytes and invalid UTF-8, straight into the line.
+        dev.inject(b"x" * 1_000_000)
+        dev.inject(b"\n\x00\x00n=\x00\n\xff\xfe\xfd=1\n")
+        before = await last_seq(gw)
+        await wait_until(
+            await committed_at_least(gw, before + 200), message="valid lines after garbage"
+        )
+        status = await gw.status()
+        assert status["devices"]["dev-a"]["errors"] >= 3
+        assert status["store"]["dead_letters"] >= 3
+        gw.signal(signal.SIGTERM)
+        assert gw.proc is not None
+        assert gw.proc.wait(timeout=20) == 0
