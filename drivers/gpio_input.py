@@ -238,13 +238,14 @@ class GpioInputDriver:
             sensor = self.state_sensor
             self._put([self._sample(sensor, int(c.active), c.ts) for c in taken.changes])
         if taken.missed:
-            message = (
-                f"{taken.missed} level changes came faster than they could be recorded; "
+            template = (
+                "%d level changes came faster than they could be recorded; "
                 "the state after them was kept"
             )
             self.status.errors += 1
-            self.status.last_error = message
-            log.warning("%s: %s", self.device_id, message)
+            self.status.last_error = template % taken.missed
+            # One template, so the log's flood guard sees a storm as one repeated event.
+            log.warning("%s: " + template, self.device_id, taken.missed)
 
     # Periodic readings -----------------------------------------------------------
 
