@@ -22,7 +22,8 @@ demo: $(STAMP)
 	$(VENV)/bin/edge-gateway demo
 
 test: $(STAMP)
-	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus
+	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
+		systemd-analyze=systemd
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 check: lint typecheck

@@ -20,7 +20,7 @@ from gateway.reading import Sample, encode
 from gateway.settings import GatewaySettings, Settings, StoreSettings
 from gateway.store import Store
 from tests.fixtures.common import free_port, wait_until
-from tests.test_local_common import TOKEN, local_gateway, local_settings, receive_json
+from tests.fixtures.local import TOKEN, local_gateway, local_settings, receive_json
 
 METRIC_NAMES = [
     "edge_gateway_info",

@@ -14,7 +14,7 @@ import pytest
 from gateway.local.keys import HUB
 from gateway.local.stream import text_frame
 from tests.fixtures.common import wait_until
-from tests.test_local_common import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
+from tests.fixtures.local import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
 
 STREAM = "/api/v1/stream"
 
