@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import resource
 import sys
 import time
 import traceback
@@ -21,6 +22,9 @@ from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import RESULTS, BenchResult, table, write_json
 
 Runner = Callable[[Plan, Path | None], BenchResult]
+# Share of the machine's CPU used by processes other than the benchmark's, in %,
+# above which a benchmark's figures are flagged.
+OTHERS_BUSY_WARNING = 5.0
 
 BENCHMARKS: dict[str, Runner] = {
     "throughput": pipeline.run_throughput,
@@ -32,6 +36,15 @@ GROUPS = {
     "pipeline": ["throughput", "latency", "backlog"],
     "all": list(BENCHMARKS),
 }
+
+
+def own_cpu_seconds() -> float:
+    """CPU of this process and of every child it has waited for (their children too)."""
+    total = 0.0
+    for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN):
+        usage = resource.getrusage(who)
+        total += usage.ru_utime + usage.ru_stime
+    return total
 
 
 def main() -> int:
@@ -66,27 +79,36 @@ def main() -> int:
     results: list[BenchResult] = []
     for name in names:
         print(f"running {name} ({plan.name}) ...", file=sys.stderr, flush=True)
-        t0, load0, (busy0, total0) = time.monotonic(), load_average(), system_cpu()
+        t0, load0, (busy0, total0), own0 = (
+            time.monotonic(),
+            load_average(),
+            system_cpu(),
+            own_cpu_seconds(),
+        )
         try:
             result = BENCHMARKS[name](plan, profile_dir)
         except (BenchError, OSError, ValueError, KeyError) as exc:
             traceback.print_exc()
             result = BenchResult(name, error=f"{type(exc).__name__}: {exc}")
         result.seconds = time.monotonic() - t0
-        busy1, total1 = system_cpu()
-        # Other work on the machine skews every figure: say how busy it was.
+        (busy1, total1), own1 = system_cpu(), own_cpu_seconds()
+        # Other work on the machine skews every figure: say how much there was. Every
+        # process a benchmark starts has been waited for by now, so its CPU is in ours.
         result.machine = {
             "load_average_before": load0,
             "load_average_after": load_average(),
             "machine_busy_percent": round(100 * (busy1 - busy0) / (total1 - total0), 1),
+            "others_busy_percent": round(
+                100 * max(0.0, (busy1 - busy0) - (own1 - own0)) / (total1 - total0), 1
+            ),
         }
         results.append(result)
     print(table(results))
     for r in results:
-        if r.machine.get("load_average_before", 0) > 1.0:
+        if r.machine.get("others_busy_percent", 0) > OTHERS_BUSY_WARNING:
             print(
-                f"warning: {r.name} started with a load average of "
-                f"{r.machine['load_average_before']:.1f}: other work competed for the CPU",
+                f"warning: other processes used {r.machine['others_busy_percent']:.0f}% of the "
+                f"machine's CPU during {r.name}: its figures are skewed",
                 file=sys.stderr,
             )
     path = write_json(results, plan.name, started)

@@ -195,12 +195,12 @@ def markdown(doc: dict[str, Any]) -> str:
                 f"{_num(f.baseline, f.unit) if f.baseline is not None else ''} | {ratio} | "
                 f"{f.status if f.status != 'INFO' else ''} |"
             )
-    loads = ", ".join(
-        f"{b['name']} {b['machine'].get('load_average_before', 0):.1f}"
+    others = ", ".join(
+        f"{b['name']} {b['machine'].get('others_busy_percent', 0):.0f}%"
         for b in doc["benchmarks"]
         if b.get("machine")
     )
-    lines += ["", f"Load average when each benchmark started: {loads}."]
+    lines += ["", f"CPU used by other processes on the machine during each benchmark: {others}."]
     notes = [f"- {b['name']}: {n}" for b in doc["benchmarks"] for n in b.get("notes", [])]
     if notes:
         lines += ["", "Where the time goes:", "", *notes]
