@@ -45,6 +45,7 @@ MAX_UNSAVED_DEAD_LETTERS = 1_000
 # Readings per transaction: keeps one commit's memory and latency bounded when a
 # backlog (after a full disk) is written out.
 MAX_BATCH = 50_000
+DISK_FULL = "disk full"
 # Dead letters kept in the database; the oldest go first.
 MAX_DEAD_LETTERS = 10_000
 # Rows retention may delete per turn, at least; more when more was inserted.
@@ -153,6 +154,7 @@ class Writer:
         self._requests: list[CursorRequest] = []
         self._flushes: list[Flush] = []
         self._taken = 0
+        self._batch_limit = MAX_BATCH
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
         self._data_version = self._pragma("data_version")
@@ -315,7 +317,17 @@ class Writer:
             upkeep = _Batch([], [], dict(self._acks), list(self._registers))
             if not self._attempt(upkeep, maintenance=True):
                 return False
-        return self._attempt(self._form_batch(), maintenance or self.failure is not None)
+        upkeep_due = maintenance or self.failure is not None
+        while True:
+            batch = self._form_batch()
+            if self._attempt(batch, upkeep_due):
+                self._batch_limit = min(MAX_BATCH, 2 * self._batch_limit)
+                return True
+            if self.failure != DISK_FULL or len(batch.samples) <= 1:
+                return False
+            # Whatever still fits is committed now (and a bound that is reached
+            # then applies); the limit grows back with each success.
+            self._batch_limit = len(batch.samples) // 2
 
     def _attempt(self, batch: _Batch, maintenance: bool) -> bool:
         started = time.perf_counter()
@@ -336,10 +348,10 @@ class Writer:
         return True
 
     def _form_batch(self) -> _Batch:
-        if len(self._unsaved) <= MAX_BATCH:
+        if len(self._unsaved) <= self._batch_limit:
             samples = list(self._unsaved)
         else:
-            samples = list(itertools.islice(self._unsaved, MAX_BATCH))
+            samples = list(itertools.islice(self._unsaved, self._batch_limit))
         return _Batch(
             samples=samples,
             dead_letters=list(self._unsaved_dead),
@@ -572,7 +584,7 @@ class Writer:
 
     def _failed(self, error: sqlite3.Error | OSError, pending: int) -> None:
         if schema.is_disk_full(error):
-            reason = "disk full"
+            reason = DISK_FULL
         elif isinstance(error, sqlite3.Error) and schema.is_corruption(error):
             reason = f"database damaged ({error}); restart to move it aside"
         elif isinstance(error, sqlite3.Error) and schema.is_busy(error):
