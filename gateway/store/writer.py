@@ -238,6 +238,14 @@ class Writer:
         if lost:
             log.error("store closed with %d readings that could not be committed", lost)
             self._dropped_here += lost
+            try:
+                self._conn.execute(
+                    "INSERT INTO meta (key, value) VALUES (?, ?) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    (schema.META_DROPPED, self.dropped),
+                )
+            except sqlite3.Error as e:
+                log.error("store: cannot record the %d dropped readings: %s", lost, e)
         closed = StoreClosedError("the store is closed")
         results: list[Result] = [(r.future, closed) for r in self._requests]
         results += [(f.future, closed) for f in self._flushes]
