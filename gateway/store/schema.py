@@ -55,6 +55,10 @@ META_LAST_SEQ = "last_seq"
 META_DROPPED = "dropped"
 META_DEAD_LETTERS = "dead_letters"
 META_SCHEMA = "schema_version"
+UPSERT_META = (
+    "INSERT INTO meta (key, value) VALUES (?, ?) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 
 # Primary result codes; errors carry extended codes whose low byte is the primary one.
 _CORRUPTION_CODES = frozenset({sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB})

@@ -240,8 +240,7 @@ class Writer:
             self._dropped_here += lost
             try:
                 self._conn.execute(
-                    "INSERT INTO meta (key, value) VALUES (?, ?) "
-                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    schema.UPSERT_META,
                     (schema.META_DROPPED, self.dropped),
                 )
             except sqlite3.Error as e:
@@ -415,8 +414,7 @@ class Writer:
         dead_total = self.dead_letters + len(batch.dead_letters) + len(batch.unencodable)
         dropped_total = self.dropped + batch.dropped
         conn.executemany(
-            "INSERT INTO meta (key, value) VALUES (?, ?) "
-            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            schema.UPSERT_META,
             [
                 (schema.META_LAST_SEQ, batch.last_seq or self.last_seq),
                 (schema.META_DROPPED, dropped_total),
