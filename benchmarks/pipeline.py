@@ -47,6 +47,9 @@ from benchmarks.stats import LatencySplit, latency_summary
 
 # "As fast as possible": the feeder is limited by the reader, not by its clock.
 MAX_RATE = 1_000_000.0
+# The sustained-throughput run offers 10% above the 50,000/s target: delivered at
+# or above the target with nothing dropped means the gateway keeps up.
+SUSTAINED_OFFER = 55_000.0
 PACED_RATE = 1000.0
 PRIME_LINES = 20
 
@@ -188,6 +191,15 @@ def store_and_uplink_rates(
     }
 
 
+def bytes_per_reading(
+    s0: ProcSnapshot, s1: ProcSnapshot, i0: Internals, i1: Internals
+) -> float | None:
+    """Bytes the gateway wrote to storage per reading it committed, between two points."""
+    key = "edge_gateway_store_committed_readings_total"
+    committed = i1.metrics.get(key, 0.0) - i0.metrics.get(key, 0.0)
+    return (s1.write_bytes - s0.write_bytes) / committed if committed else None
+
+
 def breakdown_note(label: str, run: dict[str, Any]) -> str:
     """One line from a gateway run's breakdown: threads, commits, MQTT messages."""
     b = run["breakdown"]
@@ -195,7 +207,7 @@ def breakdown_note(label: str, run: dict[str, Any]) -> str:
     parts = [f"{label}: CPU by thread {threads}"]
     if b.get("readings_per_commit") is not None:
         parts.append(
-            f"{b['commits_per_s']:,.0f} commits/s of {b['readings_per_commit']:,.1f} readings, "
+            f"{b['commits_per_s']:,.1f} commits/s of {b['readings_per_commit']:,.1f} readings, "
             f"{b['mean_commit_ms']:.2f} ms each (writer busy {b['commit_busy_percent']:.0f}%)"
         )
     if b.get("readings_per_message") is not None:
@@ -211,8 +223,13 @@ def _snapshots(pids: dict[str, int]) -> dict[str, ProcSnapshot]:
 
 
 def measure_throughput(
-    kind: str, plan: Plan, durability: str = "full", profile: Path | None = None
+    kind: str,
+    plan: Plan,
+    durability: str = "full",
+    profile: Path | None = None,
+    offered: float = MAX_RATE,
 ) -> dict[str, Any]:
+    """Readings/s delivered with the devices writing ``offered`` lines/s in all."""
     work = scratch_dir(f"tput-{kind}-{durability}")
     fmt = "naive" if kind == "naive" else "gateway"
     n_devices = 1 if kind == "naive" else plan.devices
@@ -220,7 +237,7 @@ def measure_throughput(
         with (
             Mosquitto(work) as broker,
             subscriber(work, broker, fmt) as sub,
-            counters(n_devices, work, MAX_RATE) as (devices, feeders),
+            counters(n_devices, work, offered / n_devices) as (devices, feeders),
             running_target(kind, work, broker, devices, durability, profile) as target,
         ):
             if not wait_received(sub, 1, 30):
@@ -241,6 +258,7 @@ def measure_throughput(
             "kind": kind,
             "durability": durability if kind == "gateway" else None,
             "devices": n_devices,
+            "offered_per_s": None if offered == MAX_RATE else offered,
             "window_s": round(elapsed, 3),
             "delivered_per_s": delivered,
             "messages_per_s": (p1["messages"] - p0["messages"]) / elapsed,
@@ -314,6 +332,7 @@ def measure_paced(
             "cpu_percent": cpu_percent(s0, s1),
             "rss_bytes": s1.rss_bytes,
             "breakdown": target.breakdown(i0, i1),
+            "write_bytes_per_reading": bytes_per_reading(s0, s1, i0, i1),
         }
     finally:
         link.close()
@@ -325,23 +344,47 @@ def run_throughput(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
     profile = profile_dir / "gateway-throughput.prof" if profile_dir else None
     full = measure_throughput("gateway", plan, "full", profile)
     normal = measure_throughput("gateway", plan, "normal")
+    offered = measure_throughput("gateway", plan, "full", offered=SUSTAINED_OFFER)
     base = naive["delivered_per_s"]
-    ratio = full["delivered_per_s"] / base if base else None
     bench = "throughput"
+    label = f"{SUSTAINED_OFFER:,.0f}/s offered"
+
+    def dropped(run: dict[str, Any]) -> int | None:
+        store = run.get("store_at_end") or {}
+        return store.get("dropped")
+
     figures = [
         Figure(
             bench,
-            "end to end, durability full",
+            f"sustained, {label}, full",
             "readings/s",
-            full["delivered_per_s"],
+            offered["delivered_per_s"],
             50_000,
             "min",
             base,
+            note="delivered to the subscriber, no loss allowed",
         ),
-        Figure(bench, "end to end vs naive", "x", ratio, 5, "min"),
+        Figure(bench, f"dropped by the gateway, {label}", "readings", dropped(offered), 0, "max"),
         Figure(
             bench,
-            "end to end, durability normal",
+            "max rate, durability full",
+            "readings/s",
+            full["delivered_per_s"],
+            None,
+            None,
+            base,
+        ),
+        Figure(
+            bench,
+            "max rate vs naive at max rate",
+            "x",
+            full["delivered_per_s"] / base if base else None,
+            5,
+            "min",
+        ),
+        Figure(
+            bench,
+            "max rate, durability normal",
             "readings/s",
             normal["delivered_per_s"],
             None,
@@ -350,28 +393,28 @@ def run_throughput(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
         ),
         Figure(
             bench,
-            "gaps in n at the subscriber, full",
-            "readings",
-            full["gaps_in_n"],
-            0,
-            "max",
-            naive["gaps_in_n"],
+            "committed at max rate, full",
+            "readings/s",
+            full.get("committed_per_s"),
+            note="into the log; above the delivered rate, the backlog grows",
         ),
         Figure(
             bench,
             "dropped by the gateway at max rate, full",
             "readings",
-            (full.get("store_at_end") or {}).get("dropped"),
+            dropped(full),
             0,
             "max",
             note="the store's own count (intake over its bound)",
         ),
         Figure(
             bench,
-            "committed at max rate, full",
-            "readings/s",
-            full.get("committed_per_s"),
-            note="into the log; above the delivered rate, the backlog grows",
+            "gaps in n at the subscriber at max rate, full",
+            "readings",
+            full["gaps_in_n"],
+            0,
+            "max",
+            naive["gaps_in_n"],
         ),
         Figure(bench, "disk written per reading, full", "B", full.get("write_bytes_per_reading")),
         Figure(
@@ -388,12 +431,11 @@ def run_throughput(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
         ),
     ]
     notes = [
-        breakdown_note(f"gateway at max rate, {d}", r)
-        for d, r in (("full", full), ("normal", normal))
+        breakdown_note(f"gateway at {what}", r)
+        for what, r in (("max rate, full", full), ("max rate, normal", normal), (label, offered))
     ]
-    return BenchResult(
-        bench, figures, {"naive": naive, "full": full, "normal": normal}, notes=notes
-    )
+    details = {"naive": naive, "full": full, "normal": normal, "offered": offered}
+    return BenchResult(bench, figures, details, notes=notes)
 
 
 def run_latency(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
@@ -421,6 +463,13 @@ def run_latency(plan: Plan, profile_dir: Path | None = None) -> BenchResult:
             naive["latency"]["p99_ms"],
         ),
         Figure(bench, "gateway CPU", "% core", gw["cpu_percent"], 10, "max", naive["cpu_percent"]),
+        Figure(
+            bench,
+            "disk written per reading",
+            "B",
+            gw["write_bytes_per_reading"],
+            note="durability full; SD-card wear at a realistic rate",
+        ),
         Figure(
             bench,
             "readings lost",
