@@ -98,6 +98,11 @@ async def test_certificate_for_another_host_is_refused_unless_insecure(
         await stays_down(uplink)
         assert "127.0.0.1" in (uplink.status.last_error or "")
     # tls_insecure skips the host name check only; the CA is still verified.
+    untrusted = replace(settings, tls_insecure=True, ca_file=files.other_ca)
+    still_refused = MqttUplink(untrusted, GATEWAY, store)
+    async with running(still_refused):
+        await stays_down(still_refused)
+        assert "CERTIFICATE_VERIFY_FAILED" in (still_refused.status.last_error or "")
     insecure = MqttUplink(replace(settings, tls_insecure=True), GATEWAY, store)
     async with running(insecure):
         await wait_until(lambda: insecure.status.acked_seq == last, message="acked, insecure")
