@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import logging
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -30,8 +29,6 @@ from paho.mqtt.reasoncodes import ReasonCode
 from gateway.errors import UplinkError
 from gateway.uplinks.backoff import FailureKind
 from gateway.uplinks.broker import BrokerAddress
-
-log = logging.getLogger(__name__)
 
 # CONNACK and DISCONNECT reason codes that an operator must fix (credentials,
 # authorization, client id, protocol version, a second client with our id).
@@ -234,10 +231,6 @@ class MqttConnection:
 
     # The interface of the uplink.
 
-    @property
-    def is_lost(self) -> bool:
-        return self._lost.done()
-
     def publish(
         self, topic: str, payload: bytes, *, retain: bool = False
     ) -> asyncio.Future[ReasonCode]:
@@ -337,7 +330,6 @@ def _new_client(options: ConnectOptions) -> mqtt.Client:
         reconnect_on_failure=False,
     )
     client.connect_timeout = options.connect_timeout
-    client.enable_logger(logging.getLogger("paho"))
     client.max_inflight_messages_set(options.max_inflight)
     if options.username is not None:
         client.username_pw_set(options.username, options.password)
