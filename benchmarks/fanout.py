@@ -255,8 +255,9 @@ def run_fanout(plan: Plan) -> BenchResult:
         f"{r['clients']} clients @ {r['rate']:g}/s: p99 line → read "
         f"{r['latency_line_to_read']['p99_ms'] or 0:.1f} ms, read → client "
         f"{r['latency_read_to_client']['p99_ms'] or 0:.1f} ms; server CPU "
-        f"{r['server_cpu_percent']:.0f}%, client processes "
-        + ", ".join(f"{c:.0f}%" for c in r["client_cpu_percent"])
+        f"{r['server_cpu_percent']:.0f}% ("
+        f"{r['server_cpu_percent'] * 1e4 / (r['rate'] * r['clients']):.0f} µs per receipt), "
+        "client processes " + ", ".join(f"{c:.0f}%" for c in r["client_cpu_percent"])
         for r in runs
     ]
     return BenchResult(bench, figures, {"runs": runs}, notes=notes)
