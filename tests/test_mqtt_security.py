@@ -175,6 +175,26 @@ async def test_denied_readings_are_not_acknowledged_until_the_acl_allows_them(
     assert_complete_and_ordered(subscriber, await stored_payloads(store), {"open", "closed"})
 
 
+async def test_a_denied_status_topic_is_reported_and_keeps_the_readings(
+    mosquitto_factory: Callable[..., Mosquitto], tmp_path: Path, store: Store
+) -> None:
+    passwords = write_password_file(tmp_path / "passwd", {"gw": "pw"})
+    acl = tmp_path / "acl"
+    acl.write_text(f"user gw\ntopic write edge/{GATEWAY}/+/telemetry\n")
+    broker = mosquitto_factory(password_file=passwords, acl_file=acl)
+    last = await put(store, 10)
+    settings = settings_for(broker.url, username="gw", password="pw", reconnect_max=0.3)
+    uplink = MqttUplink(settings, GATEWAY, store)
+    async with running(uplink):
+        await wait_until(
+            lambda: f"edge/{GATEWAY}/status: Not authorized" in (uplink.status.last_error or ""),
+            message="status refusal reported",
+        )
+        acl.write_text(f"user gw\ntopic write edge/{GATEWAY}/#\n")
+        broker.reload()
+        await wait_until(lambda: uplink.status.acked_seq == last, message="acked after reload")
+
+
 async def test_websocket_transport_delivers(
     mosquitto_factory: Callable[..., Mosquitto],
     subscriber_factory: Callable[..., MqttSubscriber],

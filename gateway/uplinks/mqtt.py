@@ -86,6 +86,7 @@ class MqttUplink:
         self._ack_wanted = asyncio.Event()
         # A "not authorized" PUBACK seen on the current connection.
         self._refusal: str | None = None
+        self._acknowledged_on_connection = False
 
     async def run(self) -> None:
         self._confirmed = await self.log.register_consumer(self.name)
@@ -120,8 +121,11 @@ class MqttUplink:
             except MqttFailure as refused:
                 failure = refused
             else:
-                backoff.reset()
                 failure = await self._session(connection)
+                # Only a connection the broker acknowledged something on counts
+                # as working: one dropped right after CONNACK keeps backing off.
+                if self._acknowledged_on_connection:
+                    backoff.reset()
             self._record_error(failure.detail)
             delay = backoff.next_delay(failure.kind)
             self.status.state = "backoff"
@@ -164,6 +168,7 @@ class MqttUplink:
         self._planner.max_packet = connection.maximum_packet_size or MQTT_MAX_PACKET
         window = InFlightWindow(self._confirmed, limit)
         self._refusal = None
+        self._acknowledged_on_connection = False
         failure: MqttFailure | None = None
         try:
             status = connection.publish(
@@ -264,6 +269,7 @@ class MqttUplink:
             return  # connection lost: everything unresolved is re-read from the cursor
         reason = future.result()
         if not reason.is_failure:
+            self._acknowledged_on_connection = True
             status = self.status
             status.published_messages += 1
             status.published_readings += message.count
@@ -342,8 +348,16 @@ class MqttUplink:
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
     def _on_status_ack(self, future: asyncio.Future[ReasonCode]) -> None:
-        if not future.cancelled() and future.result().is_failure:
-            self._record_error(f"broker refused the status message: {future.result()}")
+        if future.cancelled():
+            return
+        reason = future.result()
+        if not reason.is_failure:
+            self._acknowledged_on_connection = True
+            return
+        text = f"broker refused {self.status_topic}: {reason} ({reason.value:#04x})"
+        self._record_error(text)
+        if reason.value == NOT_AUTHORIZED:
+            self._refusal = text
 
     def _record_error(self, message: str) -> None:
         self.status.errors += 1
