@@ -217,7 +217,9 @@ class MqttUplink:
                 await self._rate.acquire()
             last_seq = self.log.last_seq
             try:
-                readings = await self.log.read_after(window.read_pos, batch_max * window.room)
+                # A window's worth: with many devices sharing the log, smaller
+                # reads would make messages of a few readings each.
+                readings = await self.log.read_after(window.read_pos, batch_max * window.limit)
             except StoreClosedError:
                 raise
             except StoreError as err:
