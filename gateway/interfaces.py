@@ -102,7 +102,7 @@ class UplinkStatus:
     last_error: str | None = None
     connected_since: float | None = None
     disconnected_since: float | None = None
-    # Seconds from commit to the broker's acknowledgement.
+    # Seconds from a message's first publish to its successful PUBACK.
     publish_latency: Histogram = field(default_factory=Histogram)
 
 

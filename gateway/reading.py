@@ -74,7 +74,8 @@ def encode(seq: int, sample: Sample) -> bytes:
     ``reference_encode`` gives (the tests hold it to that).
     """
     ts = sample.ts
-    ts_text = float.__repr__(ts) if type(ts) is float else _encoder.encode(ts)
+    # Anything but a finite float goes through json, which refuses what JSON cannot carry.
+    ts_text = float.__repr__(ts) if type(ts) is float and math.isfinite(ts) else _encoder.encode(ts)
     text = (
         f'{{"seq":{seq},"ts":{ts_text},"device":{_json_name(sample.device)},'
         f'"sensor":{_json_name(sample.sensor)},"value":{_json_value(sample.value)}'

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -38,6 +39,15 @@ def test_encoded_readings_are_valid_json_with_the_contract_fields(seq: int, samp
     assert obj["device"] == sample.device
     assert obj["sensor"] == sample.sensor
     assert ("unit" in obj) == (sample.unit is not None)
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf")])
+def test_a_timestamp_json_cannot_carry_is_refused_like_json_does(ts: float) -> None:
+    sample = Sample("d", "t", 1.0, ts)
+    with pytest.raises(ValueError, match="JSON compliant"):
+        reference_encode(1, sample)
+    with pytest.raises(ValueError, match="JSON compliant"):
+        encode(1, sample)
 
 
 def test_non_finite_values_travel_as_strings() -> None:
