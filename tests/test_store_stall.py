@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
 from pathlib import Path
 
+import pytest
+
+from gateway.errors import StoreError
 from gateway.reading import Sample
 from gateway.settings import StoreSettings
 from gateway.store import Store
@@ -40,3 +45,24 @@ async def test_a_full_store_is_degraded_but_not_stalled(tmp_path: Path) -> None:
         assert store.stall_reason() is None
     finally:
         await store.close()
+
+
+async def test_a_damaged_file_makes_reads_fail_with_a_store_error(tmp_path: Path) -> None:
+    path = tmp_path / "readings.db"
+    store = await Store.open(path, StoreSettings())
+    try:
+        store.put_samples([Sample("d", "n", i, time.time()) for i in range(5000)])
+        await store.flush()
+        assert len(await store.read_after(0, 10)) == 10
+        # Move the log into the main file, then damage every page after the first,
+        # behind the store's back.
+        with contextlib.closing(sqlite3.connect(path)) as conn:
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        with path.open("r+b") as f:
+            f.seek(4096)
+            f.write(b"\xa5" * (path.stat().st_size - 4096))
+        with pytest.raises(StoreError, match="reading the log failed"):
+            await store.read_after(0, 10_000)
+    finally:
+        with contextlib.suppress(StoreError):
+            await store.close()

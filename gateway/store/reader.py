@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from gateway.errors import StoreError
 from gateway.reading import StoredReading
 from gateway.settings import Durability
 from gateway.store import schema
@@ -56,10 +57,17 @@ class Reader:
         return await loop.run_in_executor(self._executor, self._with_conn, fn)
 
     def _with_conn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._conn is None:
-            self._conn = schema.connect(self._path, self._durability)
-            self._conn.create_function("fnmatch", 2, _fnmatch, deterministic=True)
-        return fn(self._conn)
+        try:
+            if self._conn is None:
+                self._conn = schema.connect(self._path, self._durability)
+                self._conn.create_function("fnmatch", 2, _fnmatch, deterministic=True)
+            return fn(self._conn)
+        except sqlite3.Error as exc:
+            # The next read opens afresh: the file may have been moved aside meanwhile.
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+            raise StoreError(f"reading the log failed: {exc}") from exc
 
     async def read_after(
         self, seq: int, limit: int, device_glob: str | None
