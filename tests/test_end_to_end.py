@@ -55,6 +55,19 @@ def check_delivery(subscriber: MqttSubscriber, last_seq: int) -> None:
         assert values == sorted(values), f"{device}: values out of order"
 
 
+async def stop_and_check_delivery(
+    gw: GatewayProcess, subscriber: MqttSubscriber, last: int
+) -> None:
+    """Wait until the subscriber has seq 1..last, stop the gateway cleanly, check it all."""
+    await wait_until(
+        lambda: subscriber.seqs() >= set(range(1, last + 1)),
+        timeout=DRAIN_TIMEOUT,
+        message=f"subscriber has every seq up to {last}",
+    )
+    assert gw.terminate() == 0
+    check_delivery(subscriber, last)
+
+
 async def committed_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return int((await gw.status())["store"]["last_seq"]) >= n
@@ -148,14 +161,7 @@ async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9
         )
 
     await wait_until(drained, timeout=DRAIN_TIMEOUT, message="log drained")
-    final = await last_seq(gw)
-    await wait_until(
-        lambda: subscriber.seqs() >= set(range(1, final + 1)),
-        timeout=DRAIN_TIMEOUT,
-        message="subscriber has every seq",
-    )
-    assert gw.terminate() == 0
-    check_delivery(subscriber, final)
+    await stop_and_check_delivery(gw, subscriber, await last_seq(gw))
 
 
 async def test_sigterm_commits_every_reading_read_and_restart_delivers_it(
@@ -192,13 +198,7 @@ async def test_sigterm_commits_every_reading_read_and_restart_delivers_it(
     proxy.resume()
     gw.start()
     await gw.wait_healthy()
-    await wait_until(
-        lambda: subscriber.seqs() >= set(range(1, committed + 1)),
-        timeout=DRAIN_TIMEOUT,
-        message="every reading from before the stop delivered",
-    )
-    assert gw.terminate() == 0
-    check_delivery(subscriber, committed)
+    await stop_and_check_delivery(gw, subscriber, committed)
 
 
 async def test_hostile_serial_input_keeps_the_gateway_up_and_counts_dead_letters(

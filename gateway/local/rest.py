@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from gateway.interfaces import DeviceStatus
 from gateway.local import health
 from gateway.local.keys import HUB, LATEST, VIEW
 from gateway.local.latest import sensor_of
@@ -35,6 +36,17 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     if not low <= value <= high:
         raise _bad_request(f"{name} must be between {low} and {high}")
     return value
+
+
+def _device_status(status: DeviceStatus) -> dict[str, object]:
+    return {
+        "state": status.state,
+        "readings": status.readings,
+        "errors": status.errors,
+        "reconnects": status.reconnects,
+        "last_reading_ts": status.last_reading_ts,
+        "last_error": status.last_error,
+    }
 
 
 async def status(request: web.Request) -> web.Response:
@@ -73,14 +85,7 @@ async def status(request: web.Request) -> web.Response:
             for name, uplink in sorted(view.uplinks.items())
         },
         "devices": {
-            device_id: {
-                "state": driver.status.state,
-                "readings": driver.status.readings,
-                "errors": driver.status.errors,
-                "reconnects": driver.status.reconnects,
-                "last_reading_ts": driver.status.last_reading_ts,
-                "last_error": driver.status.last_error,
-            }
+            device_id: _device_status(driver.status)
             for device_id, driver in sorted(view.devices.items())
         },
         "local": {
@@ -140,12 +145,7 @@ async def devices(request: web.Request) -> web.Response:
         "devices": [
             {
                 "id": device_id,
-                "state": driver.status.state,
-                "readings": driver.status.readings,
-                "errors": driver.status.errors,
-                "reconnects": driver.status.reconnects,
-                "last_reading_ts": driver.status.last_reading_ts,
-                "last_error": driver.status.last_error,
+                **_device_status(driver.status),
                 "last": latest.of(device_id),
             }
             for device_id, driver in sorted(view.devices.items())
