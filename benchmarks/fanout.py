@@ -49,7 +49,7 @@ from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import LatencySplit, latency_summary
 
-MB = 1024 * 1024
+MIB = 1024 * 1024
 # (clients, readings per second, p99 target in ms): issue targets on 2 cores.
 CASES = {10: (1000.0, 2.0), 100: (1000.0, 10.0), 1000: (20.0, 30.0)}
 MAX_CLIENT_PROCESSES = 2
@@ -243,9 +243,9 @@ def run_fanout(plan: Plan) -> BenchResult:
             Figure(
                 bench,
                 f"server max RSS, {label}",
-                "MB",
-                gw["server_max_rss_bytes"] / MB,
-                baseline=naive["server_max_rss_bytes"] / MB,
+                "MiB",
+                gw["server_max_rss_bytes"] / MIB,
+                baseline=naive["server_max_rss_bytes"] / MIB,
             ),
         ]
     if plan.fanout_normal:
