@@ -4,11 +4,13 @@ The target is either the gateway (``python -m gateway run``, durability full or
 normal) or the naive baseline program; both are fed, brokered and counted by the
 same parts, in the same run.
 
-- ``throughput``: counters at max rate; readings/s the subscriber receives over a
-  window after warm-up; CPU of every process; disk bytes written per committed
+- ``throughput``: readings/s the subscriber receives over a window after warm-up,
+  with the device at a fixed offered rate (no loss allowed) and at max rate; what
+  the gateway dropped; CPU of every process; disk bytes written per committed
   reading (durability full and normal).
 - ``latency``: lines written by this process at 1,000/s; per reading, the time
-  from the line write to the subscriber's receipt; CPU of the target.
+  from the line write to the subscriber's receipt; CPU of the target and its disk
+  bytes per reading.
 """
 
 from __future__ import annotations
@@ -56,7 +58,8 @@ PRIME_LINES = 20
 
 @dataclass
 class Target:
-    kind: str  # "gateway" or "naive"
+    """The process under test: the gateway, or the naive baseline (``gateway`` None)."""
+
     pid: int
     gateway: Gateway | None = None
 
@@ -101,12 +104,12 @@ def running_target(
             "benchmarks.naive_baseline", "--serial", str(devices[0][1]), "--port", str(broker.port)
         )
         with Child("naive", argv, work) as naive:
-            yield Target("naive", naive.pid)
+            yield Target(naive.pid)
         return
     config = GatewayConfig(work, devices, broker.url, durability=durability)
     with Gateway(config, profile=profile) as gw:
         gw.wait_healthy()
-        yield Target("gateway", gw.pid, gw)
+        yield Target(gw.pid, gw)
 
 
 def subscriber(work: Path, broker: Mosquitto, fmt: str, arrivals: Path | None = None) -> Child:
