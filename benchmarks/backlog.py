@@ -110,7 +110,7 @@ def run_backlog(plan: Plan) -> BenchResult:
                     note="first to last arrival",
                 )
             )
-    for r in (runs[0], runs[-1]):
+    for r in runs:
         figures.append(
             Figure(
                 bench,
@@ -134,4 +134,15 @@ def run_backlog(plan: Plan) -> BenchResult:
             note="flat means ≈ 0",
         )
     )
+    if len(runs) > 2:
+        # A 1,000-reading drain is over in milliseconds; from the middle size up, the
+        # difference is what a bigger backlog itself costs.
+        figures.append(
+            Figure(
+                bench,
+                f"RSS growth {runs[-2]['count']:,} → {runs[-1]['count']:,}",
+                "MiB",
+                (runs[-1]["max_rss_bytes"] - runs[-2]["max_rss_bytes"]) / MIB,
+            )
+        )
     return BenchResult(bench, figures, {"runs": runs})
