@@ -407,7 +407,6 @@ class PacedWriter:
         self.written: dict[int, float] = {}
         self.behind_max = 0.0  # worst lateness of a write against its schedule
         self._thread = threading.Thread(target=self._run, name="paced-writer", daemon=True)
-        self._stop = threading.Event()
 
     def start(self) -> PacedWriter:
         self._thread.start()
@@ -416,17 +415,11 @@ class PacedWriter:
     def join(self) -> None:
         self._thread.join()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
-
     def _run(self) -> None:
         period = 1.0 / self.rate
         count = int(self.rate * self.duration)
         start = time.monotonic()
         for k in range(count):
-            if self._stop.is_set():
-                return
             due = start + k * period
             now = time.monotonic()
             if due > now:
@@ -587,31 +580,12 @@ class Gateway:
         self.stop()
 
 
-# ---------------------------------------------------------------- feeding at max rate
+# ---------------------------------------------------------------- simulated devices
 
 
-def simulator_available() -> bool:
-    try:
-        import simulators.cli  # noqa: F401, PLC0415 - probing whether the part is installed
-    except ImportError:
-        return False
-    return True
-
-
-def start_counter(name: str, link: Path, log_dir: Path, rate: float, count: int = 0) -> Child:
-    """A counter device at ``rate`` lines/s on a pty at ``link``.
-
-    The product's simulator (``edge-gateway sim counter``) when it is installed;
-    otherwise the benchmarks' own feeder, which writes the same lines.
-    """
-    if simulator_available():
-        argv = python_module("gateway", "sim", "counter", "--link", str(link), "--rate", str(rate))
-        if count:
-            argv += ["--count", str(count)]
-    else:
-        argv = python_module(
-            "benchmarks.feeder", "--link", str(link), "--rate", str(rate), "--count", str(count)
-        )
+def start_counter(name: str, link: Path, log_dir: Path, rate: float) -> Child:
+    """The product's counter simulator (``edge-gateway sim counter``) at ``rate`` lines/s."""
+    argv = python_module("gateway", "sim", "counter", "--link", str(link), "--rate", str(rate))
     child = Child(name, argv, log_dir)
     wait_for(lambda: link.exists() or child.proc.poll() is not None, 20, f"{name} to create {link}")
     if child.proc.poll() is not None:
@@ -621,7 +595,7 @@ def start_counter(name: str, link: Path, log_dir: Path, rate: float, count: int 
 
 @contextlib.contextmanager
 def counters(
-    n: int, work: Path, rate: float, count: int = 0
+    n: int, work: Path, rate: float
 ) -> Iterator[tuple[list[tuple[str, Path]], list[Child]]]:
     """``n`` counter devices; yields their (device id, link path) and their processes."""
     children: list[Child] = []
@@ -629,7 +603,7 @@ def counters(
     try:
         for i in range(1, n + 1):
             link = work / f"tty-counter-{i}"
-            children.append(start_counter(f"counter-{i}", link, work, rate, count))
+            children.append(start_counter(f"counter-{i}", link, work, rate))
             devices.append((f"counter-{i}", link))
         yield devices, children
     finally:

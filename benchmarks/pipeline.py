@@ -47,7 +47,7 @@ from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import LatencySplit, latency_summary
 
-# "As fast as possible": the feeder is limited by the reader, not by its clock.
+# "As fast as possible": the simulator waits on a full pty, so the reader sets the pace.
 MAX_RATE = 1_000_000.0
 # The sustained-throughput run offers 10% above the 50,000/s target: delivered at
 # or above the target with nothing dropped means the gateway keeps up.
@@ -240,14 +240,14 @@ def measure_throughput(
         with (
             Mosquitto(work) as broker,
             subscriber(work, broker, fmt) as sub,
-            counters(n_devices, work, offered / n_devices) as (devices, feeders),
+            counters(n_devices, work, offered / n_devices) as (devices, simulators),
             running_target(kind, work, broker, devices, durability, profile) as target,
         ):
             if not wait_received(sub, 1, 30):
                 raise BenchError(f"{kind}: no reading reached the subscriber in 30 s")
             time.sleep(plan.warmup)
             pids = {"target": target.pid, "mosquitto": broker.pid, "subscriber": sub.pid}
-            pids |= {f"feeder-{i}": f.pid for i, f in enumerate(feeders, 1)}
+            pids |= {f"device-{i}": p.pid for i, p in enumerate(simulators, 1)}
             p0, s0, c0 = progress(sub), _snapshots(pids), target.committed()
             i0 = target.internals()
             with RssSampler(target.pid) as rss:
