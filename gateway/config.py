@@ -650,6 +650,8 @@ class _Parser:
             "max_messages_per_second": _number(positive=False),
             "reconnect_min": _duration(positive=True),
             "reconnect_max": _duration(positive=True),
+            "linger": _duration(positive=False),
+            "ack_interval": _duration(positive=False),
         }
         section = self.section(data, "uplink.mqtt", spec)
         mqtt = MqttSettings(**section.values)

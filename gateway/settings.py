@@ -108,6 +108,11 @@ class MqttSettings:
     max_messages_per_second: float = 0.0
     reconnect_min: float = 0.5
     reconnect_max: float = 60.0
+    # After a quiet spell, wait this long (seconds) for more readings before reading the
+    # log, so that one message carries several readings at low rates (0 = off).
+    linger: float = 0.01
+    # The durable cursor is written at most this often (seconds; 0 = at every PUBACK).
+    ack_interval: float = 1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -207,10 +207,15 @@ class MqttUplink:
 
     async def _deliver(self, connection: MqttConnection, window: InFlightWindow) -> None:
         batch_max = self.settings.batch_max
+        linger = self.settings.linger
         while True:
             await window.wait_for_room()
             if self.log.last_seq <= window.read_pos:
                 await self.log.wait_beyond(window.read_pos)
+                if linger > 0:
+                    # Caught up and woken by one commit: let the next few join it, so
+                    # at low rates one read and one message carry several readings.
+                    await asyncio.sleep(linger)
             # Waiting for a token before reading lets readings pile up, so under
             # a message rate cap each message carries more readings.
             if self._rate is not None:
@@ -324,11 +329,19 @@ class MqttUplink:
         self._ack_wanted.set()
 
     async def _ack_loop(self) -> None:
-        """Moves the durable cursor; PUBACKs that arrive during a commit are coalesced."""
+        """Moves the durable cursor at most once per ``ack_interval``.
+
+        PUBACKs arriving meanwhile are coalesced into the next write. A cursor that
+        lags only means readings sent again after a crash (at least once); ``run``
+        writes the final position on a clean stop.
+        """
+        interval = self.settings.ack_interval
         while True:
             await self._ack_wanted.wait()
             self._ack_wanted.clear()
             await self._ack_now()
+            if interval > 0:
+                await asyncio.sleep(interval)
 
     async def _ack_now(self) -> None:
         target = self._confirmed
