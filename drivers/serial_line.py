@@ -12,6 +12,12 @@ How long ``waiting`` lasts depends on the fault (see ``drivers.backoff``). The
 configured path is resolved at every open, so a ``/dev/serial/by-id/...`` symlink
 that disappears with an unplugged adapter and comes back pointing to another
 ``ttyUSBn`` is followed.
+
+Backpressure: when the sink reports itself congested after a chunk, reading stops
+(the transport is paused, the port stays open) until the sink has room again. The
+bytes wait in the kernel's tty buffer, and once that is full the device waits too
+if the line has flow control (RTS/CTS); without it the UART's buffer overflows,
+outside the gateway. Either way nothing read is dropped for want of room.
 """
 
 from __future__ import annotations
@@ -102,6 +108,9 @@ class SerialLineDriver:
         self._faults = _RepeatFilter(settings.id)
         # Dead letters per reason since the port opened; the first of each is logged.
         self._dead_counts: dict[str, int] = {}
+        # The open port's transport, and the task that resumes it while reading is paused.
+        self._transport: SerialTransport | None = None
+        self._resume: asyncio.Task[None] | None = None
 
     async def run(self) -> None:
         try:
@@ -143,6 +152,8 @@ class SerialLineDriver:
         self.opened_path = port.port
         protocol = _LineProtocol(self._on_data)
         transport, _ = await connection_for_serial(loop, lambda: protocol, port)
+        # Set before the loop runs again: the first chunk arrives in a later iteration.
+        self._transport = transport
         return transport, protocol
 
     def _open_port(self) -> serial.Serial:
@@ -167,6 +178,8 @@ class SerialLineDriver:
             # The transport closes the port in an executor; run() returns once it has.
             await asyncio.shield(protocol.lost)
             raise
+        finally:
+            await self._stop_resuming()
 
     def _on_data(self, data: bytes) -> None:
         ts = self._clock()
@@ -177,6 +190,32 @@ class SerialLineDriver:
             self.status.last_reading_ts = ts
         for dead in out.dead_letters:
             self._dead_letter(dead)
+        if self._resume is None and self._sink.congested:
+            self._pause()
+
+    def _pause(self) -> None:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return
+        transport.pause_reading()
+        self.status.pauses += 1
+        log.debug("%s: store congested; reading paused", self.device_id)
+        self._resume = asyncio.create_task(
+            self._resume_when_room(transport), name=f"{self.device_id}-resume"
+        )
+
+    async def _resume_when_room(self, transport: SerialTransport) -> None:
+        await self._sink.wait_for_room()
+        self._resume = None
+        if not transport.is_closing():
+            transport.resume_reading()
+
+    async def _stop_resuming(self) -> None:
+        resume, self._resume = self._resume, None
+        self._transport = None
+        if resume is not None:
+            resume.cancel()
+            await asyncio.gather(resume, return_exceptions=True)
 
     def _dead_letter(self, dead: DeadLetter) -> None:
         self._sink.put_dead_letter(dead)

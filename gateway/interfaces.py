@@ -18,11 +18,23 @@ from gateway.settings import Settings
 
 
 class SampleSink(Protocol):
-    """Where a driver puts what it read. Neither call blocks nor raises for load."""
+    """Where a driver puts what it read. Neither put blocks nor raises for load.
+
+    A sink that cannot keep up says so with ``congested``; a driver whose input can
+    wait (a serial port) stops reading until ``wait_for_room`` returns, so the
+    device waits instead of the sink dropping what was read.
+    """
 
     def put_samples(self, samples: Sequence[Sample]) -> None: ...
 
     def put_dead_letter(self, dead_letter: DeadLetter) -> None: ...
+
+    @property
+    def congested(self) -> bool:
+        """True while the sink holds more than it wants to; check after a put."""
+
+    async def wait_for_room(self) -> None:
+        """Return once the sink is no longer congested (at once if it is not)."""
 
 
 CommitListener = Callable[[Sequence[StoredReading]], None]
@@ -78,6 +90,7 @@ class DeviceStatus:
     readings: int = 0
     errors: int = 0  # dead letters and read errors
     reconnects: int = 0
+    pauses: int = 0  # times reading stopped because the sink was congested
     last_reading_ts: float | None = None
     last_error: str | None = None
 

@@ -208,6 +208,12 @@ class BatchSink:
     def put_dead_letter(self, dead_letter: DeadLetter) -> None:
         self.dead.append(dead_letter)
 
+    # Never congested: these tests are about what the driver reads, not backpressure.
+    congested = False
+
+    async def wait_for_room(self) -> None:
+        return
+
     @property
     def samples(self) -> list[Sample]:
         return [s for batch in self.batches for s in batch]

@@ -44,6 +44,12 @@ class ListSink:
     def put_dead_letter(self, dead_letter: DeadLetter) -> None:
         self.dead.append(dead_letter)
 
+    # Never congested: these tests are about what the driver reads, not backpressure.
+    congested = False
+
+    async def wait_for_room(self) -> None:
+        return
+
     def counts(self) -> list[int]:
         """The counter device's ``n`` values, in the order received."""
         return [int(s.value) for s in self.samples if s.sensor == "n"]

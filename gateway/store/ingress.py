@@ -51,12 +51,45 @@ class Stop(Request):
 
 Item = Sequence[Sample] | DeadLetter | Request
 
+# Samples put and not yet committed above which the store reports itself congested,
+# so that drivers stop reading until the writer has worked the backlog down to half
+# of it. Below the writer's own bound on held samples (100,000), so backpressure
+# acts before any bound drops; above its largest batch (50,000), so under overload
+# the writer still commits full batches.
+HIGH_WATER = 60_000
+
+
+class Congestion:
+    """High- and low-water marks over the samples put and not yet settled.
+
+    Hysteresis keeps a driver from pausing and resuming at every commit: congested
+    from ``high_water`` pending until ``low_water`` (half of it) or fewer remain.
+    """
+
+    def __init__(self, high_water: int = HIGH_WATER) -> None:
+        if high_water < 2:
+            raise ValueError(f"high_water must be at least 2, not {high_water}")
+        self.high_water = high_water
+        self.low_water = high_water // 2
+        self.active = False
+        self.episodes = 0  # times the marks were crossed upwards
+
+    def update(self, pending: int) -> bool:
+        """Whether ``pending`` samples mean congestion, given the state so far."""
+        if self.active:
+            self.active = pending > self.low_water
+        elif pending >= self.high_water:
+            self.active = True
+            self.episodes += 1
+        return self.active
+
 
 class Ingress:
     """A deque between one producer thread (the loop) and the writer thread.
 
     The bound counts samples put and not yet taken; it only bites when the writer
-    is stuck inside a call (a hung disk), since it drains the queue every turn.
+    is stuck inside a call (a hung disk) and a producer ignores congestion, since
+    the writer drains the queue every turn.
     Two counters each written by one thread keep the count free of locks.
     """
 

@@ -19,7 +19,7 @@ from gateway.interfaces import CommitListener, StoreStats
 from gateway.reading import DeadLetter, Sample, StoredReading
 from gateway.settings import StoreSettings
 from gateway.store import schema
-from gateway.store.ingress import Ack, Flush, Register, Request, Stop
+from gateway.store.ingress import HIGH_WATER, Ack, Congestion, Flush, Register, Request, Stop
 from gateway.store.lock import DataDirLock
 from gateway.store.reader import Reader
 from gateway.store.seq_floor import SeqFloor
@@ -105,8 +105,10 @@ def _connect(path: Path, settings: StoreSettings, max_page_count: int | None) ->
 class Store:
     """Implements ``SampleSink`` and ``ReadingLog``; open with ``await Store.open(...)``."""
 
-    def __init__(self, writer: Writer, reader: Reader) -> None:
+    def __init__(self, writer: Writer, reader: Reader, congestion: Congestion) -> None:
         self._writer = writer
+        self._congestion = congestion
+        self._room_waiters: list[asyncio.Future[None]] = []
         self._reader = reader
         self._last_seq = writer.last_seq
         self._listeners: list[CommitListener] = []
@@ -122,17 +124,20 @@ class Store:
         *,
         max_page_count: int | None = None,
         startup_grace: float = STARTUP_GRACE,
+        high_water: int = HIGH_WATER,
     ) -> Store:
         """Open (or create) the log at ``path``.
 
         ``max_page_count`` caps the database file in pages (SQLite answers "disk
         full" beyond it); ``startup_grace`` is how long unregistered cursors hold
-        retention after the start.
+        retention after the start; ``high_water`` is how many samples put and not yet
+        committed make the store congested (see ``congested``).
         """
+        congestion = Congestion(high_water)
         writer = await asyncio.to_thread(
             _open_writer, path, settings, max_page_count, startup_grace
         )
-        store = cls(writer, Reader(path, settings.durability))
+        store = cls(writer, Reader(path, settings.durability), congestion)
         writer.start(store._loop, store._on_outcome)
         return store
 
@@ -149,14 +154,16 @@ class Store:
             if not waiter.done():
                 waiter.set_exception(StoreClosedError("the store is closed"))
         self._waiters.clear()
+        self._wake_room_waiters()
 
     # -- SampleSink --------------------------------------------------------------
 
     def put_samples(self, samples: Sequence[Sample]) -> None:
         """Queue samples for the next commit; call on the event loop's thread.
 
-        Never blocks. If the writer is far behind (a hung disk), the samples are
-        dropped and counted rather than piling up in memory.
+        Never blocks. Drivers that can pause their input watch ``congested``; if the
+        writer is still far behind (a hung disk, a producer that cannot pause), the
+        samples are dropped and counted rather than piling up in memory.
         """
         if self._closed:
             raise StoreClosedError("the store is closed")
@@ -167,6 +174,42 @@ class Store:
         if self._closed:
             raise StoreClosedError("the store is closed")
         self._writer.ingress.put(dead_letter)
+
+    @property
+    def congested(self) -> bool:
+        """True from ``high_water`` samples put and not yet committed until half as many.
+
+        A store that cannot commit (a full disk, a failing write) is never congested:
+        its drivers go on reading and its own overflow policy decides, counted, what
+        it keeps in memory, rather than readings being lost uncounted in a device.
+        """
+        writer = self._writer
+        if self._closed or writer.stopped or writer.failure is not None:
+            return False
+        return self._congestion.update(writer.ingress.submitted - writer.settled)
+
+    @property
+    def congestion_episodes(self) -> int:
+        """How many times the store has become congested since it opened."""
+        return self._congestion.episodes
+
+    async def wait_for_room(self) -> None:
+        """Return once the store is not congested; at once if it is not now."""
+        if not self.congested:
+            return
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._room_waiters.append(future)
+        try:
+            await future
+        finally:
+            if future in self._room_waiters:
+                self._room_waiters.remove(future)
+
+    def _wake_room_waiters(self) -> None:
+        waiters, self._room_waiters = self._room_waiters, []
+        for future in waiters:
+            if not future.done():
+                future.set_result(None)
 
     # -- ReadingLog --------------------------------------------------------------
 
@@ -268,6 +311,8 @@ class Store:
     def _on_outcome(self, outcome: Outcome) -> None:
         """Runs on the loop: announce a committed batch, then resolve requests."""
         self._last_seq = max(self._last_seq, outcome.last_seq)
+        if self._room_waiters and not self.congested:
+            self._wake_room_waiters()
         if outcome.readings:
             # One callback per listener keeps a failing listener from starving the others.
             for listener in self._listeners:
