@@ -51,12 +51,12 @@ class Stop(Request):
 
 Item = Sequence[Sample] | DeadLetter | Request
 
-# Samples put and not yet committed above which the store reports itself congested,
+# Samples put and not yet committed from which the store reports itself congested,
 # so that drivers stop reading until the writer has worked the backlog down to half
-# of it. Below the writer's own bound on held samples (100,000), so backpressure
-# acts before any bound drops; above its largest batch (50,000), so under overload
-# the writer still commits full batches.
-HIGH_WATER = 60_000
+# of it. Well below the writer's own bound on held samples (100,000), so backpressure
+# acts before any bound drops, with a few MB of samples in memory at most; large
+# enough that commits under overload stay big and the fsync per commit is noise.
+HIGH_WATER = 20_000
 
 
 class Congestion:
