@@ -34,6 +34,7 @@ from gateway.uplinks.batching import MQTT_MAX_PACKET, Batch, TelemetryMessage, T
 from gateway.uplinks.broker import BrokerAddress, load_credentials
 from gateway.uplinks.paho_async import ConnectOptions, MqttConnection, MqttFailure
 from gateway.uplinks.rate import TokenBucket
+from gateway.uplinks.tail import LiveTail
 from gateway.uplinks.window import InFlightWindow
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,9 @@ log = logging.getLogger(__name__)
 REFUSED_FOR_GOOD = frozenset({0x90, 0x95, 0x99})  # topic invalid, too large, bad payload
 NOT_AUTHORIZED = 0x87
 CONNECT_TIMEOUT = 10.0
+# Messages' worth of committed readings kept from the commit listener; an uplink
+# further behind reads the log instead.
+TAIL_MESSAGES = 2
 
 
 class MqttUplink:
@@ -87,8 +91,18 @@ class MqttUplink:
         # A "not authorized" PUBACK seen on the current connection.
         self._refusal: str | None = None
         self._acknowledged_on_connection = False
+        # Readings from the commit listener, so a caught-up uplink need not read the log.
+        self._tail = LiveTail(0, TAIL_MESSAGES * settings.batch_max)
 
     async def run(self) -> None:
+        self._tail = LiveTail(self.log.last_seq, self._tail.limit)
+        self.log.add_listener(self._tail.on_commit)
+        try:
+            await self._run()
+        finally:
+            self.log.remove_listener(self._tail.on_commit)
+
+    async def _run(self) -> None:
         self._confirmed = await self.log.register_consumer(self.name)
         self.status.acked_seq = self._confirmed
         self.status.disconnected_since = time.time()
@@ -220,20 +234,25 @@ class MqttUplink:
             # a message rate cap each message carries more readings.
             if self._rate is not None:
                 await self._rate.acquire()
-            last_seq = self.log.last_seq
-            try:
-                # A window's worth: with many devices sharing the log, smaller
-                # reads would make messages of a few readings each.
-                readings = await self.log.read_after(window.read_pos, batch_max * window.limit)
-            except StoreClosedError:
-                raise
-            except StoreError as err:
-                self._record_error(f"reading the store failed: {err}")
-                await asyncio.sleep(self.settings.reconnect_min)
-                continue
-            # An empty read means the readings up to last_seq were dropped from
-            # the log (bounds): nothing to send, the cursor may pass them.
-            batch = Batch(readings[-1].seq if readings else last_seq)
+            # A window's worth: with many devices sharing the log, smaller reads
+            # would make messages of a few readings each.
+            wanted = batch_max * window.limit
+            if self._tail.covers(window.read_pos):
+                readings = self._tail.take(window.read_pos, wanted)
+                batch = Batch(readings[-1].seq)
+            else:
+                last_seq = self.log.last_seq
+                try:
+                    readings = await self.log.read_after(window.read_pos, wanted)
+                except StoreClosedError:
+                    raise
+                except StoreError as err:
+                    self._record_error(f"reading the store failed: {err}")
+                    await asyncio.sleep(self.settings.reconnect_min)
+                    continue
+                # An empty read means the readings up to last_seq were dropped from
+                # the log (bounds): nothing to send, the cursor may pass them.
+                batch = Batch(readings[-1].seq if readings else last_seq)
             messages = self._planner.plan(readings, batch)
             window.read_pos = batch.last_seq
             if window.acks.add(batch):
