@@ -28,6 +28,7 @@ METRIC_NAMES = [
     "edge_gateway_device_readings_total",
     "edge_gateway_device_errors_total",
     "edge_gateway_device_reconnects_total",
+    "edge_gateway_device_pauses_total",
     "edge_gateway_device_last_reading_timestamp_seconds",
     "edge_gateway_device_expected_interval_seconds",
     "edge_gateway_store_depth",
@@ -245,6 +246,7 @@ async def test_devices_show_the_last_reading_of_each_sensor(tmp_path: Path) -> N
         gw.put("thermo-1", "h", [41.0])
         gw.put("thermo-1", "t", [21.0])
         gw.devices["thermo-1"].status.reconnects = 2
+        gw.devices["thermo-1"].status.pauses = 4
         await gw.store.flush()
         body = await gw.get_json("/api/v1/devices")
     by_id = {d["id"]: d for d in body["devices"]}
@@ -253,6 +255,7 @@ async def test_devices_show_the_last_reading_of_each_sensor(tmp_path: Path) -> N
     assert thermo["last"]["t"]["seq"] == 4
     assert thermo["last"]["h"]["value"] == 41.0
     assert thermo["reconnects"] == 2
+    assert thermo["pauses"] == 4
     assert thermo["readings"] == 4
     assert by_id["counter-1"]["last"] == {}
 

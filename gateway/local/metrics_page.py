@@ -131,6 +131,12 @@ def _devices(out: Exposition, view: GatewayView) -> None:
         [({"device": i}, status[i].reconnects) for i in ids],
     )
     out.metric(
+        "edge_gateway_device_pauses_total",
+        "counter",
+        "Times reading paused because the store was congested (backpressure).",
+        [({"device": i}, status[i].pauses) for i in ids],
+    )
+    out.metric(
         "edge_gateway_device_last_reading_timestamp_seconds",
         "gauge",
         "When the device's last reading was read.",

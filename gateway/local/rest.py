@@ -44,6 +44,7 @@ def _device_status(status: DeviceStatus) -> dict[str, object]:
         "readings": status.readings,
         "errors": status.errors,
         "reconnects": status.reconnects,
+        "pauses": status.pauses,
         "last_reading_ts": status.last_reading_ts,
         "last_error": status.last_error,
     }
