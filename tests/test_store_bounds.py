@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from gateway.store import Store
+from gateway.reading import DeadLetter
+from gateway.store import Store, schema, trim
+from gateway.store.writer import _Batch, _growth_bound
 from tests.fixtures.common import wait_until
 from tests.test_store_support import opened, sample
 
@@ -82,3 +84,30 @@ async def test_expired_readings_every_consumer_has_are_not_counted_as_dropped(
 
 async def _is_empty(store: Store) -> bool:
     return await store.read_after(0, 1) == []
+
+
+def test_growth_estimate_between_measurements_never_falls_short(tmp_path: Path) -> None:
+    """max_bytes is measured only when the estimate reaches it, so it must be an upper bound."""
+    conn = schema.connect(tmp_path / "readings.db", "normal")
+    schema.create_schema(conn)
+    page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    seq = 0
+    shapes = [(1, 40), (5, 120), (200, 90), (3, 5000), (1, 70_000), (1000, 300), (1, 1)]
+    for count, size in shapes * 3:
+        rows = [(seq + i + 1, time.time(), f"device-{i % 7}", b"x" * size) for i in range(count)]
+        letters = [DeadLetter("dev", "bad line", b"y" * size, time.time())]
+        seq += count
+        before = trim.used_bytes(conn, page)
+        conn.execute("BEGIN")
+        conn.executemany(
+            "INSERT INTO readings (seq, ts, device, payload) VALUES (?, ?, ?, ?)", rows
+        )
+        conn.executemany(
+            "INSERT INTO dead_letters (ts, device, reason, raw) VALUES (?, ?, ?, ?)",
+            [(d.ts, d.device, d.reason, d.raw) for d in letters],
+        )
+        conn.execute("COMMIT")
+        grown = trim.used_bytes(conn, page) - before
+        batch = _Batch([], letters, {}, [], rows=rows)
+        assert grown <= _growth_bound(batch, page), (count, size)
+    conn.close()

@@ -58,6 +58,11 @@ MAINTENANCE_INTERVAL = 0.25
 # shares transactions instead of paying a transaction, an fsync and whole WAL pages
 # per reading. Flushes and cursor requests never wait for it.
 COMMIT_SPACING = 0.005
+# Upper bound of what one inserted row adds to the pages in use beyond its payload and
+# device (ts, seq, cell header and pointer, with slack); doubled, and a few pages per
+# commit for splits, so that between exact measurements the estimate never falls short.
+ROW_OVERHEAD = 64
+COMMIT_PAGES = 4
 # Idle wake-up, so retention and the free-space check run without traffic.
 IDLE_WAKE = 1.0
 RETRY_MIN = 0.05
@@ -93,6 +98,8 @@ class _Batch:
     dropped: int = 0  # unsent readings deleted by bounds, or samples refused
     depth_delta: int = 0
     rejected: bool = False
+    dropped_total: int = 0  # as written to the meta table
+    trimmed: bool = False  # rows were deleted
     unencodable: list[DeadLetter] = field(default_factory=list)
 
 
@@ -140,6 +147,11 @@ class Writer:
         self.oldest_unsent_ts: float | None = None
         self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         self.page_count = 0
+        # Pages in use (bytes) at the last exact measurement, and an upper bound of what
+        # commits since then may have added: max_bytes is checked against their sum and
+        # measured exactly (two PRAGMAs) only when that sum reaches it.
+        self._used = 0
+        self._growth = 0
         self.free_bytes: int | None = None
         self.commits = 0
         self.committed_readings = 0
@@ -165,7 +177,11 @@ class Writer:
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
         self._data_version = self._pragma("data_version")
+        # Totals as last written to the meta table: unchanged ones are not rewritten.
+        self._written_dropped = self.dropped
+        self._written_dead_letters = self.dead_letters
         self._measure()
+        self._measure_oldest()
 
     # -- state the loop reads ------------------------------------------------
 
@@ -428,16 +444,17 @@ class Writer:
             )
         if batch.rejected:
             batch.dropped += len(batch.samples)
+        meta = []
+        if batch.last_seq:
+            meta.append((schema.META_LAST_SEQ, batch.last_seq))
+        batch.dropped_total = self.dropped + batch.dropped
+        if batch.dropped_total != self._written_dropped:
+            meta.append((schema.META_DROPPED, batch.dropped_total))
         dead_total = self.dead_letters + len(batch.dead_letters) + len(batch.unencodable)
-        dropped_total = self.dropped + batch.dropped
-        conn.executemany(
-            schema.UPSERT_META,
-            [
-                (schema.META_LAST_SEQ, batch.last_seq or self.last_seq),
-                (schema.META_DROPPED, dropped_total),
-                (schema.META_DEAD_LETTERS, dead_total),
-            ],
-        )
+        if dead_total != self._written_dead_letters:
+            meta.append((schema.META_DEAD_LETTERS, dead_total))
+        if meta:
+            conn.executemany(schema.UPSERT_META, meta)
 
     def _insert(self, batch: _Batch, counted: bool) -> None:
         # The per-reading loop of the hot path: names bound locally on purpose.
@@ -491,7 +508,9 @@ class Writer:
         """Delete the oldest rows when over ``max_bytes``; True if there is room."""
         incoming = len(batch.samples)
         max_bytes = self.settings.max_bytes
-        if not incoming or trim.used_bytes(self._conn, self.page_size) < max_bytes:
+        if not incoming or self._used + self._growth < max_bytes:
+            return True
+        if trim.used_bytes(self._conn, self.page_size) < max_bytes:
             return True
         upto = self.last_seq
         if self.settings.overflow == "reject_new" and floors.holding is not None:
@@ -505,6 +524,7 @@ class Writer:
     def _count(batch: _Batch, done: trim.Trimmed) -> None:
         batch.dropped += done.unsent_holding
         batch.depth_delta -= done.unsent_active
+        batch.trimmed = batch.trimmed or done.rows > 0
 
     def _count_after(self, seq: int) -> int:
         (n,) = self._conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (seq,)).fetchone()
@@ -550,6 +570,8 @@ class Writer:
         self.depth = max(0, self.depth + batch.depth_delta) if self.active else 0
         self._dropped_here += batch.dropped
         self.dead_letters += len(batch.dead_letters) + len(batch.unencodable)
+        self._written_dropped = batch.dropped_total
+        self._written_dead_letters = self.dead_letters
         if batch.samples:
             self.store_full = batch.rejected
         self.settled += n
@@ -562,7 +584,16 @@ class Writer:
         if self.failure is not None and not self._unsaved:
             log.warning("store recovered: commits succeed again (%s)", self.failure)
             self.failure = None
-        self._measure()
+        if maintenance:
+            self._measure()
+        else:
+            self._growth += _growth_bound(batch, self.page_size)
+        if maintenance or batch.acks or batch.registers or batch.trimmed:
+            # The oldest unsent reading changes only when the floor moves or rows go;
+            # a commit that only appends keeps it (or sets it, at depth 0).
+            self._measure_oldest()
+        elif self.oldest_unsent_ts is None and batch.rows and self.active:
+            self.oldest_unsent_ts = batch.rows[0][1]
 
         remaining: list[CursorRequest] = []
         for req in self._requests:
@@ -585,14 +616,24 @@ class Writer:
         self._hand_over(Outcome(batch.readings, self.last_seq, results))
 
     def _measure(self) -> None:
+        """The file's pages and the pages in use, exactly (at maintenance, not per commit)."""
         try:
-            self._measure_now()
+            self.page_count = self._pragma("page_count")
+            self._used = trim.used_bytes(self._conn, self.page_size)
+            self._growth = 0
         except sqlite3.Error as e:
-            # Only the figures go stale; the commit itself has succeeded.
+            # Only the figures go stale (the byte bound then measures at every commit).
+            self._growth = self.settings.max_bytes
             log.warning("store: cannot measure the database: %s", e)
 
-    def _measure_now(self) -> None:
-        self.page_count = self._pragma("page_count")
+    def _measure_oldest(self) -> None:
+        try:
+            self._measure_oldest_now()
+        except sqlite3.Error as e:
+            # Only the figure goes stale; the commit itself has succeeded.
+            log.warning("store: cannot measure the database: %s", e)
+
+    def _measure_oldest_now(self) -> None:
         floor = self._active_floor(self.cursors, self.active)
         if floor is None:
             self.oldest_unsent_ts = None
@@ -650,6 +691,7 @@ class Writer:
                 )
         floor = self._active_floor(self.cursors, self.active)
         self.depth = self._count_after(floor) if floor is not None else 0
+        self._measure()
 
     def _hand_over(self, outcome: Outcome) -> None:
         if self._loop is None or self._deliver is None:
@@ -659,3 +701,12 @@ class Writer:
         except RuntimeError:
             # The event loop is gone (the process is exiting without close()).
             log.debug("store: event loop closed; %d readings not announced", len(outcome.readings))
+
+
+def _growth_bound(batch: _Batch, page_size: int) -> int:
+    """More than the pages in use can have grown by in ``batch``'s transaction (bytes)."""
+    rows = sum(len(payload) + len(device) for _, _, device, payload in batch.rows)
+    rows += sum(len(d.raw) + len(d.reason) + len(d.device) for d in batch.dead_letters)
+    count = len(batch.rows) + len(batch.dead_letters) + len(batch.unencodable)
+    rows += sum(len(d.raw) + len(d.reason) for d in batch.unencodable)
+    return 2 * (rows + count * ROW_OVERHEAD) + COMMIT_PAGES * page_size
