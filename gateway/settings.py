@@ -110,7 +110,7 @@ class MqttSettings:
     reconnect_max: float = 60.0
     # After a quiet spell, wait this long (seconds) for more readings before reading the
     # log, so that one message carries several readings at low rates (0 = off).
-    linger: float = 0.01
+    linger: float = 0.005
     # The durable cursor is written at most this often (seconds; 0 = at every PUBACK).
     ack_interval: float = 1.0
 
