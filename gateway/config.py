@@ -279,6 +279,18 @@ def _duration(*, positive: bool) -> Convert:
     return convert
 
 
+def _bounded_duration(low: float, high: float) -> Convert:
+    as_duration = _duration(positive=False)
+
+    def convert(value: object) -> float:
+        seconds: float = as_duration(value)
+        if not low <= seconds <= high:
+            raise _Invalid(f"must be from {low:g} to {high:g} seconds")
+        return seconds
+
+    return convert
+
+
 def _whole_seconds(low: int, high: int) -> Convert:
     as_duration = _duration(positive=False)
 
@@ -561,6 +573,7 @@ class _Parser:
             "overflow": _choice(("drop_oldest", "reject_new")),
             "history": _duration(positive=False),
             "min_free_bytes": _size(0),
+            "commit_spacing": _bounded_duration(0.0, 1.0),
         }
         return StoreSettings(**self.section(data, "store", spec).values)
 

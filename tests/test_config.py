@@ -641,3 +641,15 @@ def test_documented_defaults_are_the_defaults() -> None:
                 table = table["devices"][0] if part == "devices" else table.setdefault(part, {})
             table[f.name] = tomllib.loads(f"v = {literal[1]}")["v"]
             assert getattr(pick(parse_config(data, None)), f.name) == default, f.name
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(0, 0.0), ("5ms", 0.005), ("1s", 1.0)])
+def test_commit_spacing_takes_a_duration_up_to_a_second(value: object, seconds: float) -> None:
+    settings = parse_config({"store": {"commit_spacing": value}}, None)
+    assert settings.store.commit_spacing == seconds
+
+
+def test_commit_spacing_beyond_a_second_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config({"store": {"commit_spacing": "2s"}}, None)
+    assert [p.path for p in info.value.problems] == ["store.commit_spacing"]

@@ -52,12 +52,6 @@ MAX_DEAD_LETTERS = 10_000
 RETENTION_CHUNK = 5_000
 # Bounds and retention are checked at most this often when under the byte bound.
 MAINTENANCE_INTERVAL = 0.25
-# While readings keep coming, a transaction starts at most this long after the one
-# before it started. A reading after a quiet spell is committed at once; a steady
-# trickle (1,000 readings/s, each arriving while the last commit's fsync is done)
-# shares transactions instead of paying a transaction, an fsync and whole WAL pages
-# per reading. Flushes and cursor requests never wait for it.
-COMMIT_SPACING = 0.005
 # Upper bound of what one inserted row adds to the pages in use beyond its payload and
 # device (ts, seq, cell header and pointer, with slack); doubled, and a few pages per
 # commit for splits, so that between exact measurements the estimate never falls short.
@@ -286,10 +280,18 @@ class Writer:
         self._hand_over(Outcome([], self.last_seq, results))
 
     def _linger(self) -> float:
-        """Seconds to wait for more readings before committing; see ``COMMIT_SPACING``."""
+        """Seconds to wait for more readings before committing.
+
+        While readings keep coming, a transaction starts at most ``commit_spacing``
+        after the one before it started. A reading after a quiet spell is committed at
+        once; a steady trickle (1,000 readings/s, each arriving while the last commit's
+        fsync is done) shares transactions instead of paying a transaction, an fsync and
+        whole WAL pages per reading. Flushes and cursor requests never wait for it.
+        """
         if not self._unsaved or self._requests or self._flushes or self.failure is not None:
             return 0.0
-        return max(0.0, self._last_start + COMMIT_SPACING - time.perf_counter())
+        spacing = self.settings.commit_spacing
+        return max(0.0, self._last_start + spacing - time.perf_counter())
 
     def _has_work(self) -> bool:
         return bool(self._unsaved or self._unsaved_dead or self._requests or self._flushes)
