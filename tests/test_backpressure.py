@@ -99,6 +99,23 @@ async def test_the_store_is_congested_until_the_writer_catches_up(tmp_path: Path
         assert store.stats().dropped == 0
 
 
+async def test_a_producer_paused_before_a_failure_is_let_through_when_it_fails(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "readings.db"
+    async with opened(path, high_water=100) as store:
+        with write_locked(path):
+            store.put_samples(samples(1, 200))
+            assert store.congested
+            waiting = asyncio.create_task(store.wait_for_room())
+            # The writer gives up on the lock after SQLite's busy timeout: a failure.
+            await wait_until(
+                lambda: store.health_reason is not None, timeout=30, message="commit failure"
+            )
+            await asyncio.wait_for(waiting, timeout=10)
+        assert await store.flush() == 200
+
+
 async def test_a_store_that_cannot_commit_is_not_congested(tmp_path: Path) -> None:
     # A full disk: the store's own overflow policy applies to what drivers read, counted,
     # rather than drivers pausing while readings are lost uncounted in the device.

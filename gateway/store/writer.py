@@ -657,13 +657,18 @@ class Writer:
             reason = "database busy"
         else:
             reason = f"write failed: {error}"
-        if reason != self.failure:
+        changed = reason != self.failure
+        if changed:
             log.error(
                 "store: commit of %d readings failed: %s; keeping them in memory and retrying",
                 pending,
                 error,
             )
         self.failure = reason
+        if changed:
+            # A failing store is not congested: drivers paused before the failure must
+            # hear of it now, not at the next commit that succeeds.
+            self._hand_over(Outcome([], self.last_seq, []))
 
     def _check_free_space(self) -> None:
         try:
