@@ -277,6 +277,8 @@ class MqttConnection:
                     self._client.disconnect()
                     await asyncio.shield(self._lost)
         except (TimeoutError, MqttFailure):
+            # Best effort: a gone or slow broker still has the will, which says
+            # offline, and the log re-sends anything unacknowledged next time.
             pass
         finally:
             self.abort()
