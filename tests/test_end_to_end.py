@@ -89,6 +89,19 @@ async def uplink_state_is_not(gw: GatewayProcess, state: str) -> Callable[[], Aw
     return check
 
 
+async def drained(gw: GatewayProcess) -> Callable[[], Awaitable[bool]]:
+    """Nothing waits in the log and the uplink has everything acknowledged."""
+
+    async def check() -> bool:
+        status = await gw.status()
+        return bool(
+            status["store"]["depth"] == 0
+            and status["uplinks"]["mqtt"]["acked_seq"] == status["store"]["last_seq"]
+        )
+
+    return check
+
+
 async def last_seq(gw: GatewayProcess) -> int:
     return int((await gw.status())["store"]["last_seq"])
 
@@ -153,14 +166,7 @@ async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9
         )
 
     # Devices are gone; the gateway drains what it committed.
-    async def drained() -> bool:
-        status = await gw.status()
-        return bool(
-            status["store"]["depth"] == 0
-            and status["uplinks"]["mqtt"]["acked_seq"] == status["store"]["last_seq"]
-        )
-
-    await wait_until(drained, timeout=DRAIN_TIMEOUT, message="log drained")
+    await wait_until(await drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
     await stop_and_check_delivery(gw, subscriber, await last_seq(gw))
 
 

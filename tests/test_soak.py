@@ -1,0 +1,81 @@
+"""Soak (`make soak`): the end-to-end fault cycle over and over, then the same check.
+
+Dead routes, RSTs, broker restarts and `kill -9` of the gateway repeat for
+SOAK_SECONDS (default 600) while two devices write; afterwards every committed seq
+must have arrived, duplicates identical, per-device order kept. Not in the default
+suite: it is long by design.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from simulators import PtyDevice
+from tests.fixtures.common import wait_until
+from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
+from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+from tests.fixtures.tcp_proxy import TcpProxy
+from tests.test_end_to_end import (
+    DRAIN_TIMEOUT,
+    PHASE_READINGS,
+    acked_at_least,
+    committed_at_least,
+    drained,
+    last_seq,
+    stop_and_check_delivery,
+    uplink_state_is_not,
+)
+
+SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(int(SOAK_SECONDS) + 600)
+async def test_nothing_is_lost_over_many_fault_cycles(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    subscriber_factory: Callable[..., MqttSubscriber],
+    tcp_proxy_factory: Callable[[int], Awaitable[TcpProxy]],
+    gateway_process: GatewayProcess,
+) -> None:
+    subscriber = subscriber_factory(mosquitto, "edge/+/+/telemetry")
+    proxy = await tcp_proxy_factory(mosquitto.port)
+    gw = gateway_process
+    cycles = 0
+    async with (
+        PtyDevice("counter", tmp_path / "dev-a", rate=300) as dev_a,
+        PtyDevice("counter", tmp_path / "dev-b", rate=200, garbage_every=50) as dev_b,
+    ):
+        gw.devices = [DeviceSpec("dev-a", dev_a.link), DeviceSpec("dev-b", dev_b.link)]
+        gw.mqtt_url = proxy.url()
+        gw.start()
+        await gw.wait_healthy()
+        deadline = time.monotonic() + SOAK_SECONDS
+        while time.monotonic() < deadline:
+            proxy.blackhole()
+            mark = await last_seq(gw)
+            await wait_until(await committed_at_least(gw, mark + PHASE_READINGS), timeout=30)
+            await wait_until(await uplink_state_is_not(gw, "connected"), timeout=30)
+            proxy.reset()
+            proxy.resume()
+            await wait_until(await acked_at_least(gw, mark + PHASE_READINGS), timeout=60)
+
+            mosquitto.restart()
+            mark = await last_seq(gw)
+            await wait_until(await acked_at_least(gw, mark + PHASE_READINGS), timeout=60)
+
+            gw.kill9()
+            gw.start()
+            await gw.wait_healthy()
+            mark = await last_seq(gw)
+            await wait_until(await acked_at_least(gw, mark + PHASE_READINGS), timeout=60)
+            cycles += 1
+
+    await wait_until(await drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
+    assert cycles >= 1
+    await stop_and_check_delivery(gw, subscriber, await last_seq(gw))
