@@ -136,6 +136,9 @@ class StreamClient:
 
     def offer(self, batch: _Batch) -> None:
         """Queue a live batch; never blocks (called from the store's commit listener)."""
+        if batch.last <= self._sent_upto:
+            # The replay read it from the log before the listener offered it here.
+            return
         if len(self._queue) >= self._limit or self._gap is not None:
             if self._replaying:
                 # These readings are in the log: the replay reads them instead.
@@ -151,6 +154,8 @@ class StreamClient:
         if (
             batch.frame is not None
             and self._idle
+            # A batch queued just before, whose sender has not woken yet, goes first.
+            and not self._queue
             and transport is not None
             and not transport.is_closing()
             and not self.ws.closed
@@ -231,7 +236,11 @@ class StreamClient:
                 first, last = self._gap
                 # Cleared before the await so batches arriving meanwhile are queued after it.
                 self._gap = None
-                await self._send(_json({"type": "gap", "from": first, "to": last}))
+                # Never announce as missed what the replay already sent.
+                first = max(first, self._sent_upto + 1)
+                if first <= last:
+                    await self._send(_json({"type": "gap", "from": first, "to": last}))
+                    self._sent_upto = last
             else:
                 self._wake.clear()
                 self._idle = True
