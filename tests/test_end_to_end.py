@@ -106,6 +106,51 @@ async def last_seq(gw: GatewayProcess) -> int:
     return int((await gw.status())["store"]["last_seq"])
 
 
+async def fault_cycle(gw: GatewayProcess, proxy: TcpProxy, broker: Mosquitto) -> None:
+    """A dead route then RST, a broker restart, a kill -9, while devices write.
+
+    Each fault is followed by new readings acknowledged before the next one.
+    """
+    # The route dies silently: readings keep being committed, nothing is acked,
+    # until the keepalive tells the uplink that the link is dead.
+    proxy.blackhole()
+    mark = await last_seq(gw)
+    await wait_until(await committed_at_least(gw, mark + PHASE_READINGS), timeout=30)
+    await wait_until(
+        await uplink_state_is_not(gw, "connected"), timeout=30, message="dead link noticed"
+    )
+    # The connection is then torn down (router reboot) and the route comes back.
+    proxy.reset()
+    proxy.resume()
+    await wait_until(
+        await acked_at_least(gw, mark + PHASE_READINGS),
+        timeout=DRAIN_TIMEOUT,
+        message="ack after blackhole",
+    )
+
+    # The broker restarts under load.
+    connections = proxy.accepted
+    broker.restart()
+    mark = await last_seq(gw)
+    await wait_until(lambda: proxy.accepted > connections, timeout=30, message="reconnect")
+    await wait_until(
+        await acked_at_least(gw, mark + PHASE_READINGS),
+        timeout=DRAIN_TIMEOUT,
+        message="ack after broker restart",
+    )
+
+    # The gateway is killed without warning while the devices keep writing.
+    gw.kill9()
+    gw.start()
+    await gw.wait_healthy()
+    mark = await last_seq(gw)
+    await wait_until(
+        await acked_at_least(gw, mark + PHASE_READINGS),
+        timeout=DRAIN_TIMEOUT,
+        message="ack after kill -9",
+    )
+
+
 async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9(
     tmp_path: Path,
     mosquitto: Mosquitto,
@@ -126,44 +171,7 @@ async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9
         await gw.wait_healthy()
         await wait_until(lambda: len(subscriber.seqs()) >= 100, message="first deliveries")
 
-        # The route dies silently: readings keep being committed, nothing is acked,
-        # until the keepalive tells the uplink that the link is dead.
-        proxy.blackhole()
-        mark = await last_seq(gw)
-        await wait_until(await committed_at_least(gw, mark + PHASE_READINGS), timeout=30)
-        await wait_until(
-            await uplink_state_is_not(gw, "connected"), timeout=30, message="dead link noticed"
-        )
-        # The connection is then torn down (router reboot) and the route comes back.
-        proxy.reset()
-        proxy.resume()
-        await wait_until(
-            await acked_at_least(gw, mark + PHASE_READINGS),
-            timeout=DRAIN_TIMEOUT,
-            message="ack after blackhole",
-        )
-
-        # The broker restarts under load.
-        connections = proxy.accepted
-        mosquitto.restart()
-        mark = await last_seq(gw)
-        await wait_until(lambda: proxy.accepted > connections, timeout=30, message="reconnect")
-        await wait_until(
-            await acked_at_least(gw, mark + PHASE_READINGS),
-            timeout=DRAIN_TIMEOUT,
-            message="ack after broker restart",
-        )
-
-        # The gateway is killed without warning while the devices keep writing.
-        gw.kill9()
-        gw.start()
-        await gw.wait_healthy()
-        mark = await last_seq(gw)
-        await wait_until(
-            await acked_at_least(gw, mark + PHASE_READINGS),
-            timeout=DRAIN_TIMEOUT,
-            message="ack after kill -9",
-        )
+        await fault_cycle(gw, proxy, mosquitto)
 
     # Devices are gone; the gateway drains what it committed.
     await wait_until(await drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")

@@ -22,13 +22,10 @@ from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.test_end_to_end import (
     DRAIN_TIMEOUT,
-    PHASE_READINGS,
-    acked_at_least,
-    committed_at_least,
     drained,
+    fault_cycle,
     last_seq,
     stop_and_check_delivery,
-    uplink_state_is_not,
 )
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
@@ -57,23 +54,7 @@ async def test_nothing_is_lost_over_many_fault_cycles(
         await gw.wait_healthy()
         deadline = time.monotonic() + SOAK_SECONDS
         while time.monotonic() < deadline:
-            proxy.blackhole()
-            mark = await last_seq(gw)
-            await wait_until(await committed_at_least(gw, mark + PHASE_READINGS), timeout=30)
-            await wait_until(await uplink_state_is_not(gw, "connected"), timeout=30)
-            proxy.reset()
-            proxy.resume()
-            await wait_until(await acked_at_least(gw, mark + PHASE_READINGS), timeout=60)
-
-            mosquitto.restart()
-            mark = await last_seq(gw)
-            await wait_until(await acked_at_least(gw, mark + PHASE_READINGS), timeout=60)
-
-            gw.kill9()
-            gw.start()
-            await gw.wait_healthy()
-            mark = await last_seq(gw)
-            await wait_until(await acked_at_least(gw, mark + PHASE_READINGS), timeout=60)
+            await fault_cycle(gw, proxy, mosquitto)
             cycles += 1
 
     await wait_until(await drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
