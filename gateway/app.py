@@ -188,9 +188,13 @@ class Gateway:
         for name in sorted(sup.names("")):
             if name not in wanted or sup.settings_of(name) != wanted[name]:
                 log.info("stopping %s (removed or changed)", name)
+                old = sup.settings_of(name)
                 await sup.stop(name)
-                self.drivers.pop(name.removeprefix("device:"), None)
-                self.uplinks.pop(name.removeprefix("uplink:"), None)
+                # The view shows running parts only; the local server has no entry.
+                if isinstance(old, DeviceSettings):
+                    del self.drivers[old.id]
+                elif isinstance(old, MqttSettings):
+                    del self.uplinks[name.removeprefix("uplink:")]
         view.settings = new
         running = sup.names("")
         for name, child in wanted.items():

@@ -69,3 +69,26 @@ async def test_sighup_with_a_bad_file_keeps_running_on_the_old_configuration(
 
         await wait_until(still_reading, message="dev-a still read after the refused reload")
     assert gw.terminate() == 0
+
+
+async def test_restarting_the_local_server_keeps_a_device_named_local(
+    tmp_path: Path, gateway_process: GatewayProcess
+) -> None:
+    gw = gateway_process
+    async with PtyDevice("counter", tmp_path / "local", rate=100) as dev:
+        gw.devices = [DeviceSpec("local", dev.link)]
+        gw.start()
+        await gw.wait_healthy()
+        # Only the [local] section changes: the server restarts, the device does not.
+        gw.config_path.write_text(gw.config_path.read_text() + "max_clients = 7\n")
+        gw.signal(signal.SIGHUP)
+        await wait_until(lambda: "configuration reloaded" in gw.log_text(), message="reload")
+        await gw.wait_healthy()
+        before = int((await gw.status())["devices"]["local"]["readings"])
+
+        async def still_listed_and_reading() -> bool:
+            devices = (await gw.status())["devices"]
+            return "local" in devices and int(devices["local"]["readings"]) > before + 20
+
+        await wait_until(still_listed_and_reading, message="device 'local' still in the view")
+    assert gw.terminate() == 0
