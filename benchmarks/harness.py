@@ -177,6 +177,18 @@ def cpu_percent(a: ProcSnapshot, b: ProcSnapshot) -> float:
     return 100.0 * (b.cpu_seconds - a.cpu_seconds) / (b.t - a.t)
 
 
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """SIGTERM (a clean stop), then SIGKILL after ``timeout``; returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
 class RssSampler:
     """Samples a process's RSS on a thread; ``max_bytes`` and the series afterwards."""
 
@@ -274,13 +286,7 @@ class Child:
 
     def stop(self, timeout: float = 20.0) -> int:
         """SIGTERM, then SIGKILL after ``timeout``; returns the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout)
         self._reader.join(timeout=5)
         if self.proc.stdin is not None:
             with contextlib.suppress(OSError):
@@ -571,14 +577,7 @@ class Gateway:
         return int(self.status()["store"]["last_seq"])
 
     def stop(self, timeout: float = 60.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return terminate(self.proc, timeout)
 
     def __enter__(self) -> Gateway:
         return self
