@@ -85,8 +85,8 @@ def stream_server(
             # (each where this version of the gateway has the setting).
             if has_setting(StoreSettings, "commit_spacing"):
                 config.commit_spacing = 0.0
-            if has_setting(DeviceSettings, "read_spacing"):
-                config.read_spacing = 0.0
+            if has_setting(DeviceSettings, "read_interval"):
+                config.read_interval = 0.0
         with Gateway(config) as gw:
             gw.wait_healthy()
             url = f"ws://127.0.0.1:{config.local_port}/api/v1/stream?token={TOKEN}"
@@ -157,7 +157,7 @@ def measure_fanout(
                 name
                 for name, settings in (
                     ("commit_spacing", StoreSettings),
-                    ("read_spacing", DeviceSettings),
+                    ("read_interval", DeviceSettings),
                 )
                 if unspaced and has_setting(settings, name)
             ],

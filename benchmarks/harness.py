@@ -448,7 +448,7 @@ class GatewayConfig:
     durability: str = "full"
     # None: the product's default.
     commit_spacing: float | None = None
-    read_spacing: float | None = None
+    read_interval: float | None = None
     gateway_id: str = "gw-bench"
     local_port: int = field(default_factory=free_port)
     max_clients: int = 100
@@ -486,8 +486,8 @@ class GatewayConfig:
                 "reconnect_min = 0.05",
                 "reconnect_max = 0.5",
             ]
-            if self.read_spacing is not None:
-                lines.append(f"read_spacing = {self.read_spacing}")
+            if self.read_interval is not None:
+                lines.append(f"read_interval = {self.read_interval}")
             lines.append("")
         if self.mqtt_url:
             lines += [

@@ -111,6 +111,8 @@ class SerialLineDriver:
         # The open port's transport, and the task that resumes it while reading is paused.
         self._transport: SerialTransport | None = None
         self._resume: asyncio.Task[None] | None = None
+        # The timer that resumes reading after a read emptied the port (read_interval).
+        self._paced: asyncio.TimerHandle | None = None
 
     async def run(self) -> None:
         try:
@@ -192,6 +194,8 @@ class SerialLineDriver:
             self._dead_letter(dead)
         if self._resume is None and self._sink.congested:
             self._pause()
+        elif self._paced is None and self.settings.read_interval > 0 and self._sink.paced:
+            self._pace_if_drained()
 
     def _pause(self) -> None:
         transport = self._transport
@@ -207,12 +211,41 @@ class SerialLineDriver:
     async def _resume_when_room(self, transport: SerialTransport) -> None:
         await self._sink.wait_for_room()
         self._resume = None
-        if not transport.is_closing():
+        if self._paced is None and not transport.is_closing():
+            transport.resume_reading()
+
+    def _pace_if_drained(self) -> None:
+        """Stop reading for ``read_interval`` once a read has emptied the port.
+
+        A device that keeps the port full is read back to back; one whose lines
+        trickle in is read once per interval, a chunk of lines per wake.
+        """
+        transport = self._transport
+        port = None if transport is None or transport.is_closing() else transport.serial
+        if transport is None or port is None:
+            return
+        try:
+            waiting = port.in_waiting
+        except (OSError, serial.SerialException):
+            return  # the port is going away: the next read reports it
+        if waiting:
+            return
+        transport.pause_reading()
+        self._paced = asyncio.get_running_loop().call_later(
+            self.settings.read_interval, self._end_pace, transport
+        )
+
+    def _end_pace(self, transport: SerialTransport) -> None:
+        self._paced = None
+        if self._resume is None and not transport.is_closing():
             transport.resume_reading()
 
     async def _stop_resuming(self) -> None:
         resume, self._resume = self._resume, None
         self._transport = None
+        if self._paced is not None:
+            self._paced.cancel()
+            self._paced = None
         if resume is not None:
             resume.cancel()
             await asyncio.gather(resume, return_exceptions=True)

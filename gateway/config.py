@@ -45,7 +45,17 @@ PORT_DRIVERS = frozenset({"serial_line"})
 # does not use it is refused, so that a key copied from another device's section
 # never looks as if it took effect.
 SERIAL_KEYS = frozenset(
-    {"port", "baudrate", "bytesize", "parity", "stopbits", "format", "columns", "max_line_bytes"}
+    {
+        "port",
+        "baudrate",
+        "bytesize",
+        "parity",
+        "stopbits",
+        "format",
+        "columns",
+        "max_line_bytes",
+        "read_interval",
+    }
 )
 GPIO_KEYS = frozenset({"pin", "pull_up", "bounce", "mode", "sample_interval", "sensor"})
 DRIVER_KEYS = {"serial_line": SERIAL_KEYS, "gpio_input": GPIO_KEYS}
@@ -613,6 +623,7 @@ class _Parser:
             "columns": _strings,
             "units": _string_table,
             "max_line_bytes": _size(16),
+            "read_interval": _bounded_duration(0.0, 1.0),
             "expected_interval": _duration(positive=False),
             "reconnect_min": _duration(positive=True),
             "reconnect_max": _duration(positive=True),

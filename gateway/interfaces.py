@@ -33,6 +33,13 @@ class SampleSink(Protocol):
     def congested(self) -> bool:
         """True while the sink holds more than it wants to; check after a put."""
 
+    @property
+    def paced(self) -> bool:
+        """True while readings may wait a few milliseconds to share a read and a commit.
+
+        False while someone watches the live stream: then every reading goes on at once.
+        """
+
     async def wait_for_room(self) -> None:
         """Return once the sink is no longer congested (at once if it is not)."""
 
@@ -59,6 +66,13 @@ class ReadingLog(Protocol):
 
     @property
     def last_seq(self) -> int: ...
+
+    @property
+    def paced(self) -> bool:
+        """True while reads and commits are paced (no live stream client watches)."""
+
+    def set_live_clients(self, count: int) -> None:
+        """How many clients watch the live stream now; while any do, nothing is paced."""
 
     def add_listener(self, listener: CommitListener) -> None:
         """Call ``listener`` on the event loop with every committed batch, in seq order."""

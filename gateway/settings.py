@@ -64,6 +64,12 @@ class DeviceSettings:
     units: dict[str, str] = field(default_factory=dict)
     # Longest accepted line; a longer one becomes a dead letter.
     max_line_bytes: int = 4096
+    # serial_line: after a read that empties the port, the next read waits this long,
+    # so a device sending hundreds of lines a second is read in chunks (one wake of
+    # the gateway per chunk, not per line) at the cost of at most this much latency;
+    # its readings share the chunk's read time. A line after a quiet spell is read at
+    # once. 0 reads every line as it arrives.
+    read_interval: float = 0.018
     # A device silent for longer than this is reported (0 = never expected).
     expected_interval: float = 0.0
     # Reconnect backoff after the port fails or disappears.
@@ -112,8 +118,9 @@ class MqttSettings:
     max_messages_per_second: float = 0.0
     reconnect_min: float = 0.5
     reconnect_max: float = 60.0
-    # After a quiet spell, wait this long (seconds) for more readings before reading the
-    # log, so that one message carries several readings at low rates (0 = off).
+    # While live stream clients watch (serial reads and commits are then not paced),
+    # wait this long after a quiet spell for more readings before sending, so that one
+    # message still carries several readings at a steady trickle (0 = off).
     linger: float = 0.005
     # The durable cursor is written at most this often (seconds; 0 = at every PUBACK).
     ack_interval: float = 1.0

@@ -653,3 +653,23 @@ def test_commit_spacing_beyond_a_second_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         parse_config({"store": {"commit_spacing": "2s"}}, None)
     assert [p.path for p in info.value.problems] == ["store.commit_spacing"]
+
+
+def _serial_device(**keys: object) -> dict[str, object]:
+    return {"devices": [{"id": "d1", "driver": "serial_line", "port": "/dev/ttyUSB0", **keys}]}
+
+
+def test_read_interval_takes_a_duration_up_to_a_second() -> None:
+    settings = parse_config(_serial_device(read_interval="20ms"), None)
+    assert settings.devices[0].read_interval == 0.02
+    assert parse_config(_serial_device(read_interval=0), None).devices[0].read_interval == 0
+
+
+def test_read_interval_beyond_a_second_or_on_a_gpio_input_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(_serial_device(read_interval="2s"), None)
+    assert [p.path for p in info.value.problems] == ["devices[0].read_interval"]
+    gpio = {"devices": [{"id": "g1", "driver": "gpio_input", "pin": 17, "read_interval": "5ms"}]}
+    with pytest.raises(ConfigError) as info:
+        parse_config(gpio, None)
+    assert [p.path for p in info.value.problems] == ["devices[0].read_interval"]

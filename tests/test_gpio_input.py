@@ -210,6 +210,7 @@ class BatchSink:
 
     # Never congested: these tests are about what the driver reads, not backpressure.
     congested = False
+    paced = False
 
     async def wait_for_room(self) -> None:
         return

@@ -116,6 +116,19 @@ async def test_hello_then_live_readings_in_seq_order(tmp_path: Path) -> None:
         await ws.close()
 
 
+async def test_reads_and_commits_go_unpaced_while_a_client_watches(tmp_path: Path) -> None:
+    async with local_gateway(tmp_path) as gw:
+        assert gw.store.paced
+        first = await open_stream(gw)
+        second = await open_stream(gw)
+        await wait_until(lambda: not gw.store.paced, message="unpaced while watched")
+        await first.close()
+        await asyncio.sleep(0)
+        assert not gw.store.paced  # one client still watches
+        await second.close()
+        await wait_until(lambda: gw.store.paced, message="paced again when nobody watches")
+
+
 async def test_replay_joins_live_with_no_gap_and_no_duplicate_under_load(tmp_path: Path) -> None:
     local = local_settings(client_queue=1_000_000)
     async with local_gateway(tmp_path, local=local) as gw:

@@ -28,6 +28,13 @@ class CountingLog:
     def last_seq(self) -> int:
         return self.store.last_seq
 
+    @property
+    def paced(self) -> bool:
+        return self.store.paced
+
+    def set_live_clients(self, count: int) -> None:
+        self.store.set_live_clients(count)
+
     def add_listener(self, listener: CommitListener) -> None:
         self.store.add_listener(listener)
 
@@ -121,11 +128,13 @@ async def test_cursor_is_written_at_most_once_per_interval_and_on_stop(
     assert await store.register_consumer("mqtt") == last
 
 
-async def test_linger_gathers_commits_that_follow_each_other_into_one_message(
+async def test_while_live_clients_watch_linger_gathers_commits_into_one_message(
     mosquitto: Mosquitto, subscriber_factory: Callable[..., MqttSubscriber], store: Store
 ) -> None:
     subscriber = subscriber_factory(mosquitto)
     uplink = MqttUplink(settings_for(mosquitto.url, linger=1.0), GATEWAY, store)
+    # Someone watches the live stream: commits come reading by reading, unpaced.
+    store.set_live_clients(1)
     commits = 5
     async with running(uplink):
         await wait_until(lambda: uplink.status.state == "connected", message="connected")
@@ -135,3 +144,20 @@ async def test_linger_gathers_commits_that_follow_each_other_into_one_message(
         await wait_until(lambda: uplink.status.acked_seq == last, message="all acked")
     await wait_until(lambda: len(subscriber.seqs()) == last, message="all received")
     assert len(subscriber.telemetry()) < commits
+
+
+async def test_paced_commits_are_sent_as_they_come_without_linger(
+    mosquitto: Mosquitto, subscriber_factory: Callable[..., MqttSubscriber], store: Store
+) -> None:
+    subscriber = subscriber_factory(mosquitto)
+    # A linger this long would hold every message for a minute if it applied.
+    uplink = MqttUplink(settings_for(mosquitto.url, linger=60.0), GATEWAY, store)
+    assert store.paced
+    async with running(uplink):
+        await wait_until(lambda: uplink.status.state == "connected", message="connected")
+        for _ in range(3):
+            last = await put(store, 2)
+            await wait_until(
+                lambda n=last: uplink.status.published_readings == n, message="published"
+            )
+    await wait_until(lambda: len(subscriber.seqs()) == last, message="all received")

@@ -46,6 +46,8 @@ class ListSink:
 
     # Never congested: these tests are about what the driver reads, not backpressure.
     congested = False
+    # Not paced unless a test says so: each line is read as it arrives.
+    paced = False
 
     async def wait_for_room(self) -> None:
         return
@@ -102,6 +104,41 @@ async def test_every_line_arrives_once_in_order(tmp_path: Path) -> None:
             assert driver.status.last_reading_ts == sink.samples[-1].ts
             assert (driver.status.errors, driver.status.reconnects) == (0, 0)
             assert driver.opened_path == dev.slave_path
+
+
+async def test_lines_that_trickle_in_are_read_a_chunk_per_read_interval(tmp_path: Path) -> None:
+    link = tmp_path / "counter"
+    sink = ListSink()
+    sink.paced = True
+    async with PtyDevice("counter", link, paused=True) as dev:
+        driver = SerialLineDriver(device(link, read_interval=1.0), sink, backoff=fast())
+        async with running(driver):
+            await wait_until(lambda: is_open(driver), message="open")
+            # After a quiet spell a line is read at once ...
+            dev.inject(b"n=1\n")
+            await wait_until(lambda: sink.counts() == [1], message="the first line")
+            # ... and the lines that follow within the interval wait for one read,
+            # however the device spaced them.
+            for n in range(2, 6):
+                dev.inject(b"n=%d\n" % n)
+                await asyncio.sleep(0.01)
+            await wait_until(lambda: len(sink.samples) == 5, message="the next four")
+    assert sink.counts() == [1, 2, 3, 4, 5]
+    assert sink.batches == [1, 4]
+
+
+async def test_an_unpaced_sink_gets_each_line_as_it_comes(tmp_path: Path) -> None:
+    link = tmp_path / "counter"
+    sink = ListSink()  # not paced: someone watches the live stream
+    async with PtyDevice("counter", link, paused=True) as dev:
+        # An interval this long would hold the second line for a minute if it applied.
+        driver = SerialLineDriver(device(link, read_interval=60.0), sink, backoff=fast())
+        async with running(driver):
+            await wait_until(lambda: is_open(driver), message="open")
+            for n in range(1, 4):
+                dev.inject(b"n=%d\n" % n)
+                await wait_until(lambda n=n: len(sink.samples) == n, message=f"line {n}")
+    assert sink.batches == [1, 1, 1]
 
 
 async def test_unplug_and_replug(tmp_path: Path) -> None:

@@ -332,7 +332,7 @@ class StreamHub:
         # Subscribed before last_seq is read and before the replay reads the log,
         # so every later commit reaches the client's queue.
         self._clients.add(client)
-        self.counters.clients = len(self._clients)
+        self._count_clients()
         hello = _json(
             {"type": "hello", "gateway": self._gateway_id, "last_seq": self._log.last_seq}
         )
@@ -351,8 +351,12 @@ class StreamHub:
                 reader.cancel()
         finally:
             self._clients.discard(client)
-            self.counters.clients = len(self._clients)
+            self._count_clients()
         return ws
+
+    def _count_clients(self) -> None:
+        self.counters.clients = len(self._clients)
+        self._log.set_live_clients(len(self._clients))
 
     async def _read_inbound(self, client: StreamClient) -> None:
         rate = self._settings.max_inbound_per_second

@@ -189,6 +189,11 @@ class Store:
         return self._congestion.update(writer.ingress.submitted - writer.settled)
 
     @property
+    def paced(self) -> bool:
+        """False while live stream clients watch (see ``set_live_clients``)."""
+        return self._writer.paced
+
+    @property
     def congestion_episodes(self) -> int:
         """How many times the store has become congested since it opened."""
         return self._congestion.episodes
@@ -217,6 +222,12 @@ class Store:
     def last_seq(self) -> int:
         """The highest seq announced to listeners; every listener added now sees all after it."""
         return self._last_seq
+
+    def set_live_clients(self, count: int) -> None:
+        """Pacing (``commit_spacing``, drivers' ``read_interval``) saves CPU and SD-card
+        wear on a gateway nobody watches; someone watching the live stream gets each
+        reading as soon as it is committed instead."""
+        self._writer.paced = count == 0
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)

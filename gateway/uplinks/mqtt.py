@@ -226,9 +226,11 @@ class MqttUplink:
             await window.wait_for_room()
             if self.log.last_seq <= window.read_pos:
                 await self.log.wait_beyond(window.read_pos)
-                if linger > 0:
-                    # Caught up and woken by one commit: let the next few join it, so
-                    # at low rates one read and one message carry several readings.
+                if linger > 0 and not self.log.paced:
+                    # Caught up and woken by one commit: let the next few join it, so a
+                    # steady trickle committed reading by reading (live clients watch)
+                    # still makes messages of several readings. Paced commits already
+                    # carry a read interval's worth each.
                     await asyncio.sleep(linger)
             # Waiting for a token before reading lets readings pile up, so under
             # a message rate cap each message carries more readings.
