@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import dataclasses
 import json
 import math
 import shutil
@@ -49,7 +48,6 @@ from benchmarks.pipeline import prime, settled
 from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import LatencySplit, latency_summary
-from gateway.settings import DeviceSettings, StoreSettings
 
 MIB = 1024 * 1024
 # (clients, readings per second, p99 target in ms): issue targets on 2 cores.
@@ -66,7 +64,7 @@ class StreamServer:
 
 @contextlib.contextmanager
 def stream_server(
-    kind: str, work: Path, link: PtyLink, clients: int, unspaced: bool = False
+    kind: str, work: Path, link: PtyLink, clients: int, durability: str = "full"
 ) -> Iterator[StreamServer]:
     """The gateway (with its uplink to a local broker, as deployed) or the naive server."""
     if kind == "naive":
@@ -79,14 +77,13 @@ def stream_server(
             yield StreamServer(server.pid, f"ws://127.0.0.1:{port}/api/v1/stream", None)
         return
     with Mosquitto(work) as broker:
-        config = GatewayConfig(work, [("paced-1", link.path)], broker.url, max_clients=clients + 10)
-        if unspaced:
-            # The operator's low-latency choice: no pacing of commits nor of serial reads
-            # (each where this version of the gateway has the setting).
-            if has_setting(StoreSettings, "commit_spacing"):
-                config.commit_spacing = 0.0
-            if has_setting(DeviceSettings, "read_interval"):
-                config.read_interval = 0.0
+        config = GatewayConfig(
+            work,
+            [("paced-1", link.path)],
+            broker.url,
+            durability=durability,
+            max_clients=clients + 10,
+        )
         with Gateway(config) as gw:
             gw.wait_healthy()
             url = f"ws://127.0.0.1:{config.local_port}/api/v1/stream?token={TOKEN}"
@@ -107,14 +104,14 @@ def start_clients(url: str, clients: int, work: Path) -> list[Child]:
 
 
 def measure_fanout(
-    kind: str, clients: int, rate: float, plan: Plan, unspaced: bool = False
+    kind: str, clients: int, rate: float, plan: Plan, durability: str = "full"
 ) -> dict[str, Any]:
     work = scratch_dir(f"fanout-{kind}-{clients}")
     link = PtyLink(work / "tty-paced")
     procs: list[Child] = []
     try:
         with (
-            stream_server(kind, work, link, clients, unspaced) as server,
+            stream_server(kind, work, link, clients, durability) as server,
             RssSampler(server.pid) as rss,
         ):
             procs = start_clients(server.url, clients, work)
@@ -152,15 +149,7 @@ def measure_fanout(
                     split.add(t_write, records[k + 1], records[k + 2])
         return {
             "kind": kind,
-            "unspaced": unspaced,
-            "spacing_off": [
-                name
-                for name, settings in (
-                    ("commit_spacing", StoreSettings),
-                    ("read_interval", DeviceSettings),
-                )
-                if unspaced and has_setting(settings, name)
-            ],
+            "durability": durability,
             "clients": clients,
             "rate": rate,
             "connected": sum(s["connected"] for s in summaries),
@@ -186,30 +175,26 @@ def measure_fanout(
         shutil.rmtree(work, ignore_errors=True)
 
 
-def has_setting(settings: type, name: str) -> bool:
-    return name in {f.name for f in dataclasses.fields(settings)}
+def without_fsync(plan: Plan, runs: list[dict[str, Any]]) -> Figure:
+    """The smallest case once more with ``durability = "normal"``: no fsync per commit.
 
-
-def unspaced(plan: Plan, runs: list[dict[str, Any]]) -> Figure:
-    """The smallest case once more with no commit or read spacing: the low-latency choice.
-
-    By default the store spaces commits and the serial driver spaces reads under a
-    steady trickle (less CPU and disk wear for a few milliseconds of latency).
+    A reading is streamed once committed; with ``durability = "full"`` each commit
+    waits for the disk, whose tail is what the first case's p99 mostly measures.
     """
     clients = plan.fanout_clients[0]
     rate = CASES[clients][0]
-    run = measure_fanout("gateway", clients, rate, plan, unspaced=True)
+    run = measure_fanout("gateway", clients, rate, plan, durability="normal")
     runs.append(run)
     naive_p99 = next(
         r["latency"]["p99_ms"] for r in runs if r["kind"] == "naive" and r["clients"] == clients
     )
     return Figure(
         "fan-out",
-        f"p99 line → client, {clients} clients @ {rate:g}/s, no spacing",
+        f"p99 line → client, {clients} clients @ {rate:g}/s, durability normal",
         "ms",
         run["latency"]["p99_ms"],
         baseline=naive_p99,
-        note=" and ".join(f"{name} = 0" for name in run["spacing_off"]),
+        note="no fsync per commit: a power cut may lose the last commits",
     )
 
 
@@ -264,10 +249,10 @@ def run_fanout(plan: Plan) -> BenchResult:
                 baseline=naive["server_max_rss_bytes"] / MIB,
             ),
         ]
-    if plan.fanout_unspaced:
-        figures.append(unspaced(plan, runs))
+    if plan.fanout_without_fsync:
+        figures.append(without_fsync(plan, runs))
     notes = [
-        f"{r['kind']}{' (no spacing)' if r['unspaced'] else ''}, "
+        f"{r['kind']}{' (durability normal)' if r.get('durability') == 'normal' else ''}, "
         f"{r['clients']} clients @ {r['rate']:g}/s: p99 line → read "
         f"{r['latency_line_to_read']['p99_ms'] or 0:.1f} ms, read → client "
         f"{r['latency_read_to_client']['p99_ms'] or 0:.1f} ms; server CPU "

@@ -13,8 +13,8 @@ class Plan:
     paced_window: float  # seconds of a window at a fixed rate (latency, CPU, fan-out)
     backlog_sizes: tuple[int, ...]
     fanout_clients: tuple[int, ...]
-    # Also run the smallest fan-out case with the store's commit_spacing = 0.
-    fanout_unspaced: bool = True
+    # Also run the smallest fan-out case with durability = "normal" (no fsync per commit).
+    fanout_without_fsync: bool = True
     devices: int = 1  # counter devices feeding the gateway at max rate
     profile: bool = False  # run the gateway under cProfile in the throughput benchmark
 
@@ -35,5 +35,5 @@ QUICK = Plan(
     paced_window=2.0,
     backlog_sizes=(1_000, 20_000),
     fanout_clients=(10,),
-    fanout_unspaced=False,
+    fanout_without_fsync=False,
 )

@@ -82,14 +82,9 @@ class _Batch:
     message: bytes
     # The message framed once for every client (None when frames are compressed per client).
     frame: bytes | None
-
-    @property
-    def first(self) -> int:
-        return self.readings[0].seq
-
-    @property
-    def last(self) -> int:
-        return self.readings[-1].seq
+    # The first and last seq, as plain fields: read once per client per commit.
+    first: int
+    last: int
 
 
 def _messages(readings: Sequence[StoredReading], framed: bool) -> list[_Batch]:
@@ -98,7 +93,8 @@ def _messages(readings: Sequence[StoredReading], framed: bool) -> list[_Batch]:
     for start in range(0, len(readings), MESSAGE_READINGS):
         part = readings[start : start + MESSAGE_READINGS]
         message = readings_message(part)
-        out.append(_Batch(part, message, text_frame(message) if framed else None))
+        frame = text_frame(message) if framed else None
+        out.append(_Batch(part, message, frame, part[0].seq, part[-1].seq))
     return out
 
 
@@ -136,9 +132,26 @@ class StreamClient:
 
     def offer(self, batch: _Batch) -> None:
         """Queue a live batch; never blocks (called from the store's commit listener)."""
-        if batch.last <= self._sent_upto:
+        last = batch.last
+        if last <= self._sent_upto:
             # The replay read it from the log before the listener offered it here.
             return
+        # Checked first, once per client per commit: with a thousand clients, the
+        # time to reach the last one is the stream's latency.
+        if self._idle and batch.frame is not None and self._gap is None and not self._queue:
+            transport = self._transport
+            if (
+                transport is not None
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
+                and not self.ws.closed
+            ):
+                # Fast path, most of the time: the same frame bytes go straight to every
+                # idle client's socket, without waking a task per client. (A batch
+                # queued just before, whose sender has not woken yet, goes first.)
+                transport.write(batch.frame)
+                self._sent_upto = last
+                return
         if len(self._queue) >= self._limit or self._gap is not None:
             if self._replaying:
                 # These readings are in the log: the replay reads them instead.
@@ -149,22 +162,6 @@ class StreamClient:
                 self._counters.gaps += 1
             else:
                 self._gap[1] = batch.last
-            return
-        transport = self._transport
-        if (
-            batch.frame is not None
-            and self._idle
-            # A batch queued just before, whose sender has not woken yet, goes first.
-            and not self._queue
-            and transport is not None
-            and not transport.is_closing()
-            and not self.ws.closed
-            and transport.get_write_buffer_size() < DIRECT_WRITE_LIMIT
-        ):
-            # Fast path, most of the time: the same frame bytes go straight to every
-            # idle client's socket, without waking a task per client.
-            transport.write(batch.frame)
-            self._sent_upto = batch.last
             return
         self._queue.append(batch)
         self._wake.set()
