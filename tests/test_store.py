@@ -333,3 +333,23 @@ async def test_the_caller_may_reuse_its_list(tmp_path: Path) -> None:
         store.put_samples(buffer)
         buffer.clear()
         assert await store.flush() == 2
+
+
+@pytest.mark.parametrize(("watchers", "commits"), [(0, [1, 2]), (1, [1, 1, 1])])
+async def test_a_steady_trickle_shares_commits_unless_live_clients_watch(
+    tmp_path: Path, watchers: int, commits: list[int]
+) -> None:
+    async with opened(tmp_path, commit_spacing=1.0) as store:
+        committed: list[int] = []
+        store.add_listener(lambda batch: committed.append(len(batch)) if batch else None)
+        store.set_live_clients(watchers)
+        assert store.paced == (watchers == 0)
+        store.put_samples([sample(1)])
+        await wait_until(lambda: store.last_seq == 1, message="the first commit")
+        # Two more arrivals a moment apart: within the spacing, so one commit holds
+        # both; while a client watches, each is committed as it comes.
+        store.put_samples([sample(2)])
+        await asyncio.sleep(0.2)
+        store.put_samples([sample(3)])
+        await wait_until(lambda: store.last_seq == 3, message="all three")
+        assert committed == commits

@@ -153,8 +153,9 @@ class Writer:
         self.failure: str | None = None
         self.stopped = False  # the thread has ended
         # Set from the event loop: False while live stream clients watch, and then
-        # commits are not spaced (see ``_linger``).
+        # commits are spaced by ``watched_spacing`` instead (see ``_linger``).
         self.paced = True
+        self.watched_spacing = 0.0
         self.store_full = False
         self.low_space = False
         self.settled = 0  # samples committed or dropped by the writer
@@ -291,15 +292,11 @@ class Writer:
         fsync is done) shares transactions instead of paying a transaction, an fsync and
         whole WAL pages per reading. Flushes and cursor requests never wait for it.
         """
-        if (
-            not self.paced
-            or not self._unsaved
-            or self._requests
-            or self._flushes
-            or self.failure is not None
-        ):
+        if not self._unsaved or self._requests or self._flushes or self.failure is not None:
             return 0.0
         spacing = self.settings.commit_spacing
+        if not self.paced:
+            spacing = min(spacing, self.watched_spacing)
         return max(0.0, self._last_start + spacing - time.perf_counter())
 
     def _has_work(self) -> bool:
