@@ -37,7 +37,8 @@ class SampleSink(Protocol):
     def paced(self) -> bool:
         """True while readings may wait a few milliseconds to share a read and a commit.
 
-        False while someone watches the live stream: then every reading goes on at once.
+        False while someone watches the live stream: then a driver reads every reading as
+        it comes, and the store spaces commits only by the stream's frame budget.
         """
 
     async def wait_for_room(self) -> None:
