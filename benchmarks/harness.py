@@ -446,9 +446,6 @@ class GatewayConfig:
     devices: list[tuple[str, Path]]
     mqtt_url: str | None
     durability: str = "full"
-    # None: the product's default.
-    commit_spacing: float | None = None
-    read_interval: float | None = None
     gateway_id: str = "gw-bench"
     local_port: int = field(default_factory=free_port)
     max_clients: int = 100
@@ -471,10 +468,8 @@ class GatewayConfig:
             "",
             "[store]",
             f'durability = "{self.durability}"',
+            "",
         ]
-        if self.commit_spacing is not None:
-            lines.append(f"commit_spacing = {self.commit_spacing}")
-        lines.append("")
         for device_id, port in self.devices:
             lines += [
                 "[[devices]]",
@@ -485,10 +480,8 @@ class GatewayConfig:
                 'format = "kv"',
                 "reconnect_min = 0.05",
                 "reconnect_max = 0.5",
+                "",
             ]
-            if self.read_interval is not None:
-                lines.append(f"read_interval = {self.read_interval}")
-            lines.append("")
         if self.mqtt_url:
             lines += [
                 "[uplink.mqtt]",
