@@ -4,5 +4,6 @@ pytest_plugins = [
     "tests.fixtures.common",
     "tests.fixtures.gateway_proc",
     "tests.fixtures.mosquitto",
+    "tests.fixtures.store",
     "tests.fixtures.tcp_proxy",
 ]

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
-
-import pytest
+from collections.abc import Callable, Sequence
 
 from gateway.interfaces import CommitListener
 from gateway.reading import StoredReading
@@ -13,7 +10,7 @@ from gateway.store import Store
 from gateway.uplinks import MqttUplink
 from tests.fixtures.common import wait_until
 from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.test_mqtt_support import GATEWAY, opened_store, put, running, settings_for
+from tests.test_mqtt_support import GATEWAY, put, running, settings_for
 
 
 class CountingLog:
@@ -56,12 +53,6 @@ class CountingLog:
     async def ack(self, name: str, seq: int) -> None:
         self.acks.append(seq)
         await self.store.ack(name, seq)
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with opened_store(tmp_path) as store:
-        yield store
 
 
 async def test_caught_up_uplink_sends_live_readings_without_reading_the_log(

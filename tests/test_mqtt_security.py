@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-
-import pytest
 
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
@@ -21,18 +19,11 @@ from tests.fixtures.mosquitto import (
 from tests.test_mqtt_support import (
     GATEWAY,
     assert_complete_and_ordered,
-    opened_store,
     put,
     running,
     settings_for,
     stored_payloads,
 )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with opened_store(tmp_path) as store:
-        yield store
 
 
 async def stays_down(uplink: MqttUplink, failures: int = 2) -> None:

@@ -1,4 +1,4 @@
-"""Helpers shared by the MQTT test files (no tests here): a store, readings, a running uplink."""
+"""Helpers shared by the MQTT test files (no tests here): readings, a running uplink."""
 
 from __future__ import annotations
 
@@ -8,26 +8,15 @@ import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 from gateway.reading import Sample
-from gateway.settings import MqttSettings, StoreSettings
+from gateway.settings import MqttSettings
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
 from tests.fixtures.mosquitto import MqttSubscriber
 
 GATEWAY = "gw-test"
-
-
-@contextlib.asynccontextmanager
-async def opened_store(directory: Path) -> AsyncIterator[Store]:
-    """A real store in ``directory``, closed on exit."""
-    store = await Store.open(directory / "readings.db", StoreSettings(durability="normal"))
-    try:
-        yield store
-    finally:
-        await store.close()
 
 
 def settings_for(url: str, **options: Any) -> MqttSettings:

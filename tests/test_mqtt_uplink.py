@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
-
-import pytest
 
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
@@ -16,18 +13,11 @@ from tests.fixtures.tcp_proxy import TcpProxy
 from tests.test_mqtt_support import (
     GATEWAY,
     assert_complete_and_ordered,
-    opened_store,
     put,
     running,
     settings_for,
     stored_payloads,
 )
-
-
-@pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[Store]:
-    async with opened_store(tmp_path) as store:
-        yield store
 
 
 async def test_delivers_per_device_messages_and_advances_cursor(
