@@ -19,16 +19,22 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.settings import (
     DeviceSettings,
+    Durability,
     GatewaySettings,
+    GpioMode,
     HealthSettings,
+    LineFormat,
     LocalSettings,
+    MqttProtocol,
     MqttSettings,
+    Overflow,
+    Parity,
     Settings,
     StoreSettings,
     UplinkSettings,
@@ -577,10 +583,10 @@ class _Parser:
 
     def store(self, data: object) -> StoreSettings:
         spec = {
-            "durability": _choice(("full", "normal")),
+            "durability": _choice(get_args(Durability)),
             "max_bytes": _size(1024 * 1024),
             "max_age": _duration(positive=False),
-            "overflow": _choice(("drop_oldest", "reject_new")),
+            "overflow": _choice(get_args(Overflow)),
             "history": _duration(positive=False),
             "min_free_bytes": _size(0),
             "commit_spacing": _bounded_duration(0.0, 1.0),
@@ -617,9 +623,9 @@ class _Parser:
             "port": _text,
             "baudrate": _choice(BAUDRATES),
             "bytesize": _choice((5, 6, 7, 8)),
-            "parity": _choice(("N", "E", "O", "M", "S")),
+            "parity": _choice(get_args(Parity)),
             "stopbits": _choice((1, 1.5, 2)),
-            "format": _choice(("kv", "csv", "json")),
+            "format": _choice(get_args(LineFormat)),
             "columns": _strings,
             "units": _string_table,
             "max_line_bytes": _size(16),
@@ -631,7 +637,7 @@ class _Parser:
             "pin": _gpio_pin,
             "pull_up": _boolean,
             "bounce": _duration(positive=False),
-            "mode": _choice(("level", "counter")),
+            "mode": _choice(get_args(GpioMode)),
             "sample_interval": _duration(positive=False),
             "sensor": _text,
         }
@@ -660,7 +666,7 @@ class _Parser:
             "url": _broker_url,
             "topic_prefix": _topic_prefix,
             "client_id": _string,
-            "protocol": _choice(("5", "3.1.1")),
+            "protocol": _choice(get_args(MqttProtocol)),
             "username": _text,
             "password": _string,
             "password_file": self.readable_file,

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import functools
-import re
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -18,15 +16,6 @@ from gateway.settings import Durability
 from gateway.store import schema
 
 T = TypeVar("T")
-
-
-@functools.lru_cache(maxsize=64)
-def _compiled(pattern: str) -> re.Pattern[str]:
-    return re.compile(fnmatch.translate(pattern))
-
-
-def _fnmatch(device: str, pattern: str) -> bool:
-    return _compiled(pattern).match(device) is not None
 
 
 def device_filter(device_glob: str | None) -> tuple[str, tuple[str, ...]]:
@@ -60,7 +49,8 @@ class Reader:
         try:
             if self._conn is None:
                 self._conn = schema.connect(self._path, self._durability)
-                self._conn.create_function("fnmatch", 2, _fnmatch, deterministic=True)
+                # fnmatchcase caches its compiled patterns.
+                self._conn.create_function("fnmatch", 2, fnmatch.fnmatchcase, deterministic=True)
             return fn(self._conn)
         except sqlite3.Error as exc:
             # The next read opens afresh: the file may have been moved aside meanwhile.
