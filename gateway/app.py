@@ -25,7 +25,7 @@ from gateway.errors import ConfigError
 from gateway.interfaces import Driver, GatewayView, Uplink
 from gateway.local import serve
 from gateway.settings import DeviceSettings, MqttSettings, Settings
-from gateway.store import Store
+from gateway.store import Store, schema
 from gateway.uplinks.mqtt import MqttUplink
 
 log = logging.getLogger(__name__)
@@ -92,8 +92,8 @@ class Gateway:
 
     async def run(self) -> int:
         data_dir = self.settings.gateway.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
-        self.store = await Store.open(data_dir / "readings.db", self.settings.store)
+        # Store.open creates the directory, and says which one when it cannot.
+        self.store = await Store.open(data_dir / schema.DB_NAME, self.settings.store)
         try:
             view = GatewayView(
                 settings=self.settings,

@@ -16,10 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import StoreError
-from gateway.store import schema
+from gateway.store import schema, trim
 from gateway.store.lock import DataDirLock, held_by_other
-
-DB_NAME = "readings.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,11 +62,11 @@ class ReplayResult:
 
 @contextmanager
 def _connect(data_dir: Path) -> Iterator[sqlite3.Connection]:
-    path = data_dir / DB_NAME
+    path = data_dir / schema.DB_NAME
     if not path.is_file():
         raise StoreError(f"no store at {path}")
     try:
-        conn = schema.connect(path, "full", create=False)
+        conn = schema.connect(path, "full")
     except sqlite3.Error as e:
         raise StoreError(f"cannot open {path}: {e}") from e
     try:
@@ -98,7 +96,7 @@ def _gateway_stopped(data_dir: Path) -> Iterator[None]:
 
 def queue_stats(data_dir: Path, now: float | None = None) -> QueueStats:
     now = time.time() if now is None else now
-    path = data_dir / DB_NAME
+    path = data_dir / schema.DB_NAME
     with _connect(data_dir) as conn:
         conn.execute("BEGIN")  # one consistent snapshot
         meta = schema.read_meta(conn)
@@ -114,7 +112,8 @@ def queue_stats(data_dir: Path, now: float | None = None) -> QueueStats:
             consumers.append(ConsumerStats(name, seq, depth, age))
         (dead_stored,) = conn.execute("SELECT count(*) FROM dead_letters").fetchone()
         conn.execute("COMMIT")
-    size = sum(p.stat().st_size for p in (path, path.with_name(DB_NAME + "-wal")) if p.exists())
+    wal = path.with_name(schema.DB_NAME + "-wal")
+    size = sum(p.stat().st_size for p in (path, wal) if p.exists())
     return QueueStats(
         path=str(path),
         running=held_by_other(data_dir),
@@ -172,7 +171,7 @@ def count_readings_before(data_dir: Path, seq: int) -> tuple[int, int]:
         (floor,) = conn.execute("SELECT min(seq) FROM cursors").fetchone()
         total, unsent = conn.execute(
             "SELECT count(*), coalesce(sum(seq > ?), 0) FROM readings WHERE seq < ?",
-            (floor if floor is not None else 2**62, seq),
+            (trim.cursor_seq(floor), seq),
         ).fetchone()
     return int(total), int(unsent)
 

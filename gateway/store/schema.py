@@ -15,6 +15,8 @@ from pathlib import Path
 
 from gateway.settings import Durability
 
+# The log's file in the data directory (with its -wal and -shm companions).
+DB_NAME = "readings.db"
 SCHEMA_VERSION = 1
 
 # How long a connection waits for another one's write lock (the ``queue`` commands
@@ -66,10 +68,8 @@ _FULL_CODES = frozenset({sqlite3.SQLITE_FULL})
 _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 
 
-def connect(path: Path, durability: Durability, *, create: bool = True) -> sqlite3.Connection:
+def connect(path: Path, durability: Durability) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with our pragmas."""
-    if not create and not path.exists():
-        raise FileNotFoundError(path)
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     conn.execute("PRAGMA journal_mode = WAL")

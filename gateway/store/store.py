@@ -196,7 +196,7 @@ class Store:
     @property
     def paced(self) -> bool:
         """False while live stream clients watch (see ``set_live_clients``)."""
-        return self._writer.paced
+        return self._writer.watched_spacing is None
 
     @property
     def congestion_episodes(self) -> int:
@@ -238,9 +238,7 @@ class Store:
         0.4 ms apart for ten clients, 4 ms for a hundred, never more than
         ``commit_spacing``.
         """
-        writer = self._writer
-        writer.watched_spacing = count / STREAM_FRAMES_PER_SECOND
-        writer.paced = count == 0
+        self._writer.watched_spacing = count / STREAM_FRAMES_PER_SECOND if count else None
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)

@@ -46,7 +46,7 @@ def expired(
     hi, n, unsent_active, unsent_holding = conn.execute(
         "SELECT max(seq), count(*), sum(seq > ?), sum(seq > ?) FROM "
         "(SELECT seq, ts FROM readings ORDER BY seq LIMIT ?) WHERE ts < ? AND seq <= ?",
-        (_seq(floors.active), _seq(floors.holding), chunk, cutoff, upto),
+        (cursor_seq(floors.active), cursor_seq(floors.holding), chunk, cutoff, upto),
     ).fetchone()
     if not n:
         return Trimmed()
@@ -59,7 +59,7 @@ def oldest(conn: sqlite3.Connection, *, count: int, upto: int, floors: Floors) -
     hi, n, unsent_active, unsent_holding = conn.execute(
         "SELECT max(seq), count(*), sum(seq > ?), sum(seq > ?) FROM "
         "(SELECT seq FROM readings WHERE seq <= ? ORDER BY seq LIMIT ?)",
-        (_seq(floors.active), _seq(floors.holding), upto, count),
+        (cursor_seq(floors.active), cursor_seq(floors.holding), upto, count),
     ).fetchone()
     if not n:
         return Trimmed()
@@ -67,5 +67,6 @@ def oldest(conn: sqlite3.Connection, *, count: int, upto: int, floors: Floors) -
     return Trimmed(n, unsent_active, unsent_holding)
 
 
-def _seq(cursor: int | None) -> int:
+def cursor_seq(cursor: int | None) -> int:
+    """A cursor for SQL comparisons: no cursor stands above every seq."""
     return _NO_CURSOR if cursor is None else cursor

@@ -152,10 +152,9 @@ class Writer:
         self.commit_seconds = 0.0
         self.failure: str | None = None
         self.stopped = False  # the thread has ended
-        # Set from the event loop: False while live stream clients watch, and then
-        # commits are spaced by ``watched_spacing`` instead (see ``_linger``).
-        self.paced = True
-        self.watched_spacing = 0.0
+        # Set from the event loop: None while nobody watches the live stream; while
+        # clients watch, commits are spaced by this instead (see ``_linger``).
+        self.watched_spacing: float | None = None
         self.store_full = False
         self.low_space = False
         self.settled = 0  # samples committed or dropped by the writer
@@ -169,7 +168,6 @@ class Writer:
         self._registers: list[str] = []
         self._requests: list[CursorRequest] = []
         self._flushes: list[Flush] = []
-        self._taken = 0
         self._batch_limit = MAX_BATCH
         self._last_start = 0.0  # perf_counter when the last transaction began
         self._inserted_since_maintenance = 0
@@ -295,7 +293,7 @@ class Writer:
         if not self._unsaved or self._requests or self._flushes or self.failure is not None:
             return 0.0
         spacing = self.settings.commit_spacing
-        if not self.paced:
+        if self.watched_spacing is not None:
             spacing = min(spacing, self.watched_spacing)
         return max(0.0, self._last_start + spacing - time.perf_counter())
 
@@ -308,7 +306,7 @@ class Writer:
             if isinstance(item, DeadLetter):
                 self._unsaved_dead.append(item)
             elif isinstance(item, Flush):
-                item.target = self._taken
+                item.target = self.ingress.taken
                 self._flushes.append(item)
             elif isinstance(item, Ack):
                 if item.seq > self.last_seq:
@@ -324,8 +322,7 @@ class Writer:
                 stop = item
             elif not isinstance(item, Request):
                 self._unsaved.extend(item)
-                self._taken += len(item)
-        self.ingress.taken = self._taken
+                self.ingress.taken += len(item)
         self._bound_unsaved()
         return stop
 
