@@ -8,10 +8,10 @@ import random
 from hypothesis import given
 from hypothesis import strategies as st
 
+from gateway.rate import TokenBucket
 from gateway.reading import Sample, StoredReading, encode
 from gateway.uplinks.backoff import Backoff, FailureKind, retry_delay
 from gateway.uplinks.batching import AckOrder, Batch, TelemetryPlanner
-from gateway.uplinks.rate import TokenBucket
 
 
 def stored(seq: int, device: str, value: float | str = 1.5) -> StoredReading:

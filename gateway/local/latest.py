@@ -42,14 +42,12 @@ class LatestReadings:
 
     def __init__(self) -> None:
         self._by_device: dict[str, dict[str, bytes]] = {}
-        self.undecodable = 0
 
     def on_commit(self, batch: Sequence[StoredReading]) -> None:
         for reading in batch:
             sensor = sensor_of(reading.payload)
             if sensor is None:
-                self.undecodable += 1
-                continue
+                continue  # the store encodes every reading with a sensor; never here
             self._by_device.setdefault(reading.device, {})[sensor] = reading.payload
 
     def of(self, device: str) -> dict[str, object]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -20,6 +21,13 @@ class ProcessStats:
     start_time: float
 
 
+@functools.cache
+def _boot_time() -> int:
+    """When the machine booted (epoch seconds): read once, it does not change."""
+    with open("/proc/stat", encoding="ascii") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("btime "))
+
+
 def read_process_stats() -> ProcessStats | None:
     """This process's figures from /proc (blocking: call it off the event loop).
 
@@ -31,8 +39,7 @@ def read_process_stats() -> ProcessStats | None:
             fields = f.read().rpartition(")")[2].split()
         with open("/proc/self/statm", encoding="ascii") as f:
             resident_pages = int(f.read().split()[1])
-        with open("/proc/stat", encoding="ascii") as f:
-            boot_time = next(int(line.split()[1]) for line in f if line.startswith("btime "))
+        boot_time = _boot_time()
         open_fds = len(os.listdir("/proc/self/fd"))
     except (OSError, ValueError, IndexError, StopIteration):
         return None

@@ -15,7 +15,6 @@ import asyncio
 import json
 import logging
 import struct
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from gateway.errors import StoreError
 from gateway.interfaces import ReadingLog
+from gateway.rate import TokenBucket
 from gateway.reading import StoredReading, join_payloads
 from gateway.settings import LocalSettings
 
@@ -357,12 +357,13 @@ class StreamHub:
 
     async def _read_inbound(self, client: StreamClient) -> None:
         rate = self._settings.max_inbound_per_second
-        bucket = _TokenBucket(rate) if rate > 0 else None
+        # Bursts of up to a second's worth.
+        bucket = TokenBucket(rate, burst=max(1.0, rate)) if rate > 0 else None
         async for msg in client.ws:
             if msg.type is WSMsgType.ERROR:
                 # aiohttp has closed the connection already (1009 for an oversized message).
                 return
-            if bucket is not None and not bucket.take():
+            if bucket is not None and not bucket.try_take():
                 await client.close(WSCloseCode.POLICY_VIOLATION, b"too many messages")
                 return
             reply = self._answer(msg)
@@ -401,22 +402,3 @@ def _since(request: web.Request) -> int | None:
             text='{"error":"since must be an integer seq"}', content_type="application/json"
         ) from None
     return max(0, since)
-
-
-class _TokenBucket:
-    """Allows ``rate`` messages per second on average, with bursts of up to ``rate``."""
-
-    def __init__(self, rate: float) -> None:
-        self._rate = rate
-        self._capacity = max(1.0, rate)
-        self._tokens = self._capacity
-        self._at = time.monotonic()
-
-    def take(self) -> bool:
-        now = time.monotonic()
-        self._tokens = min(self._capacity, self._tokens + (now - self._at) * self._rate)
-        self._at = now
-        if self._tokens < 1.0:
-            return False
-        self._tokens -= 1.0
-        return True

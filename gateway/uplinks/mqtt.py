@@ -27,13 +27,13 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import StoreClosedError, StoreError, UplinkError
 from gateway.interfaces import ReadingLog, SampleSink, UplinkStatus
+from gateway.rate import TokenBucket
 from gateway.reading import DeadLetter
 from gateway.settings import MqttSettings
 from gateway.uplinks.backoff import Backoff, FailureKind, retry_delay
 from gateway.uplinks.batching import MQTT_MAX_PACKET, Batch, TelemetryMessage, TelemetryPlanner
 from gateway.uplinks.broker import BrokerAddress, load_credentials
 from gateway.uplinks.paho_async import ConnectOptions, MqttConnection, MqttFailure
-from gateway.uplinks.rate import TokenBucket
 from gateway.uplinks.tail import LiveTail
 from gateway.uplinks.window import InFlightWindow
 
@@ -99,7 +99,7 @@ class MqttUplink:
         self._tail = LiveTail(0, TAIL_MESSAGES * settings.batch_max)
 
     async def run(self) -> None:
-        self._tail = LiveTail(self.log.last_seq, self._tail.limit)
+        self._tail.restart(self.log.last_seq)
         self.log.add_listener(self._tail.on_commit)
         try:
             await self._run()

@@ -33,10 +33,14 @@ class LiveTail:
         if not batch:
             return
         if len(self._readings) + len(batch) > self.limit:
-            self._readings.clear()
-            self.after = batch[-1].seq
+            self.restart(batch[-1].seq)
             return
         self._readings.extend(batch)
+
+    def restart(self, after: int) -> None:
+        """Forget everything held; hold what is committed after ``after`` from now on."""
+        self._readings.clear()
+        self.after = after
 
     def covers(self, pos: int) -> bool:
         """True when every committed reading after ``pos`` that was announced is here."""

@@ -1,4 +1,7 @@
-"""A token bucket: at most ``rate`` events per second, with a small burst."""
+"""A token bucket: at most ``rate`` events per second, with a small burst.
+
+The MQTT uplink waits for a token (a message rate cap); the local stream refuses an
+inbound message when none is left."""
 
 from __future__ import annotations
 
@@ -33,6 +36,14 @@ class TokenBucket:
     def take(self) -> None:
         self._refill()
         self._tokens -= 1
+
+    def try_take(self) -> bool:
+        """Take a token if one is available; False (and nothing taken) otherwise."""
+        self._refill()
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
 
     async def acquire(self) -> None:
         # Taking after the wait may leave the bucket slightly below zero; the
