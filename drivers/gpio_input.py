@@ -31,6 +31,7 @@ from typing import Any
 
 from drivers.backoff import Backoff, Fault, classify_open_error
 from drivers.gpio_logic import InputTracker, RateMeter, Taken
+from drivers.off_loop import open_off_loop
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import Sample
@@ -147,14 +148,7 @@ class GpioInputDriver:
     # Opening and closing, in an executor ------------------------------------
 
     async def _open(self) -> Any:
-        loop = asyncio.get_running_loop()
-        opening = loop.run_in_executor(None, self._open_pin)
-        try:
-            return await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # The open may still succeed in its thread; close that pin when it does.
-            opening.add_done_callback(_close_if_opened)
-            raise
+        return await open_off_loop(self._open_pin, _close_device)
 
     def _open_pin(self) -> Any:
         """Runs in an executor: claim the pin, watch both edges, read the level."""
@@ -318,8 +312,3 @@ def _close_device(device: Any) -> None:
         device.close()
     except pin_errors() as exc:
         log.warning("closing pin %s failed: %s", device, exc)
-
-
-def _close_if_opened(opening: asyncio.Future[Any]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        _close_device(opening.result())

@@ -33,6 +33,7 @@ from serial_asyncio_fast import SerialTransport, connection_for_serial
 
 from drivers.backoff import Backoff, Fault, classify_loss, classify_open_error
 from drivers.line_codec import LineDecoder
+from drivers.off_loop import open_off_loop
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import DeadLetter
@@ -143,14 +144,8 @@ class SerialLineDriver:
             await asyncio.sleep(self._backoff.delay(fault))
 
     async def _open(self) -> tuple[SerialTransport, _LineProtocol]:
+        port = await open_off_loop(self._open_port, serial.Serial.close)
         loop = asyncio.get_running_loop()
-        opening = loop.run_in_executor(None, self._open_port)
-        try:
-            port = await asyncio.shield(opening)
-        except asyncio.CancelledError:
-            # The open may still succeed in its thread; close that port when it does.
-            opening.add_done_callback(_close_if_opened)
-            raise
         self.opened_path = port.port
         protocol = _LineProtocol(self._on_data)
         transport, _ = await connection_for_serial(loop, lambda: protocol, port)
@@ -283,8 +278,3 @@ class SerialLineDriver:
         self.status.errors += 1
         self.status.last_error = message
         self._faults.report(logging.ERROR if fault is Fault.DENIED else logging.WARNING, message)
-
-
-def _close_if_opened(opening: asyncio.Future[serial.Serial]) -> None:
-    if not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
