@@ -352,13 +352,8 @@ class Mosquitto:
         wait_for(up, 10, "mosquitto to listen")
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            terminate(self.proc, 10)
 
     def __enter__(self) -> Mosquitto:
         self.start()
@@ -449,7 +444,6 @@ class GatewayConfig:
     gateway_id: str = "gw-bench"
     local_port: int = field(default_factory=free_port)
     max_clients: int = 100
-    client_queue: int = 256
 
     @property
     def data_dir(self) -> Path:
@@ -496,7 +490,6 @@ class GatewayConfig:
             f'listen = "127.0.0.1:{self.local_port}"',
             f'token = "{TOKEN}"',
             f"max_clients = {self.max_clients}",
-            f"client_queue = {self.client_queue}",
             "",
         ]
         self.path.write_text("\n".join(lines))

@@ -16,7 +16,6 @@ class Plan:
     # Also run the smallest fan-out case with durability = "normal" (no fsync per commit).
     fanout_without_fsync: bool = True
     devices: int = 1  # counter devices feeding the gateway at max rate
-    profile: bool = False  # run the gateway under cProfile in the throughput benchmark
 
 
 FULL = Plan(

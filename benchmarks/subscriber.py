@@ -1,7 +1,7 @@
 """The cloud side: an MQTT subscriber (QoS 1) that counts readings, in its own process.
 
 Prints a ``progress`` JSON line every 50 ms (messages, readings, distinct
-readings, highest seq, time of the first and last arrival). With ``--arrivals``
+readings, time of the first and last arrival). With ``--arrivals``
 it records ``time.time()`` at the arrival of each counter value ``n`` (with the
 reading's ``ts``) and writes them to that file when stopped (SIGTERM).
 
@@ -49,8 +49,6 @@ class Counter:
         self.record = record_arrivals
         self.messages = 0
         self.readings = 0
-        self.distinct = 0
-        self.max_seq = 0
         self.first_arrival: float | None = None
         self.last_arrival: float | None = None
         self.bad = 0
@@ -60,10 +58,6 @@ class Counter:
         self.counters: dict[str, tuple[Bitmap, list[int]]] = {}
         # n -> (arrival time, the reading's ts: when the target read the line)
         self.arrivals: dict[int, tuple[float, float]] = {}
-
-    def _mark(self, key: int) -> None:
-        if self.seen.add(key):
-            self.distinct += 1
 
     def _counter(self, device: str, n: int) -> None:
         entry = self.counters.get(device)
@@ -93,9 +87,7 @@ class Counter:
         if self.fmt == "gateway":
             for r in obj.get("readings", ()):
                 self.readings += 1
-                seq = r["seq"]
-                self._mark(seq)
-                self.max_seq = max(self.max_seq, seq)
+                self.seen.add(r["seq"])
                 if r.get("sensor") == "n":
                     n = int(r["value"])
                     self._counter(r["device"], n)
@@ -107,9 +99,8 @@ class Counter:
             if "n" in data:
                 n = int(data["n"])
                 # The naive program has no seq: one device, so its counter is the key.
-                self._mark(n)
+                self.seen.add(n)
                 self._counter(obj.get("device", ""), n)
-                self.max_seq = max(self.max_seq, n)
                 if self.record and n not in self.arrivals:
                     self.arrivals[n] = (now, obj.get("ts", now))
 
@@ -119,8 +110,7 @@ class Counter:
             "mono": time.monotonic(),
             "messages": self.messages,
             "readings": self.readings,
-            "distinct": self.distinct,
-            "max_seq": self.max_seq,
+            "distinct": self.seen.count,
             "first_arrival": self.first_arrival,
             "last_arrival": self.last_arrival,
             "bad": self.bad,
