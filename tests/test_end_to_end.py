@@ -8,7 +8,6 @@ whatever happens to the link, the broker or the gateway process.
 
 from __future__ import annotations
 
-import signal
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -68,28 +67,28 @@ async def stop_and_check_delivery(
     check_delivery(subscriber, last)
 
 
-async def committed_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
+def committed_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return int((await gw.status())["store"]["last_seq"]) >= n
 
     return check
 
 
-async def acked_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
+def acked_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return int((await gw.status())["uplinks"]["mqtt"]["acked_seq"]) >= n
 
     return check
 
 
-async def uplink_state_is_not(gw: GatewayProcess, state: str) -> Callable[[], Awaitable[bool]]:
+def uplink_state_is_not(gw: GatewayProcess, state: str) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
         return bool((await gw.status())["uplinks"]["mqtt"]["state"] != state)
 
     return check
 
 
-async def drained(gw: GatewayProcess) -> Callable[[], Awaitable[bool]]:
+def drained(gw: GatewayProcess) -> Callable[[], Awaitable[bool]]:
     """Nothing waits in the log and the uplink has everything acknowledged."""
 
     async def check() -> bool:
@@ -115,15 +114,13 @@ async def fault_cycle(gw: GatewayProcess, proxy: TcpProxy, broker: Mosquitto) ->
     # until the keepalive tells the uplink that the link is dead.
     proxy.blackhole()
     mark = await last_seq(gw)
-    await wait_until(await committed_at_least(gw, mark + PHASE_READINGS), timeout=30)
-    await wait_until(
-        await uplink_state_is_not(gw, "connected"), timeout=30, message="dead link noticed"
-    )
+    await wait_until(committed_at_least(gw, mark + PHASE_READINGS), timeout=30)
+    await wait_until(uplink_state_is_not(gw, "connected"), timeout=30, message="dead link noticed")
     # The connection is then torn down (router reboot) and the route comes back.
     proxy.reset()
     proxy.resume()
     await wait_until(
-        await acked_at_least(gw, mark + PHASE_READINGS),
+        acked_at_least(gw, mark + PHASE_READINGS),
         timeout=DRAIN_TIMEOUT,
         message="ack after blackhole",
     )
@@ -134,7 +131,7 @@ async def fault_cycle(gw: GatewayProcess, proxy: TcpProxy, broker: Mosquitto) ->
     mark = await last_seq(gw)
     await wait_until(lambda: proxy.accepted > connections, timeout=30, message="reconnect")
     await wait_until(
-        await acked_at_least(gw, mark + PHASE_READINGS),
+        acked_at_least(gw, mark + PHASE_READINGS),
         timeout=DRAIN_TIMEOUT,
         message="ack after broker restart",
     )
@@ -145,7 +142,7 @@ async def fault_cycle(gw: GatewayProcess, proxy: TcpProxy, broker: Mosquitto) ->
     await gw.wait_healthy()
     mark = await last_seq(gw)
     await wait_until(
-        await acked_at_least(gw, mark + PHASE_READINGS),
+        acked_at_least(gw, mark + PHASE_READINGS),
         timeout=DRAIN_TIMEOUT,
         message="ack after kill -9",
     )
@@ -174,7 +171,7 @@ async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9
         await fault_cycle(gw, proxy, mosquitto)
 
     # Devices are gone; the gateway drains what it committed.
-    await wait_until(await drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
+    await wait_until(drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
     await stop_and_check_delivery(gw, subscriber, await last_seq(gw))
 
 
@@ -194,7 +191,7 @@ async def test_sigterm_commits_every_reading_read_and_restart_delivers_it(
         gw.mqtt_url = proxy.url()
         gw.start()
         await gw.wait_healthy()
-        await wait_until(await committed_at_least(gw, 500), message="readings committed")
+        await wait_until(committed_at_least(gw, 500), message="readings committed")
         # Stopped while the device is still writing fast.
         assert gw.terminate() == 0
     stopped_log = gw.log_text()
@@ -223,17 +220,13 @@ async def test_hostile_serial_input_keeps_the_gateway_up_and_counts_dead_letters
         gw.devices = [DeviceSpec("dev-a", dev.link)]
         gw.start()
         await gw.wait_healthy()
-        await wait_until(await committed_at_least(gw, 100), message="readings flowing")
+        await wait_until(committed_at_least(gw, 100), message="readings flowing")
         # A megabyte without a newline, NUL bytes and invalid UTF-8, straight into the line.
         dev.inject(b"x" * 1_000_000)
         dev.inject(b"\n\x00\x00n=\x00\n\xff\xfe\xfd=1\n")
         before = await last_seq(gw)
-        await wait_until(
-            await committed_at_least(gw, before + 200), message="valid lines after garbage"
-        )
+        await wait_until(committed_at_least(gw, before + 200), message="valid lines after garbage")
         status = await gw.status()
         assert status["devices"]["dev-a"]["errors"] >= 3
         assert status["store"]["dead_letters"] >= 3
-        gw.signal(signal.SIGTERM)
-        assert gw.proc is not None
-        assert gw.proc.wait(timeout=20) == 0
+        assert gw.terminate() == 0

@@ -57,6 +57,6 @@ async def test_nothing_is_lost_over_many_fault_cycles(
             await fault_cycle(gw, proxy, mosquitto)
             cycles += 1
 
-    await wait_until(await drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
+    await wait_until(drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
     assert cycles >= 1
     await stop_and_check_delivery(gw, subscriber, await last_seq(gw))
