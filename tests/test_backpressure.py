@@ -25,6 +25,7 @@ from gateway.store import Store
 from gateway.store.ingress import Congestion
 from simulators import PtyDevice
 from tests.fixtures.common import wait_until
+from tests.fixtures.drivers import running, wait_open
 
 
 @contextlib.asynccontextmanager
@@ -137,18 +138,14 @@ async def test_a_slow_store_pauses_the_port_and_every_line_arrives_once(tmp_path
         PtyDevice("counter", link, rate=100_000, count=count, paused=True) as dev,
     ):
         driver = SerialLineDriver(settings, store, backoff=Backoff(0.02, 0.2, missing_poll=0.02))
-        task = asyncio.create_task(driver.run(), name="driver")
-        try:
-            await wait_until(lambda: driver.status.state == "open", message="port open")
+        async with running(driver):
+            await wait_open(driver)
             dev.resume()
             await wait_until(lambda: driver.status.pauses > 0, message="a pause")
             # Far more than the pty's buffer holds: only a resumed port gets them all.
             await wait_until(
                 lambda: driver.status.readings == count, timeout=60, message="every line"
             )
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         last = await store.flush()
         stored = await store.read_after(0, count + 1)
         assert values(stored) == list(range(1, count + 1))
@@ -168,9 +165,8 @@ async def test_a_stuck_writer_holds_the_port_paused(tmp_path: Path) -> None:
         PtyDevice("counter", link, rate=50_000, count=5000, paused=True) as dev,
     ):
         driver = SerialLineDriver(settings, store, backoff=Backoff(0.02, 0.2, missing_poll=0.02))
-        task = asyncio.create_task(driver.run(), name="driver")
-        try:
-            await wait_until(lambda: driver.status.state == "open", message="port open")
+        async with running(driver):
+            await wait_open(driver)
             with write_locked(path):
                 dev.resume()
                 await wait_until(lambda: driver.status.pauses == 1, message="a pause")
@@ -179,9 +175,6 @@ async def test_a_stuck_writer_holds_the_port_paused(tmp_path: Path) -> None:
                 assert 500 <= driver.status.readings < 500 + 1024 // len(b"n=1\n")
                 assert store.congested
             await wait_until(lambda: driver.status.readings == 5000, message="every line")
-        finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
         await store.flush()
         stored = await store.read_after(0, 5001)
         assert values(stored) == list(range(1, 5001))

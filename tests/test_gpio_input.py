@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -26,9 +25,10 @@ from drivers.backoff import Backoff
 from drivers.gpio_input import MAX_PENDING_CHANGES, GpioInputDriver
 from drivers.gpio_logic import Change, InputTracker, RateMeter
 from gateway.errors import DriverError
-from gateway.reading import DeadLetter, Sample
+from gateway.reading import Sample
 from gateway.settings import DeviceSettings
 from tests.fixtures.common import wait_until
+from tests.fixtures.drivers import RecordingSink, running, wait_open
 
 # The core -----------------------------------------------------------------
 
@@ -195,25 +195,15 @@ def test_rate_meter() -> None:
 # The driver on gpiozero's mock pins -----------------------------------------
 
 
-class BatchSink:
-    """A SampleSink that keeps every put_samples call as it came."""
+class BatchSink(RecordingSink):
+    """Keeps every put_samples call as it came."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.batches: list[list[Sample]] = []
-        self.dead: list[DeadLetter] = []
 
     def put_samples(self, samples: Sequence[Sample]) -> None:
         self.batches.append(list(samples))
-
-    def put_dead_letter(self, dead_letter: DeadLetter) -> None:
-        self.dead.append(dead_letter)
-
-    # Never congested: these tests are about what the driver reads, not backpressure.
-    congested = False
-    paced = False
-
-    async def wait_for_room(self) -> None:
-        return
 
     @property
     def samples(self) -> list[Sample]:
@@ -250,21 +240,6 @@ def fast() -> Backoff:
     return Backoff(0.01, 0.05, missing_poll=0.01)
 
 
-@asynccontextmanager
-async def running(driver: GpioInputDriver) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(driver.run(), name="gpio-driver")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        assert driver.status.state == "stopped"
-
-
-async def opened(driver: GpioInputDriver) -> None:
-    await wait_until(lambda: driver.status.state == "open", message="pin open")
-
-
 def mock_pin(factory: MockFactory, name: str = "GPIO17") -> MockPin:
     pin: MockPin = factory.pin(name)
     return pin
@@ -274,7 +249,7 @@ async def test_level_changes_become_readings() -> None:
     factory, sink = MockFactory(), BatchSink()
     driver = GpioInputDriver(gpio(units={"state": "closed"}), sink, pin_factory=factory)
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         pin = mock_pin(factory)
         # The state at open comes first: pulled up and not driven, the contact is open.
         await wait_until(lambda: sink.values("state") == [0], message="the initial state")
@@ -293,7 +268,7 @@ async def test_pull_down_input_is_active_when_driven_high() -> None:
     factory, sink = MockFactory(), BatchSink()
     driver = GpioInputDriver(gpio(pull_up=False, sensor="running"), sink, pin_factory=factory)
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         mock_pin(factory).drive_high()
         await wait_until(lambda: sink.values("running") == [0, 1], message="active")
 
@@ -321,7 +296,7 @@ async def test_edges_from_gpiozeros_thread_reach_the_sink_on_the_loop() -> None:
             pin.drive_high()
 
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         await asyncio.to_thread(toggle, 50)
         await wait_until(lambda: len(sink.values("state")) == 101, message="every change")
     assert sink.values("state") == [0] + [1, 0] * 50
@@ -332,7 +307,7 @@ async def test_heartbeat_repeats_the_state() -> None:
     factory, sink = MockFactory(), BatchSink()
     driver = GpioInputDriver(gpio(sample_interval=0.02), sink, pin_factory=factory)
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         mock_pin(factory).drive_low()
         await wait_until(lambda: sink.values("state").count(1) >= 4, message="heartbeats")
     values = sink.values("state")
@@ -352,7 +327,7 @@ async def test_debounce_reports_the_level_the_contact_rests_at() -> None:
     )
     pin = mock_pin(factory)
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         await wait_until(lambda: sink.values("state") == [0], message="the initial state")
         for i, level in enumerate([0, 1, 0, 1, 0]):  # a closing contact bouncing
             mono.now, wall.now = 1.0 + i * 0.001, 1001.0 + i * 0.001
@@ -392,7 +367,7 @@ async def test_counter_reports_count_and_rate() -> None:
             pin.drive_high()
 
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         await asyncio.to_thread(pulses, 500)
         await wait_until(lambda: 500 in sink.values("water"), message="the count")
     counts = sink.values("water")
@@ -411,7 +386,7 @@ async def test_a_clean_stop_reports_the_last_count() -> None:
     driver = GpioInputDriver(gpio(mode="counter"), sink, pin_factory=factory)
     pin = mock_pin(factory)
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         for _ in range(7):
             pin.drive_low()
             pin.drive_high()
@@ -428,8 +403,8 @@ async def test_a_pulse_storm_costs_one_wakeup_and_bounded_memory() -> None:
     level = GpioInputDriver(gpio(id="storm", pin="GPIO27"), sink, pin_factory=factory)
     pin = mock_pin(factory)
     async with running(counter), running(level):
-        await opened(counter)
-        await opened(level)
+        await wait_open(counter)
+        await wait_open(level)
         await wait_until(lambda: len(sink.batches) == 1, message="the initial state")
         # The loop runs none of the driver's callbacks until this loop ends.
         for _ in range(20_000):
@@ -488,7 +463,7 @@ async def test_a_busy_pin_opens_once_released() -> None:
         assert driver.status.last_error is not None
         assert "already in use" in driver.status.last_error
         holder.close()
-        await opened(driver)
+        await wait_open(driver)
         await wait_until(lambda: sink.values("state") == [0], message="the initial state")
     # The driver released the pin when it stopped.
     InputDevice(17, pin_factory=factory).close()
@@ -510,7 +485,7 @@ async def test_open_failures_are_counted_with_a_hint_and_retried(
     backoff = Backoff(0.01, 0.01, missing_poll=0.01)
     driver = GpioInputDriver(gpio(), sink, pin_factory=factory, backoff=backoff)
     async with running(driver):
-        await opened(driver)
+        await wait_open(driver)
         await wait_until(lambda: sink.values("state") == [0], message="the initial state")
     assert driver.status.errors == 2
     assert factory.attempts == 3

@@ -5,8 +5,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +17,11 @@ from drivers.backoff import Backoff
 from drivers.line_codec import REASON_NUL, REASON_TOO_LONG, REASON_UTF8, Decoded, LineDecoder
 from drivers.serial_line import SerialLineDriver
 from gateway.errors import DriverError
-from gateway.reading import DeadLetter, Sample
+from gateway.reading import Sample
 from gateway.settings import DeviceSettings
 from simulators import PtyDevice
 from tests.fixtures.common import wait_until
+from tests.fixtures.drivers import RecordingSink, running, wait_open
 
 
 def fast() -> Backoff:
@@ -29,28 +29,17 @@ def fast() -> Backoff:
     return Backoff(0.02, 0.2, missing_poll=0.02)
 
 
-class ListSink:
-    """A SampleSink that keeps everything, and the size of every put_samples call."""
+class ListSink(RecordingSink):
+    """Keeps every sample, and the size of every put_samples call."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.samples: list[Sample] = []
-        self.dead: list[DeadLetter] = []
         self.batches: list[int] = []
 
     def put_samples(self, samples: Sequence[Sample]) -> None:
         self.samples.extend(samples)
         self.batches.append(len(samples))
-
-    def put_dead_letter(self, dead_letter: DeadLetter) -> None:
-        self.dead.append(dead_letter)
-
-    # Never congested: these tests are about what the driver reads, not backpressure.
-    congested = False
-    # Not paced unless a test says so: each line is read as it arrives.
-    paced = False
-
-    async def wait_for_room(self) -> None:
-        return
 
     def counts(self) -> list[int]:
         """The counter device's ``n`` values, in the order received."""
@@ -72,17 +61,6 @@ def device(link: Path, **overrides: Any) -> DeviceSettings:
     return DeviceSettings(id="counter-1", driver="serial_line", port=str(link), **overrides)
 
 
-@asynccontextmanager
-async def running(driver: SerialLineDriver) -> AsyncIterator[asyncio.Task[None]]:
-    task = asyncio.create_task(driver.run(), name="driver")
-    try:
-        yield task
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-        assert driver.status.state == "stopped"
-
-
 def is_open(driver: SerialLineDriver) -> bool:
     return driver.status.state == "open"
 
@@ -94,7 +72,7 @@ async def test_every_line_arrives_once_in_order(tmp_path: Path) -> None:
     async with PtyDevice("counter", link, rate=20_000, count=5000, paused=True) as dev:
         driver = SerialLineDriver(settings, sink, backoff=fast())
         async with running(driver):
-            await wait_until(lambda: is_open(driver), message="port open")
+            await wait_open(driver)
             dev.resume()
             await wait_until(lambda: driver.status.readings == 5000, message="5000 readings")
             assert sink.counts() == list(range(1, 5001))
@@ -113,7 +91,7 @@ async def test_lines_that_trickle_in_are_read_a_chunk_per_read_interval(tmp_path
     async with PtyDevice("counter", link, paused=True) as dev:
         driver = SerialLineDriver(device(link, read_interval=1.0), sink, backoff=fast())
         async with running(driver):
-            await wait_until(lambda: is_open(driver), message="open")
+            await wait_open(driver)
             # After a quiet spell a line is read at once ...
             dev.inject(b"n=1\n")
             await wait_until(lambda: sink.counts() == [1], message="the first line")
@@ -134,7 +112,7 @@ async def test_an_unpaced_sink_gets_each_line_as_it_comes(tmp_path: Path) -> Non
         # An interval this long would hold the second line for a minute if it applied.
         driver = SerialLineDriver(device(link, read_interval=60.0), sink, backoff=fast())
         async with running(driver):
-            await wait_until(lambda: is_open(driver), message="open")
+            await wait_open(driver)
             for n in range(1, 4):
                 dev.inject(b"n=%d\n" % n)
                 await wait_until(lambda n=n: len(sink.samples) == n, message=f"line {n}")
@@ -157,7 +135,7 @@ async def test_unplug_and_replug(tmp_path: Path) -> None:
             assert not link.exists()
             before = driver.status.readings
             dev.replug()
-            await wait_until(lambda: is_open(driver), message="open again")
+            await wait_open(driver)
             assert driver.status.reconnects == 1
             await wait_until(lambda: driver.status.readings >= before + 200, message="more")
     values = sink.counts()
@@ -217,7 +195,7 @@ async def test_hostile_input_keeps_the_driver_up(tmp_path: Path) -> None:
         ) as dev,
         running(driver),
     ):
-        await wait_until(lambda: is_open(driver), message="open")
+        await wait_open(driver)
         dev.resume()
         await wait_until(lambda: driver.status.readings >= 100, message="first readings")
         dev.inject(b"\x00\x00\x00\n")
@@ -248,7 +226,7 @@ async def test_json_lines_with_crlf_through_a_pty(tmp_path: Path) -> None:
     async with PtyDevice("counter", link, paused=True) as dev:
         driver = SerialLineDriver(settings, sink, backoff=fast())
         async with running(driver):
-            await wait_until(lambda: is_open(driver), message="open")
+            await wait_open(driver)
             dev.inject(b'{"t": 21.5, "gps": {"lat": 48.1}, "ok": true}\r\n[1]\r\n')
             await wait_until(lambda: len(sink.samples) == 3 and len(sink.dead) == 1)
     assert [(s.sensor, s.value, s.unit) for s in sink.samples] == [
@@ -275,7 +253,7 @@ async def test_cancel_closes_the_port(tmp_path: Path) -> None:
     async with PtyDevice("counter", link, rate=100) as dev:
         driver = SerialLineDriver(device(link), ListSink(), backoff=fast())
         async with running(driver):
-            await wait_until(lambda: is_open(driver), message="open")
+            await wait_open(driver)
             # The driver holds an exclusive lock on the port while it is open.
             with pytest.raises(serial.SerialException, match="exclusively lock"):
                 serial.Serial(dev.slave_path, exclusive=True)
