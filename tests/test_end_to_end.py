@@ -8,16 +8,15 @@ whatever happens to the link, the broker or the gateway process.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 from simulators import PtyDevice
 from tests.fixtures.common import wait_until
 from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
 from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
 from tests.fixtures.tcp_proxy import TcpProxy
+from tests.test_mqtt_support import delivered
 
 # Readings that must be committed in each phase while the fault is in place.
 PHASE_READINGS = 300
@@ -25,31 +24,14 @@ DRAIN_TIMEOUT = 60.0
 
 
 def check_delivery(subscriber: MqttSubscriber, last_seq: int) -> None:
-    """Every seq 1..last_seq arrived; duplicates identical; per-device order kept."""
-    by_seq: dict[int, dict[str, Any]] = {}
-    for reading in subscriber.readings():
-        first = by_seq.setdefault(reading["seq"], reading)
-        assert reading == first, f"duplicate of seq {reading['seq']} differs"
+    """Every seq 1..last_seq arrived, besides what ``delivered`` checks of any delivery."""
+    by_seq = delivered(subscriber)
     missing = set(range(1, last_seq + 1)) - by_seq.keys()
     assert not missing, (
         f"{len(missing)} committed readings never arrived, e.g. {sorted(missing)[:10]}"
     )
-    first_seen: dict[str, list[int]] = defaultdict(list)
-    seen: set[int] = set()
-    for message in subscriber.telemetry():
-        body = message.json()
-        seqs = [r["seq"] for r in body["readings"]]
-        assert seqs == sorted(seqs), "readings of a message must ascend"
-        assert {r["device"] for r in body["readings"]} == {body["device"]}
-        assert message.topic == f"edge/gw-test/{body['device']}/telemetry"
-        for seq in seqs:
-            if seq not in seen:
-                seen.add(seq)
-                first_seen[body["device"]].append(seq)
-    for device, seqs in first_seen.items():
-        assert seqs == sorted(seqs), f"{device}: readings arrived out of order"
     # The counter's values follow the seqs: nothing was reordered between pty and broker.
-    for device in first_seen:
+    for device in {r["device"] for r in by_seq.values()}:
         values = [by_seq[s]["value"] for s in sorted(by_seq) if by_seq[s]["device"] == device]
         assert values == sorted(values), f"{device}: values out of order"
 

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections import defaultdict
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
@@ -48,24 +49,36 @@ async def stored_payloads(store: Store) -> dict[int, Any]:
     return {r.seq: json.loads(r.payload) for r in await store.read_after(0, 1_000_000)}
 
 
-def assert_complete_and_ordered(
-    subscriber: MqttSubscriber, expected: dict[int, Any], devices: set[str]
-) -> None:
-    """Every stored reading arrived, duplicates identical, each device's in seq order."""
-    first_seen: dict[int, Any] = {}
-    order: dict[str, list[int]] = {device: [] for device in devices}
+def delivered(subscriber: MqttSubscriber) -> dict[int, dict[str, Any]]:
+    """The first copy of every reading the subscriber got, by seq.
+
+    Checks what holds for any delivery: topics and gateway id, each message one
+    device's readings in ascending seq, duplicates identical to the first copy, and
+    each device's readings first seen in seq order.
+    """
+    first_seen: dict[int, dict[str, Any]] = {}
+    order: dict[str, list[int]] = defaultdict(list)
     for message in subscriber.telemetry():
         body = message.json()
         assert message.topic == f"edge/{GATEWAY}/{body['device']}/telemetry"
         assert body["gateway"] == GATEWAY
         seqs = [r["seq"] for r in body["readings"]]
-        assert seqs == sorted(seqs)
+        assert seqs == sorted(seqs), "readings of a message must ascend"
         for reading in body["readings"]:
             assert reading["device"] == body["device"]
-            assert reading == expected[reading["seq"]]
-            if reading["seq"] not in first_seen:
-                first_seen[reading["seq"]] = reading
+            first = first_seen.setdefault(reading["seq"], reading)
+            if first is reading:
                 order[body["device"]].append(reading["seq"])
-    assert set(first_seen) == set(expected)
-    for seqs in order.values():
-        assert seqs == sorted(seqs)
+            assert reading == first, f"duplicate of seq {reading['seq']} differs"
+    for device, device_seqs in order.items():
+        assert device_seqs == sorted(device_seqs), f"{device}: readings arrived out of order"
+    return first_seen
+
+
+def assert_complete_and_ordered(
+    subscriber: MqttSubscriber, expected: dict[int, Any], devices: set[str]
+) -> None:
+    """Every stored reading arrived, duplicates identical, each device's in seq order."""
+    by_seq = delivered(subscriber)
+    assert {r["device"] for r in by_seq.values()} <= devices
+    assert by_seq == expected
