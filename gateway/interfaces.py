@@ -38,7 +38,7 @@ class SampleSink(Protocol):
         """True while readings may wait a few milliseconds to share a read and a commit.
 
         False while someone watches the live stream: then a driver reads every reading as
-        it comes, and the store spaces commits only by the stream's frame budget.
+        it comes, and the store spaces commits only by the stream's fan-out pace.
         """
 
     async def wait_for_room(self) -> None:
@@ -72,8 +72,10 @@ class ReadingLog(Protocol):
     def paced(self) -> bool:
         """True while reads and commits are paced (no live stream client watches)."""
 
-    def set_live_clients(self, count: int) -> None:
-        """How many clients watch the live stream now; while any do, nothing is paced."""
+    def set_watched(self, spacing: float | None) -> None:
+        """None while nobody watches the live stream; else nothing is paced, and the
+        commits of a steady flow start at least ``spacing`` seconds apart (the stream's
+        fan-out pace)."""
 
     def add_listener(self, listener: CommitListener) -> None:
         """Call ``listener`` on the event loop with every committed batch, in seq order."""

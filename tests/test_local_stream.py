@@ -10,7 +10,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from pytest_mock import MockerFixture
 
+from gateway.local.fanout_pace import INITIAL_COST
 from gateway.local.keys import HUB
 from gateway.local.stream import text_frame
 from tests.fixtures.common import wait_until
@@ -127,6 +129,25 @@ async def test_reads_and_commits_go_unpaced_while_a_client_watches(tmp_path: Pat
         assert not gw.store.paced  # one client still watches
         await second.close()
         await wait_until(lambda: gw.store.paced, message="paced again when nobody watches")
+
+
+async def test_commits_are_spaced_by_the_measured_cost_of_fanning_out(
+    tmp_path: Path, mocker: MockerFixture
+) -> None:
+    async with local_gateway(tmp_path) as gw:
+        hub = gw.server.app[HUB]
+        set_watched = mocker.spy(gw.store, "set_watched")
+        clients = [Collector(await open_stream(gw)) for _ in range(2)]
+        gw.put("thermo-1", "t", [1.0, 2.0, 3.0])
+        for client in clients:
+            await wait_until(lambda c=client: len(c.seqs) == 3, message="three readings")
+        # Every sweep was timed, and the store was given the spacing that implies.
+        assert hub.pace.cost_per_client != INITIAL_COST
+        assert set_watched.call_args.args == (hub.pace.spacing(2),)
+        for client in clients:
+            await client.stop()
+        await wait_until(lambda: gw.store.paced, message="paced again when nobody watches")
+        assert set_watched.call_args.args == (None,)
 
 
 async def test_replay_joins_live_with_no_gap_and_no_duplicate_under_load(tmp_path: Path) -> None:

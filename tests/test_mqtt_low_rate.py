@@ -29,8 +29,8 @@ class CountingLog:
     def paced(self) -> bool:
         return self.store.paced
 
-    def set_live_clients(self, count: int) -> None:
-        self.store.set_live_clients(count)
+    def set_watched(self, spacing: float | None) -> None:
+        self.store.set_watched(spacing)
 
     def add_listener(self, listener: CommitListener) -> None:
         self.store.add_listener(listener)
@@ -125,7 +125,7 @@ async def test_while_live_clients_watch_linger_gathers_commits_into_one_message(
     subscriber = subscriber_factory(mosquitto)
     uplink = MqttUplink(settings_for(mosquitto.url, linger=1.0), GATEWAY, store)
     # Someone watches the live stream: commits come reading by reading, unpaced.
-    store.set_live_clients(1)
+    store.set_watched(0.0)
     commits = 5
     async with running(uplink):
         await wait_until(lambda: uplink.status.state == "connected", message="connected")

@@ -335,19 +335,21 @@ async def test_the_caller_may_reuse_its_list(tmp_path: Path) -> None:
         assert await store.flush() == 2
 
 
-@pytest.mark.parametrize(("watchers", "commits"), [(0, [1, 2]), (1, [1, 1, 1])])
+# Unwatched, commits are spaced by commit_spacing (1 s here); watched, by the stream's
+# pace, and never further apart than commit_spacing.
+@pytest.mark.parametrize(("watched", "commits"), [(None, [1, 2]), (0.0, [1, 1, 1]), (60.0, [1, 2])])
 async def test_a_steady_trickle_shares_commits_unless_live_clients_watch(
-    tmp_path: Path, watchers: int, commits: list[int]
+    tmp_path: Path, watched: float | None, commits: list[int]
 ) -> None:
     async with opened(tmp_path, commit_spacing=1.0) as store:
         committed: list[int] = []
         store.add_listener(lambda batch: committed.append(len(batch)) if batch else None)
-        store.set_live_clients(watchers)
-        assert store.paced == (watchers == 0)
+        store.set_watched(watched)
+        assert store.paced == (watched is None)
         store.put_samples([sample(1)])
         await wait_until(lambda: store.last_seq == 1, message="the first commit")
         # Two more arrivals a moment apart: within the spacing, so one commit holds
-        # both; while a client watches, each is committed as it comes.
+        # both; while a client watches and the pace allows, each is committed as it comes.
         store.put_samples([sample(2)])
         await asyncio.sleep(0.2)
         store.put_samples([sample(3)])

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import struct
+import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from gateway.errors import StoreError
 from gateway.interfaces import ReadingLog
+from gateway.local.fanout_pace import FanoutPace
 from gateway.rate import TokenBucket
 from gateway.reading import StoredReading, join_payloads
 from gateway.settings import LocalSettings
@@ -271,10 +273,12 @@ class StreamHub:
         self._clients: set[StreamClient] = set()
         self._opening = 0
         self.counters = StreamCounters()
+        self.pace = FanoutPace()
 
     def on_commit(self, batch: Sequence[StoredReading]) -> None:
         if not self._clients or not batch:
             return
+        started = time.perf_counter()
         # Messages built once per distinct filter, shared by every client with that filter.
         by_filter: dict[str | None, list[_Batch]] = {}
         for client in self._clients:
@@ -287,6 +291,9 @@ class StreamHub:
                 shared = by_filter[glob] = _messages(readings, not self._settings.compress)
             for message in shared:
                 client.offer(message)
+        clients = len(self._clients)
+        self.pace.timed(time.perf_counter() - started, clients)
+        self._log.set_watched(self.pace.spacing(clients))
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """Refuse beyond ``max_clients``, else upgrade and serve one client until it goes.
@@ -352,8 +359,8 @@ class StreamHub:
         return ws
 
     def _count_clients(self) -> None:
-        self.counters.clients = len(self._clients)
-        self._log.set_live_clients(len(self._clients))
+        clients = self.counters.clients = len(self._clients)
+        self._log.set_watched(self.pace.spacing(clients))
 
     async def _read_inbound(self, client: StreamClient) -> None:
         rate = self._settings.max_inbound_per_second

@@ -36,11 +36,6 @@ LOCK_WAIT = 2.0
 # A writer loop waits at most a couple of seconds between turns; a turn (one commit
 # and bounded maintenance) takes far less than this even on a slow SD card.
 STALL_AFTER = 60.0
-# Live stream frames (one per client per commit) a steady flow may cause per second
-# while clients watch. Each costs the gateway and the client a few tens of µs; at 1,000
-# readings/s to 100 clients a commit per reading took the server and the clients to
-# most of two cores (p99 10-30 ms), commits 4 ms apart to a third of that (p99 6.6 ms).
-STREAM_FRAMES_PER_SECOND = 25_000
 
 
 def _open_writer(
@@ -195,7 +190,7 @@ class Store:
 
     @property
     def paced(self) -> bool:
-        """False while live stream clients watch (see ``set_live_clients``)."""
+        """False while live stream clients watch (see ``set_watched``)."""
         return self._writer.watched_spacing is None
 
     @property
@@ -228,17 +223,16 @@ class Store:
         """The highest seq announced to listeners; every listener added now sees all after it."""
         return self._last_seq
 
-    def set_live_clients(self, count: int) -> None:
+    def set_watched(self, spacing: float | None) -> None:
         """Pacing (``commit_spacing``, drivers' ``read_interval``) saves CPU and SD-card
-        wear on a gateway nobody watches; someone watching the live stream gets each
-        reading as soon as it is committed instead.
+        wear on a gateway nobody watches (``spacing`` None); someone watching the live
+        stream gets each reading as soon as it is committed instead.
 
-        Each commit then costs every client a frame and a wake-up, so a steady flow is
-        committed at most ``STREAM_FRAMES_PER_SECOND / count`` times a second: commits
-        0.4 ms apart for ten clients, 4 ms for a hundred, never more than
-        ``commit_spacing``.
+        Each commit then costs every client a frame, so the stream asks for commits of a
+        steady flow to start at least ``spacing`` apart (see ``gateway.local.fanout_pace``),
+        never more than ``commit_spacing``.
         """
-        self._writer.watched_spacing = count / STREAM_FRAMES_PER_SECOND if count else None
+        self._writer.watched_spacing = spacing
 
     def add_listener(self, listener: CommitListener) -> None:
         self._listeners.append(listener)
