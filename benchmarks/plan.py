@@ -15,6 +15,8 @@ class Plan:
     fanout_clients: tuple[int, ...]
     # Also run the smallest fan-out case with durability = "normal" (no fsync per commit).
     fanout_without_fsync: bool = True
+    # Gateway runs per fan-out case; the figures are their medians (see fanout.py).
+    fanout_repeats: int = 3
     devices: int = 1  # counter devices feeding the gateway at max rate
 
 
@@ -35,4 +37,5 @@ QUICK = Plan(
     backlog_sizes=(1_000, 20_000),
     fanout_clients=(10,),
     fanout_without_fsync=False,
+    fanout_repeats=1,
 )
