@@ -8,7 +8,8 @@ whatever happens to the link, the broker or the gateway process.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from simulators import PtyDevice
@@ -130,6 +131,25 @@ async def fault_cycle(gw: GatewayProcess, proxy: TcpProxy, broker: Mosquitto) ->
     )
 
 
+@asynccontextmanager
+async def two_devices_through(
+    proxy: TcpProxy, gw: GatewayProcess, tmp_path: Path, garbage_every: int = 0
+) -> AsyncIterator[None]:
+    """Two counter devices (300 and 200 lines/s) read by the gateway, its MQTT via ``proxy``.
+
+    The devices stop when the block ends; the gateway keeps running.
+    """
+    async with (
+        PtyDevice("counter", tmp_path / "dev-a", rate=300) as dev_a,
+        PtyDevice("counter", tmp_path / "dev-b", rate=200, garbage_every=garbage_every) as dev_b,
+    ):
+        gw.devices = [DeviceSpec("dev-a", dev_a.link), DeviceSpec("dev-b", dev_b.link)]
+        gw.mqtt_url = proxy.url()
+        gw.start()
+        await gw.wait_healthy()
+        yield
+
+
 async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9(
     tmp_path: Path,
     mosquitto: Mosquitto,
@@ -140,14 +160,7 @@ async def test_every_committed_reading_arrives_across_outages_restarts_and_kill9
     subscriber = subscriber_factory(mosquitto, "edge/+/+/telemetry")
     proxy = await tcp_proxy_factory(mosquitto.port)
     gw = gateway_process
-    async with (
-        PtyDevice("counter", tmp_path / "dev-a", rate=300) as dev_a,
-        PtyDevice("counter", tmp_path / "dev-b", rate=200) as dev_b,
-    ):
-        gw.devices = [DeviceSpec("dev-a", dev_a.link), DeviceSpec("dev-b", dev_b.link)]
-        gw.mqtt_url = proxy.url()
-        gw.start()
-        await gw.wait_healthy()
+    async with two_devices_through(proxy, gw, tmp_path):
         await wait_until(lambda: len(subscriber.seqs()) >= 100, message="first deliveries")
 
         await fault_cycle(gw, proxy, mosquitto)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from simulators import PtyDevice
 from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
+from tests.fixtures.gateway_proc import GatewayProcess
 from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.test_end_to_end import (
@@ -26,6 +25,7 @@ from tests.test_end_to_end import (
     fault_cycle,
     last_seq,
     stop_and_check_delivery,
+    two_devices_through,
 )
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
@@ -44,14 +44,7 @@ async def test_nothing_is_lost_over_many_fault_cycles(
     proxy = await tcp_proxy_factory(mosquitto.port)
     gw = gateway_process
     cycles = 0
-    async with (
-        PtyDevice("counter", tmp_path / "dev-a", rate=300) as dev_a,
-        PtyDevice("counter", tmp_path / "dev-b", rate=200, garbage_every=50) as dev_b,
-    ):
-        gw.devices = [DeviceSpec("dev-a", dev_a.link), DeviceSpec("dev-b", dev_b.link)]
-        gw.mqtt_url = proxy.url()
-        gw.start()
-        await gw.wait_healthy()
+    async with two_devices_through(proxy, gw, tmp_path, garbage_every=50):
         deadline = time.monotonic() + SOAK_SECONDS
         while time.monotonic() < deadline:
             await fault_cycle(gw, proxy, mosquitto)
