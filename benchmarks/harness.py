@@ -23,7 +23,7 @@ import time
 import tty
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -231,7 +231,9 @@ class Child:
     progress without blocking; stderr goes to a log file for diagnosis.
     """
 
-    def __init__(self, name: str, argv: list[str], log_dir: Path) -> None:
+    def __init__(
+        self, name: str, argv: list[str], log_dir: Path, env: Mapping[str, str] | None = None
+    ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
         log = self.log_path.open("wb")
@@ -240,7 +242,7 @@ class Child:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=ROOT,
         )
         log.close()
