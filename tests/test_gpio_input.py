@@ -51,7 +51,8 @@ def test_a_level_counts_once_it_has_held_for_bounce() -> None:
     tracker = InputTracker(0.5, keep_changes=10)
     tracker.start(False, mono=0.0, ts=0.0)
     tracker.edge(True, mono=1.0, ts=1.0)
-    assert tracker.settle_due == 1.5
+    due = tracker.settle_due
+    assert due == 1.5
     tracker.settle(1.4)
     assert (tracker.state, tracker.take().changes) == (False, ())
     tracker.settle(1.5)
@@ -162,7 +163,9 @@ def test_any_edges_settle_as_the_reference_says(
     bounce = bounce_ms / 1000
     tracker = InputTracker(bounce, keep_changes=keep)
     tracker.start(start, mono=0.0, ts=0.0)
-    edges, mono_ms, taken = [], 0, []
+    edges: list[tuple[bool, float]] = []
+    taken: list[Change] = []
+    mono_ms = 0
     for active, gap_ms in steps:
         mono_ms += gap_ms
         edges.append((active, mono_ms / 1000))
@@ -428,7 +431,7 @@ async def test_a_pulse_storm_costs_one_wakeup_and_bounded_memory() -> None:
     assert sink.batches[2][1].sensor == "rate"
 
 
-class FailingFactory(MockFactory):
+class FailingFactory(MockFactory):  # type: ignore[misc]  # gpiozero ships no type hints
     """A mock pin factory whose pins fail to open with the given errors, then open."""
 
     def __init__(self, errors: list[Exception]) -> None:

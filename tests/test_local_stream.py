@@ -81,7 +81,8 @@ async def test_missing_or_wrong_token_is_refused_at_the_handshake(tmp_path: Path
             with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
                 await gw.session.ws_connect(gw.url(STREAM), **attempt)
             assert refused_status(refused) == 401
-        for attempt in ({"params": {"token": TOKEN}}, {"headers": gw.auth()}):
+        accepted: list[dict[str, Any]] = [{"params": {"token": TOKEN}}, {"headers": gw.auth()}]
+        for attempt in accepted:
             ws = await gw.session.ws_connect(gw.url(STREAM), **attempt)
             assert (await receive_json(ws))["type"] == "hello"
             await ws.close()
@@ -139,8 +140,9 @@ async def test_commits_are_spaced_by_the_measured_cost_of_fanning_out(
         set_watched = mocker.spy(gw.store, "set_watched")
         clients = [Collector(await open_stream(gw)) for _ in range(2)]
         gw.put("thermo-1", "t", [1.0, 2.0, 3.0])
-        for client in clients:
-            await wait_until(lambda c=client: len(c.seqs) == 3, message="three readings")
+        await wait_until(
+            lambda: all(len(c.seqs) == 3 for c in clients), message="three readings each"
+        )
         # Every sweep was timed, and the store was given the spacing that implies.
         assert hub.pace.cost_per_client != INITIAL_COST
         assert set_watched.call_args.args == (hub.pace.spacing(2),)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
-from gateway.interfaces import CommitListener
+from gateway.interfaces import CommitListener, StoreStats
 from gateway.reading import StoredReading
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
-from tests.fixtures.common import wait_until
+from tests.fixtures.common import wait_for_value, wait_until
 from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
 from tests.test_mqtt_support import GATEWAY, put, running, settings_for
 
@@ -35,6 +35,9 @@ class CountingLog:
     def add_listener(self, listener: CommitListener) -> None:
         self.store.add_listener(listener)
 
+    def stats(self) -> StoreStats:
+        return self.store.stats()
+
     def remove_listener(self, listener: CommitListener) -> None:
         self.store.remove_listener(listener)
 
@@ -43,7 +46,7 @@ class CountingLog:
 
     async def read_after(
         self, seq: int, limit: int, device_glob: str | None = None
-    ) -> Sequence[StoredReading]:
+    ) -> list[StoredReading]:
         self.reads += 1
         return await self.store.read_after(seq, limit, device_glob)
 
@@ -65,9 +68,8 @@ async def test_caught_up_uplink_sends_live_readings_without_reading_the_log(
         await wait_until(lambda: uplink.status.state == "connected", message="connected")
         for round_ in range(1, 6):
             await put(store, 3, ("a", "b"))
-            await wait_until(
-                lambda n=3 * round_: uplink.status.published_readings == n,
-                message="live readings published",
+            await wait_for_value(
+                lambda: uplink.status.published_readings, 3 * round_, "live readings published"
             )
     assert log.reads == 0
     await wait_until(lambda: subscriber.seqs() == set(range(1, 16)), message="all received")
@@ -106,9 +108,7 @@ async def test_cursor_is_written_at_most_once_per_interval_and_on_stop(
         last = first
         for _ in range(5):
             last = await put(store, 2)
-            await wait_until(
-                lambda n=last: uplink.status.published_readings == n, message="published"
-            )
+            await wait_for_value(lambda: uplink.status.published_readings, last, "published")
         # Acknowledged by the broker, but the durable cursor waits for the interval.
         assert log.acks == [first]
         assert uplink.status.acked_seq == first
@@ -148,7 +148,5 @@ async def test_paced_commits_are_sent_as_they_come_without_linger(
         await wait_until(lambda: uplink.status.state == "connected", message="connected")
         for _ in range(3):
             last = await put(store, 2)
-            await wait_until(
-                lambda n=last: uplink.status.published_readings == n, message="published"
-            )
+            await wait_for_value(lambda: uplink.status.published_readings, last, "published")
     await wait_until(lambda: len(subscriber.seqs()) == last, message="all received")

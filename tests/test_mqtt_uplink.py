@@ -7,7 +7,7 @@ from typing import Any
 
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
-from tests.fixtures.common import wait_until
+from tests.fixtures.common import wait_for_value, wait_until
 from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.test_mqtt_support import (
@@ -55,9 +55,7 @@ async def test_live_readings_flow_without_polling(
         await wait_until(lambda: uplink.status.state == "connected", message="connected")
         for _ in range(5):
             last = await put(store, 3, ("a", "b"))
-            await wait_until(
-                lambda last=last: uplink.status.acked_seq == last, message="live reading acked"
-            )
+            await wait_for_value(lambda: uplink.status.acked_seq, last, "live reading acked")
     assert subscriber.seqs() == set(range(1, 16))
 
 

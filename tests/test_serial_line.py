@@ -20,7 +20,7 @@ from gateway.errors import DriverError
 from gateway.reading import Sample
 from gateway.settings import DeviceSettings
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
+from tests.fixtures.common import wait_for_value, wait_until
 from tests.fixtures.drivers import RecordingSink, running, wait_open
 
 
@@ -115,7 +115,7 @@ async def test_an_unpaced_sink_gets_each_line_as_it_comes(tmp_path: Path) -> Non
             await wait_open(driver)
             for n in range(1, 4):
                 dev.inject(b"n=%d\n" % n)
-                await wait_until(lambda n=n: len(sink.samples) == n, message=f"line {n}")
+                await wait_for_value(lambda: len(sink.samples), n, "lines")
     assert sink.batches == [1, 1, 1]
 
 
