@@ -7,6 +7,8 @@ import errno
 import random
 from dataclasses import dataclass, field
 
+from gateway.retry import exponential_jitter
+
 
 class Fault(enum.Enum):
     """Why the port is not open; each kind has its own retry policy."""
@@ -45,7 +47,7 @@ def classify_loss(open_for: float) -> Fault:
 
 @dataclass(slots=True)
 class Backoff:
-    """Capped exponential backoff with full jitter between ``minimum`` and the cap.
+    """The shared exponential backoff for failed opens; fixed delays for the other faults.
 
     ``missing_poll`` is how often a missing port's path is tried again: often enough to
     notice a replugged adapter within a second or so, never faster than ``minimum``.
@@ -54,7 +56,7 @@ class Backoff:
     minimum: float
     maximum: float
     missing_poll: float = 1.0
-    # Jitter spreads gateways that lost the same thing at once; it need not be secret.
+    # Jitter need not be secret.
     rng: random.Random = field(default_factory=random.Random)
     attempt: int = 0
 
@@ -68,6 +70,6 @@ class Backoff:
             # It worked for a while: retry soon, and start the exponential series afresh.
             self.attempt = 0
             return self.minimum
-        cap = min(self.maximum, self.minimum * 2.0 ** min(self.attempt, 30))
+        delay = exponential_jitter(self.attempt, self.minimum, self.maximum, self.rng)
         self.attempt += 1
-        return self.rng.uniform(self.minimum, cap)
+        return delay

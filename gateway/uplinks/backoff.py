@@ -4,13 +4,14 @@ A network failure (refused, reset, timed out, unreachable) is usually brief, so
 the delay starts small and doubles up to the cap. A rejection (bad credentials,
 not authorized, an untrusted certificate) will not heal by itself: trying again
 quickly only fills logs and may get the client banned, so it waits near the cap.
-Full jitter spreads a fleet that lost the same broker at the same moment.
 """
 
 from __future__ import annotations
 
 import enum
 import random
+
+from gateway.retry import exponential_jitter
 
 
 class FailureKind(enum.Enum):
@@ -24,8 +25,7 @@ def retry_delay(
     """Delay before try number ``attempt + 1`` (``attempt`` counts from 0)."""
     if kind is FailureKind.REJECTED:
         return rng.uniform(maximum / 2, maximum)
-    ceiling = min(maximum, minimum * 2 ** min(attempt, 32))
-    return rng.uniform(minimum, ceiling)
+    return exponential_jitter(attempt, minimum, maximum, rng)
 
 
 class Backoff:
