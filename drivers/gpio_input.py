@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from drivers.backoff import Backoff, Fault, classify_open_error
+from drivers.fault_log import FaultLog
 from drivers.gpio_logic import InputTracker, RateMeter, Taken
 from drivers.off_loop import open_off_loop
 from gateway.errors import DriverError
@@ -105,6 +106,7 @@ class GpioInputDriver:
         self._sink = sink
         self._pin_factory = pin_factory
         self._backoff = backoff or Backoff(settings.reconnect_min, settings.reconnect_max)
+        self._faults = FaultLog(settings.id, log)
         self._clock = clock
         self._monotonic = monotonic
         # A pull-up makes a contact to ground (a low pin) the active level.
@@ -138,6 +140,7 @@ class GpioInputDriver:
                 await asyncio.sleep(self._backoff.delay(fault))
                 continue
             self.status.state = "open"
+            self._faults.clear()
             self._meter = RateMeter(self.tracker.count, self._monotonic())
             log.info("%s: pin %s open (%s)", self.device_id, device.pin, self.settings.mode)
             try:
@@ -299,10 +302,8 @@ class GpioInputDriver:
         elif fault is Fault.DENIED:
             message += " (is the gateway's user in the gpio group?)"
         self.status.errors += 1
-        if message != self.status.last_error:
-            # A pin that stays unavailable logs once per kind of failure, not per attempt.
-            log.log(logging.ERROR if fault is Fault.DENIED else logging.WARNING, "%s", message)
         self.status.last_error = message
+        self._faults.report(logging.ERROR if fault is Fault.DENIED else logging.WARNING, message)
 
 
 def _close_device(device: Any) -> None:

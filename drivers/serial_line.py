@@ -32,6 +32,7 @@ import serial
 from serial_asyncio_fast import SerialTransport, connection_for_serial
 
 from drivers.backoff import Backoff, Fault, classify_loss, classify_open_error
+from drivers.fault_log import FaultLog
 from drivers.line_codec import LineDecoder
 from drivers.off_loop import open_off_loop
 from gateway.errors import DriverError
@@ -57,33 +58,6 @@ class _LineProtocol(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-class _RepeatFilter:
-    """Logs the first of a run of identical messages and counts the rest, so a port
-    that stays missing for a day writes two lines, not eighty thousand."""
-
-    def __init__(self, device: str) -> None:
-        self._device = device
-        self._last: str | None = None
-        self._repeats = 0
-
-    def report(self, level: int, message: str) -> None:
-        if message == self._last:
-            self._repeats += 1
-            return
-        self._summarise()
-        self._last = message
-        log.log(level, "%s: %s", self._device, message)
-
-    def clear(self) -> None:
-        self._summarise()
-        self._last = None
-
-    def _summarise(self) -> None:
-        if self._repeats:
-            log.info("%s: last message repeated %d more times", self._device, self._repeats)
-            self._repeats = 0
-
-
 class SerialLineDriver:
     """Reads a line-oriented device on a serial port into a ``SampleSink``."""
 
@@ -106,7 +80,7 @@ class SerialLineDriver:
         self._sink = sink
         self._backoff = backoff or Backoff(settings.reconnect_min, settings.reconnect_max)
         self._clock = clock
-        self._faults = _RepeatFilter(settings.id)
+        self._faults = FaultLog(settings.id, log)
         # Dead letters per reason since the port opened; the first of each is logged.
         self._dead_counts: dict[str, int] = {}
         # The open port's transport, and the task that resumes it while reading is paused.

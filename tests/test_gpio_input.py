@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -482,8 +483,9 @@ async def test_a_busy_pin_opens_once_released() -> None:
     ],
 )
 async def test_open_failures_are_counted_with_a_hint_and_retried(
-    error: Exception, hint: str
+    error: Exception, hint: str, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.INFO, logger="drivers.gpio_input")
     factory, sink = FailingFactory([error, error]), BatchSink()
     backoff = Backoff(0.01, 0.01, missing_poll=0.01)
     driver = GpioInputDriver(gpio(), sink, pin_factory=factory, backoff=backoff)
@@ -494,6 +496,9 @@ async def test_open_failures_are_counted_with_a_hint_and_retried(
     assert factory.attempts == 3
     assert driver.status.last_error is not None
     assert hint in driver.status.last_error
+    # The second, identical failure was counted, and the count logged once the pin opened.
+    assert len([r for r in caplog.records if hint in r.getMessage()]) == 1
+    assert any("repeated 1 more times" in r.getMessage() for r in caplog.records)
 
 
 async def test_stop_while_opening_releases_the_pin() -> None:
