@@ -57,6 +57,7 @@ class StoreStats:
     dead_letters: int
     oldest_unsent_ts: float | None
     degraded: str | None  # why the store is degraded (disk full, …), else None
+    free_bytes: int | None  # free space on the log's filesystem, as last measured
     commits: int
     committed_readings: int
     commit_seconds: float  # total time spent in commits

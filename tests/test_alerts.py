@@ -90,7 +90,7 @@ async def test_alerts_use_only_metrics_the_gateway_exports(tmp_path: Path) -> No
             uplinks={"mqtt": _Part(UplinkStatus(state="connected"))},  # type: ignore[dict-item]
             started=time.time(),
         )
-        page = render(view, StreamCounters(), store.free_bytes, read_process_stats(), time.time())
+        page = render(view, StreamCounters(), read_process_stats(), time.time())
     finally:
         await store.close()
 

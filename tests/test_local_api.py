@@ -92,7 +92,7 @@ async def test_healthz_names_every_reason_for_degraded(tmp_path: Path) -> None:
     assert body["status"] == "degraded"
     reasons = body["reasons"]
     assert len(reasons) == 3, reasons
-    assert reasons[0].startswith("disk: ")
+    assert reasons[0].startswith("store: low disk space: ")
     assert reasons[1].startswith("uplink mqtt: down for 4")
     assert reasons[2].startswith("device thermo-1: silent for 10")
 

@@ -262,6 +262,7 @@ class FakeLog:
             dead_letters=0,
             oldest_unsent_ts=self.oldest_unsent_ts,
             degraded=self.degraded,
+            free_bytes=None,
             commits=0,
             committed_readings=0,
             commit_seconds=0.0,

@@ -2,20 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-from pathlib import Path
-
 from gateway.interfaces import GatewayView
-
-
-async def free_bytes(path: Path) -> int | None:
-    """Free bytes on the filesystem holding ``path``; None when it cannot be read."""
-    try:
-        usage = await asyncio.to_thread(shutil.disk_usage, path)
-    except OSError:
-        return None
-    return usage.free
 
 
 def uplink_down_seconds(view: GatewayView, name: str, now: float) -> float:
@@ -27,20 +14,14 @@ def uplink_down_seconds(view: GatewayView, name: str, now: float) -> float:
     return max(0.0, now - since)
 
 
-def reasons(view: GatewayView, free: int | None, now: float) -> list[str]:
+def reasons(view: GatewayView, now: float) -> list[str]:
     """Every reason the gateway is degraded; empty when all is well."""
     settings = view.settings
     found: list[str] = []
+    # Low free space is one of these: the store measures it as it writes.
     degraded = view.log.stats().degraded
     if degraded:
         found.append(f"store: {degraded}")
-    data_dir = settings.gateway.data_dir
-    if free is None:
-        found.append(f"disk: cannot read free space of {data_dir}")
-    elif free < settings.store.min_free_bytes:
-        found.append(
-            f"disk: {free} bytes free on {data_dir}, below {settings.store.min_free_bytes}"
-        )
     for name in sorted(view.uplinks):
         down = uplink_down_seconds(view, name, now)
         if down > settings.health.uplink_down_after:

@@ -57,7 +57,6 @@ def read_process_stats() -> ProcessStats | None:
 def render(
     view: GatewayView,
     counters: StreamCounters,
-    free: int | None,
     process: ProcessStats | None,
     now: float,
 ) -> str:
@@ -69,7 +68,7 @@ def render(
         [({"gateway": view.gateway_id, "version": __version__}, 1)],
     )
     _devices(out, view)
-    _store(out, view, free, now)
+    _store(out, view, now)
     _uplinks(out, view, now)
     out.metric(
         "edge_gateway_local_clients", "gauge", "Connected stream clients.", [({}, counters.clients)]
@@ -157,7 +156,7 @@ def _devices(out: Exposition, view: GatewayView) -> None:
     )
 
 
-def _store(out: Exposition, view: GatewayView, free: int | None, now: float) -> None:
+def _store(out: Exposition, view: GatewayView, now: float) -> None:
     stats = view.log.stats()
     oldest_age = 0.0 if stats.oldest_unsent_ts is None else max(0.0, now - stats.oldest_unsent_ts)
     gauges: list[tuple[str, str, str, float]] = [
@@ -213,7 +212,7 @@ def _store(out: Exposition, view: GatewayView, free: int | None, now: float) -> 
         "edge_gateway_store_free_bytes",
         "gauge",
         "Free bytes on the data directory's filesystem.",
-        [] if free is None else [({}, free)],
+        [] if stats.free_bytes is None else [({}, stats.free_bytes)],
     )
 
 

@@ -54,8 +54,7 @@ async def status(request: web.Request) -> web.Response:
     view = request.app[VIEW]
     counters = request.app[HUB].counters
     now = time.time()
-    free = await health.free_bytes(view.settings.gateway.data_dir)
-    reasons = health.reasons(view, free, now)
+    reasons = health.reasons(view, now)
     stats = view.log.stats()
     body = {
         "gateway": view.gateway_id,
@@ -72,7 +71,7 @@ async def status(request: web.Request) -> web.Response:
                 None if stats.oldest_unsent_ts is None else max(0.0, now - stats.oldest_unsent_ts)
             ),
             "degraded": stats.degraded,
-            "free_bytes": free,
+            "free_bytes": stats.free_bytes,
         },
         "uplinks": {
             name: {

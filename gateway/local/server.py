@@ -70,8 +70,7 @@ async def _security_headers(request: web.Request, response: web.StreamResponse) 
 
 async def healthz(request: web.Request) -> web.Response:
     view = request.app[VIEW]
-    free = await health.free_bytes(view.settings.gateway.data_dir)
-    reasons = health.reasons(view, free, time.time())
+    reasons = health.reasons(view, time.time())
     return web.json_response(
         {"status": "degraded" if reasons else "ok", "gateway": view.gateway_id, "reasons": reasons}
     )
@@ -79,9 +78,8 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     view = request.app[VIEW]
-    free = await health.free_bytes(view.settings.gateway.data_dir)
     process = await asyncio.to_thread(metrics_page.read_process_stats)
-    text = metrics_page.render(view, request.app[HUB].counters, free, process, time.time())
+    text = metrics_page.render(view, request.app[HUB].counters, process, time.time())
     return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS_CONTENT_TYPE})
 
 

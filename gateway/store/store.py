@@ -294,11 +294,6 @@ class Store:
             return f"the store writer has not come round its loop for {idle:.0f} s"
         return None
 
-    @property
-    def free_bytes(self) -> int | None:
-        """Free space on the data directory's filesystem, as last measured."""
-        return self._writer.free_bytes
-
     def stats(self) -> StoreStats:
         w = self._writer
         return StoreStats(
@@ -309,6 +304,7 @@ class Store:
             dead_letters=w.dead_letters,
             oldest_unsent_ts=w.oldest_unsent_ts,
             degraded=w.degraded,
+            free_bytes=w.free_bytes,
             commits=w.commits,
             committed_readings=w.committed_readings,
             commit_seconds=w.commit_seconds,

@@ -147,6 +147,7 @@ class Writer:
         self._used = 0
         self._growth = 0
         self.free_bytes: int | None = None
+        self._free_space_error: str | None = None
         self.commits = 0
         self.committed_readings = 0
         self.commit_seconds = 0.0
@@ -156,7 +157,6 @@ class Writer:
         # clients watch, commits are spaced by this instead (see ``_linger``).
         self.watched_spacing: float | None = None
         self.store_full = False
-        self.low_space = False
         self.settled = 0  # samples committed or dropped by the writer
         # When the writer last came round its loop. The watchdog reads it to tell a
         # wedged writer (a restart cures it) from a degraded one (a restart does not).
@@ -178,6 +178,7 @@ class Writer:
         self._written_dead_letters = self.dead_letters
         self._measure()
         self._measure_oldest()
+        self._check_free_space()
 
     # -- state the loop reads ------------------------------------------------
 
@@ -196,8 +197,13 @@ class Writer:
             reasons.append(self.failure)
         if self.store_full:
             reasons.append("store full: new readings are refused (overflow = reject_new)")
-        if self.low_space and self.free_bytes is not None:
-            reasons.append(f"low disk space: {self.free_bytes // (1024 * 1024)} MiB free")
+        if self._free_space_error is not None:
+            reasons.append(self._free_space_error)
+        elif self.free_bytes is not None and self.free_bytes < self.settings.min_free_bytes:
+            reasons.append(
+                f"low disk space: {self.free_bytes} bytes free on {self.path.parent}, "
+                f"below min_free_bytes = {self.settings.min_free_bytes}"
+            )
         return "; ".join(reasons) if reasons else None
 
     # -- thread life -----------------------------------------------------------
@@ -677,10 +683,13 @@ class Writer:
         try:
             st = os.statvfs(self.path.parent)
         except OSError as e:
-            log.warning("store: cannot read free space of %s: %s", self.path.parent, e)
+            error = f"cannot read free space of {self.path.parent}: {e}"
+            if error != self._free_space_error:
+                log.warning("store: %s", error)
+            self.free_bytes, self._free_space_error = None, error
             return
         self.free_bytes = st.f_bavail * st.f_frsize
-        self.low_space = self.free_bytes < self.settings.min_free_bytes
+        self._free_space_error = None
 
     def _notice_outside_changes(self) -> None:
         """Re-read what the ``queue`` commands may have changed while we run."""
