@@ -214,12 +214,21 @@ def _kind(value: object) -> str:
     return kinds.get(type(value), type(value).__name__)
 
 
-def _toml(value: object) -> str:
-    return json.dumps(value) if isinstance(value, str) else str(value)
+def toml_value(value: object) -> str:
+    """``value`` as TOML would spell it: for messages, and for writing configurations.
+
+    A string becomes a basic string (JSON's escapes are all valid TOML escapes; TOML
+    also forbids a raw DEL), so any path or token can be written safely.
+    """
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value).replace("\x7f", "\\u007f")
+    return str(value)
 
 
 def _one_of(values: Iterable[object]) -> str:
-    return ", ".join(_toml(v) for v in values)
+    return ", ".join(toml_value(v) for v in values)
 
 
 def _string(value: object) -> str:
@@ -327,7 +336,7 @@ def _choice(values: Iterable[object]) -> Convert:
         # Compare types too: true must not pass as 1, nor 9600.0 as 9600.
         if value not in allowed or type(value) not in kinds:
             hint = _did_you_mean(value, allowed) if isinstance(value, str) else ""
-            raise _Invalid(f"must be one of {_one_of(allowed)} (got {_toml(value)}){hint}")
+            raise _Invalid(f"must be one of {_one_of(allowed)} (got {toml_value(value)}){hint}")
         return value
 
     return convert
@@ -336,14 +345,14 @@ def _choice(values: Iterable[object]) -> Convert:
 def _log_level(value: object) -> str:
     level = _string(value).upper()
     if level not in LOG_LEVELS:
-        raise _Invalid(f"must be one of {_one_of(LOG_LEVELS)} (got {_toml(value)})")
+        raise _Invalid(f"must be one of {_one_of(LOG_LEVELS)} (got {toml_value(value)})")
     return level
 
 
 def _identifier(value: object) -> str:
     text = _string(value)
     if not ID_PATTERN.fullmatch(text):
-        raise _Invalid(f"{ID_RULE} (got {_toml(text)})")
+        raise _Invalid(f"{ID_RULE} (got {toml_value(text)})")
     return text
 
 
@@ -386,7 +395,7 @@ def _gpio_pin(value: object) -> int | str:
     if not isinstance(value, str):
         raise _Invalid(f"{PIN_RULE}, not {_kind(value)}")
     if not _PIN_NAME.fullmatch(value):
-        raise _Invalid(f"{PIN_RULE} (got {_toml(value)})")
+        raise _Invalid(f"{PIN_RULE} (got {toml_value(value)})")
     return value
 
 
@@ -395,7 +404,7 @@ def _origins(value: object) -> tuple[str, ...]:
     for item in _strings(value):
         parts = urlsplit(item.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.netloc or parts.path:
-            raise _Invalid(f'must be origins like "https://host:port" (got {_toml(item)})')
+            raise _Invalid(f'must be origins like "https://host:port" (got {toml_value(item)})')
         origins.append(f"{parts.scheme}://{parts.netloc}")
     return tuple(origins)
 

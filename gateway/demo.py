@@ -26,7 +26,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway, signals_handled
-from gateway.config import load_config
+from gateway.config import load_config, toml_value
 from gateway.logs import setup_logging
 from simulators import PtyDevice
 
@@ -154,16 +154,16 @@ def _write_config(
         "# Written by `edge-gateway demo`: a real configuration you can copy.",
         "[gateway]",
         'id = "demo-gw"',
-        f'data_dir = "{root / "data"}"',
+        f"data_dir = {toml_value(str(root / 'data'))}",
         "",
     ]
     for device_id, link in links:
         units = 'units = { t = "°C", h = "%" }' if device_id.startswith("thermo") else ""
         parts += [
             "[[devices]]",
-            f'id = "{device_id}"',
+            f"id = {toml_value(device_id)}",
             'driver = "serial_line"',
-            f'port = "{link}"',
+            f"port = {toml_value(str(link))}",
             "baudrate = 9600",
             'format = "kv"',
             units,
@@ -177,7 +177,7 @@ def _write_config(
             'topic_prefix = "edge"',
             "",
         ]
-    parts += ["[local]", f'listen = "127.0.0.1:{port}"', f'token = "{token}"', ""]
+    parts += ["[local]", f'listen = "127.0.0.1:{port}"', f"token = {toml_value(token)}", ""]
     path = root / "gateway.toml"
     path.write_text("\n".join(parts))
     return path
@@ -189,12 +189,16 @@ async def _report(gateway: Gateway, cloud: CloudView | None) -> None:
         if gateway.store is None:
             continue
         stats = gateway.store.stats()
-        line = f"log: last seq {stats.last_seq}, unsent {stats.depth}"
+        line = f"log: last seq {stats.last_seq}"
         if cloud is None:
-            line += " (offline: readings wait in the log)"
+            # No uplink consumes the log, so nothing counts as unsent.
+            line += " (offline: the readings stay in the log)"
         else:
             with cloud.lock:
-                line += f" | cloud received {cloud.readings} readings, last seq {cloud.last_seq}"
+                line += (
+                    f", unsent {stats.depth} | cloud received {cloud.readings} readings, "
+                    f"last seq {cloud.last_seq}"
+                )
         print(line, flush=True)
 
 
