@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -14,9 +16,12 @@ from pytest_mock import MockerFixture
 
 from gateway.local.fanout_pace import INITIAL_COST
 from gateway.local.keys import HUB
-from gateway.local.stream import text_frame
-from tests.fixtures.common import wait_until
+from gateway.local.stream import StreamClient, StreamCounters, _messages, text_frame
+from gateway.reading import StoredReading
+from gateway.store import Store
+from tests.fixtures.common import wait_for_value, wait_until
 from tests.fixtures.local import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
+from tests.test_mqtt_support import put
 
 STREAM = "/api/v1/stream"
 
@@ -449,3 +454,60 @@ async def test_every_frame_size_reaches_the_client_intact(tmp_path: Path) -> Non
             message = await receive_json(ws)
             assert [len(r["value"]) for r in message["readings"]] == [size]
         await ws.close()
+
+
+class _SlowSocket:
+    """A client's WebSocket as ``StreamClient`` sees it, recording every message; one
+    chosen send waits for the test to act while it is under way."""
+
+    closed = False
+
+    def __init__(self, during_send: int, act: Callable[[], Awaitable[None]]) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._during_send, self._act = during_send, act
+
+    async def send_frame(self, message: bytes, _kind: object) -> None:
+        self.messages.append(json.loads(message))
+        if len(self.messages) == self._during_send:
+            await self._act()
+
+    def seqs(self) -> list[int]:
+        return [r["seq"] for m in self.messages if m["type"] == "readings" for r in m["readings"]]
+
+
+async def test_a_queue_that_overflows_while_the_replay_sends_its_last_page_is_replayed(
+    store: Store,
+) -> None:
+    """The replay reached the live queue's first reading; then, while its last page was on
+    the way, the queue overflowed and was cleared. Those readings come from the log."""
+    await put(store, 10)
+
+    async def commits_during_the_send() -> None:
+        for _ in range(4):  # 12-15: one more than the queue holds, then two
+            await put(store, 1)
+
+    socket_ = _SlowSocket(during_send=2, act=commits_during_the_send)  # hello, then page 1
+    request = SimpleNamespace(transport=None, remote="test")
+    client = StreamClient(
+        request,  # type: ignore[arg-type]
+        socket_,  # type: ignore[arg-type]
+        device_glob=None,
+        queue_limit=2,
+        counters=StreamCounters(),
+        send_timeout=10.0,
+    )
+
+    def offer(batch: Sequence[StoredReading]) -> None:  # as the hub does on each commit
+        for message in _messages(batch, True):
+            client.offer(message)
+
+    store.add_listener(offer)
+    await put(store, 1)  # 11: queued live before the replay reads the log
+    sender = asyncio.create_task(client.run(b'{"type":"hello"}', store, since=0))
+    try:
+        await wait_for_value(lambda: socket_.seqs()[-1:], [15], "the last reading")
+    finally:
+        sender.cancel()
+        store.remove_listener(offer)
+    assert socket_.seqs() == list(range(1, 16))
+    assert [m["type"] for m in socket_.messages if m["type"] != "readings"] == ["hello"]

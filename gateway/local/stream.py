@@ -210,8 +210,11 @@ class StreamClient:
                 await self._send(readings_message(page))
                 cursor = page[-1].seq
                 self._sent_upto = cursor
-            caught_up = len(page) < MESSAGE_READINGS and cursor >= self._replay_floor
-            if reached_live or caught_up:
+            # The live queue may have overflowed while that page was being sent: then it
+            # was cleared, and the log must be read up to the floor it left.
+            if cursor < self._replay_floor:
+                continue
+            if reached_live or len(page) < MESSAGE_READINGS:
                 break
         self._replaying = False
 
