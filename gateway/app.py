@@ -21,7 +21,7 @@ from typing import Any
 from drivers import create_driver
 from gateway import systemd_notify
 from gateway.config import load_config
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, GatewayError
 from gateway.interfaces import Driver, GatewayView, Uplink
 from gateway.local import serve
 from gateway.settings import DeviceSettings, MqttSettings, Settings
@@ -102,7 +102,15 @@ class Gateway:
                 uplinks=self.uplinks,
                 started=time.time(),
             )
-            await self._supervise(self.store, view)
+            try:
+                await self._supervise(self.store, view)
+            except* GatewayError as failed:
+                # A part that cannot run (the local server's port taken, say) ends the
+                # gateway: its own one-line error says why, not a group of tasks.
+                error: BaseException = failed
+                while isinstance(error, BaseExceptionGroup):
+                    error = error.exceptions[0]
+                raise error from None
         finally:
             # Every sample a driver handed over is committed here, before exit.
             await self.store.close()

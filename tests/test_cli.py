@@ -6,6 +6,7 @@ import argparse
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,6 +117,24 @@ def test_run_logs_one_line_per_event_and_stops_cleanly_on_sigterm(tmp_path: Path
         assert re.fullmatch(r"\d{4}-\d\d-\d\dT\S+ (INFO|WARNING) [\w.]+: .+\n", line), line
     assert any("gateway gw-cli running" in line for line in lines)
     assert (tmp_path / "data" / "readings.db").exists()
+
+
+def test_a_taken_local_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.toml"
+        config.write_text(
+            f'[gateway]\nid = "gw-cli"\ndata_dir = "data"\n'
+            f'[local]\nlisten = "127.0.0.1:{port}"\ntoken = "{"t" * 24}"\n',
+            encoding="utf-8",
+        )
+        done = edge_gateway("run", "-c", config)
+    assert done.returncode == 1
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("edge-gateway:")]
+    assert error.startswith(f"edge-gateway: local server: cannot listen on 127.0.0.1:{port}: ")
+    assert "Traceback" not in done.stderr
 
 
 def test_toml_syntax_error_is_one_line(tmp_path: Path) -> None:
