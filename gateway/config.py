@@ -14,6 +14,7 @@ import json
 import math
 import re
 import socket
+import ssl
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -698,7 +699,7 @@ class _Parser:
             for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):
                 if section.values.get(key):
                     self.problem(section.key(key), 'only used with "mqtts://" or "wss://" urls')
-        self.pair(section, "cert_file", "key_file")
+        self.certificate(section)
         self.exclusive(section, "password", "password_file")
         if mqtt.protocol == "3.1.1" and mqtt.username is None:
             for key in ("password", "password_file"):
@@ -726,7 +727,7 @@ class _Parser:
         self.exclusive(section, "token", "token_file")
         if not {"token", "token_file"} & section.given and section.ok("token", "token_file"):
             self.problem(section.key("token"), "required (or token_file)")
-        self.pair(section, "cert_file", "key_file")
+        self.certificate(section)
         return LocalSettings(**section.values)
 
     def health(self, data: object) -> HealthSettings:
@@ -756,6 +757,19 @@ class _Parser:
         if counts and device.sample_interval <= 0:
             message = 'must be longer than 0 seconds with mode = "counter"'
             self.problem(section.key("sample_interval"), message)
+
+    def certificate(self, section: _Section) -> None:
+        """``cert_file`` and ``key_file`` come together and load as a certificate and key,
+        so that a wrong file fails here, not when the connection or server starts."""
+        self.pair(section, "cert_file", "key_file")
+        both = {"cert_file", "key_file"}
+        if not both <= section.given or not section.ok(*both):
+            return
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        try:
+            context.load_cert_chain(section.values["cert_file"], section.values["key_file"])
+        except (OSError, ssl.SSLError) as exc:
+            self.problem(section.key("cert_file"), f"does not load with key_file: {exc}")
 
     def pair(self, section: _Section, first: str, second: str) -> None:
         given = {first, second} & section.given

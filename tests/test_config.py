@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -394,14 +395,29 @@ def test_tls_files_only_with_a_tls_url(tmp_path: Path) -> None:
 
 
 def test_client_certificate_needs_its_key(tmp_path: Path) -> None:
-    (tmp_path / "c.crt").write_text("-", encoding="utf-8")
-    (tmp_path / "c.key").write_text("-", encoding="utf-8")
+    cert = trustme.CA().issue_cert("gw-1.example")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "c.crt"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "c.key"))
     found = problems(tmp_path, "[uplink.mqtt]\nurl = 'mqtts://h'\nkey_file = 'c.key'\n")
     assert found == ["uplink.mqtt.cert_file: required together with key_file"]
     text = "[uplink.mqtt]\nurl = 'wss://h'\nkey_file = 'c.key'\ncert_file = 'c.crt'\n"
     mqtt = parse(tmp_path, text).uplink.mqtt
     assert mqtt is not None
     assert (mqtt.cert_file, mqtt.key_file) == (tmp_path / "c.crt", tmp_path / "c.key")
+
+
+@pytest.mark.parametrize(
+    "section", ["[uplink.mqtt]\nurl = 'mqtts://h'", f"[local]\ntoken = '{TOKEN}'"]
+)
+def test_a_certificate_that_does_not_load_with_its_key_is_refused(
+    tmp_path: Path, section: str
+) -> None:
+    (tmp_path / "c.crt").write_text("not a certificate\n", encoding="utf-8")
+    trustme.CA().issue_cert("gw-1.example").private_key_pem.write_to_path(str(tmp_path / "c.key"))
+    found = problems(tmp_path, f"{section}\ncert_file = 'c.crt'\nkey_file = 'c.key'\n")
+    name = "uplink.mqtt" if "mqtt" in section else "local"
+    assert len(found) == 1
+    assert found[0].startswith(f"{name}.cert_file: does not load with key_file: ")
 
 
 def test_token_file_must_hold_a_token(tmp_path: Path) -> None:
