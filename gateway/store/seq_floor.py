@@ -36,13 +36,20 @@ class SeqFloor:
 
     def reserve(self, seq: int) -> None:
         """Make sure seqs up to ``seq`` are below the floor (fsynced) before use."""
-        if seq <= self.value:
-            return
-        new = seq + BLOCK
+        if seq > self.value:
+            self._write(seq + BLOCK)
+
+    def settle(self, last_seq: int) -> None:
+        """Lower the floor to ``last_seq``, the last seq handed out, once every commit is
+        on disk (a clean close): the next start continues right after it, not a block on."""
+        if last_seq < self.value:
+            self._write(last_seq)
+
+    def _write(self, value: int) -> None:
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
-            os.write(fd, f"{new}\n".encode("ascii"))
+            os.write(fd, f"{value}\n".encode("ascii"))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -52,4 +59,4 @@ class SeqFloor:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self.value = new
+        self.value = value

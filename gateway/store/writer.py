@@ -127,11 +127,13 @@ class Writer:
 
         meta = schema.read_meta(conn)
         max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
-        if schema.META_LAST_SEQ in meta:
-            self.last_seq = max(meta[schema.META_LAST_SEQ], max_row)
-        else:
-            # A fresh database: continue above every seq this data dir ever used.
-            self.last_seq = max(floor.value, max_row)
+        self.last_seq = max(meta.get(schema.META_LAST_SEQ, 0), max_row)
+        if schema.META_LAST_SEQ not in meta or settings.durability == "normal":
+            # A fresh database, or one whose last commits a power cut may have undone
+            # (commits are not fsynced with "normal"; an uplink may have sent them):
+            # continue above every seq this data dir ever handed out. After a clean
+            # close the floor is exactly the last seq, so there is no gap.
+            self.last_seq = max(self.last_seq, floor.value)
         self._dropped_base = meta.get(schema.META_DROPPED, 0)
         self._dropped_here = 0  # by the writer since open
         self.dead_letters = meta.get(schema.META_DEAD_LETTERS, 0)
@@ -282,6 +284,16 @@ class Writer:
             self._conn.execute("PRAGMA optimize")
         except sqlite3.Error as e:
             log.warning("store: optimize on close failed: %s", e)
+        # Unless every commit is known to be on disk, the floor keeps its reserve: the
+        # next start then skips ahead, never back.
+        try:
+            # A checkpoint that copies the whole WAL has synced it and the database
+            # (with "normal" too): only then may the floor say where seqs stop.
+            busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+            if not busy and frames == copied:
+                self._floor.settle(self.last_seq)
+        except (sqlite3.Error, OSError) as e:
+            log.warning("store: cannot settle the seq floor on close: %s", e)
         self._conn.close()
         self._lock.release()
         self.stopped = True
