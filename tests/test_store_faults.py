@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreError
-from gateway.reading import Sample, encode
+from gateway.reading import DeadLetter, Sample, encode
 from gateway.settings import StoreSettings
 from gateway.store import Store, writer
 from tests.fixtures.common import wait_until
@@ -52,6 +52,22 @@ async def test_page_cap_full_keeps_readings_in_memory_and_recovers(tmp_path: Pat
         assert store.stats().dropped == 0
         remaining = await store.read_after(stats.last_seq, put)
         assert [r.seq for r in remaining] == list(range(stats.last_seq + 1, put + 1))
+
+
+async def test_dead_letters_beyond_what_memory_holds_while_full_are_still_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(writer, "MAX_UNSAVED_DEAD_LETTERS", 10)
+    async with opened(tmp_path, max_page_count=100, history=0.0, startup_grace=0.0) as store:
+        await store.register_consumer("mqtt")
+        await _fill_until_full(store)
+        for i in range(25):
+            store.put_dead_letter(DeadLetter("thermo-1", "not a reading", b"x%d" % i, 0.0))
+        await store.ack("mqtt", store.last_seq)
+        await wait_until(lambda: store.health_reason is None, message="recovery")
+        await wait_until(lambda: store.stats().dead_letters == 25, message="all counted")
+    async with opened(tmp_path) as store:
+        assert store.stats().dead_letters == 25  # persisted
 
 
 @pytest.mark.parametrize("overflow", ["drop_oldest", "reject_new"])

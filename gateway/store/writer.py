@@ -356,7 +356,10 @@ class Writer:
             self._dropped_here += excess
             self.settled += excess
         while len(self._unsaved_dead) > MAX_UNSAVED_DEAD_LETTERS:
+            # Its raw bytes are lost, but it still counts (persisted with the next commit),
+            # as the dead letters beyond the newest rows kept do.
             self._unsaved_dead.popleft()
+            self.dead_letters += 1
 
     # -- one turn: one transaction --------------------------------------------
 
