@@ -21,7 +21,7 @@ from typing import Any
 from drivers import create_driver
 from gateway import systemd_notify
 from gateway.config import load_config
-from gateway.errors import ConfigError, GatewayError
+from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.interfaces import Driver, GatewayView, Uplink
 from gateway.local import serve
 from gateway.settings import DeviceSettings, MqttSettings, Settings
@@ -127,6 +127,7 @@ class Gateway:
                     systemd_notify.watchdog(self.notifier, store.stall_reason), name="watchdog"
                 ),
                 group.create_task(self._report_status(view), name="status"),
+                group.create_task(_end_with_store(store), name="store-watch"),
             ]
             if self.settings.local is not None:
                 await self._local_bound.wait()
@@ -235,6 +236,13 @@ class Gateway:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
             self.notifier.notify(status=systemd_notify.status_line(view))
+
+
+async def _end_with_store(store: Store) -> None:
+    """A store whose writer thread died (a bug) accepts nothing more: end the gateway
+    at once, exit 1, so the service manager restarts it (the watchdog would too, later)."""
+    reason = await store.wait_failed()
+    raise StoreError(f"the store stopped: {reason}")
 
 
 def _children_of(settings: Settings) -> dict[str, object]:

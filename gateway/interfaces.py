@@ -61,6 +61,11 @@ class StoreStats:
     commits: int
     committed_readings: int
     commit_seconds: float  # total time spent in commits
+    dead_letters_lost: int = 0  # dead letters counted but whose raw bytes were lost
+    moved_aside: int = 0  # damaged databases moved aside since the store opened
+    moved_aside_at: float | None = None  # when the last one was (epoch seconds)
+    moved_aside_reason: str | None = None  # what SQLite or the integrity check said
+    integrity_checks: int = 0  # background integrity checks run to the end
 
 
 class ReadingLog(Protocol):

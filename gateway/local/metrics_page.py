@@ -205,9 +205,35 @@ def _store(out: Exposition, view: GatewayView, now: float) -> None:
             "Time spent committing.",
             stats.commit_seconds,
         ),
+        (
+            "edge_gateway_store_dead_letters_lost_total",
+            "counter",
+            "Dead letters counted whose raw bytes were lost (memory bound, failing disk).",
+            stats.dead_letters_lost,
+        ),
+        (
+            "edge_gateway_store_moved_aside_total",
+            "counter",
+            "Damaged databases moved aside and replaced by a fresh log.",
+            stats.moved_aside,
+        ),
+        (
+            "edge_gateway_store_integrity_checks_total",
+            "counter",
+            "Background integrity checks run to the end.",
+            stats.integrity_checks,
+        ),
     ]
     for name, kind, help_text, value in gauges:
         out.metric(name, kind, help_text, [({}, value)])
+    out.metric(
+        "edge_gateway_store_moved_aside_timestamp_seconds",
+        "gauge",
+        "When a damaged database was last moved aside, with SQLite's reason.",
+        []
+        if stats.moved_aside_at is None
+        else [({"reason": stats.moved_aside_reason or ""}, stats.moved_aside_at)],
+    )
     out.metric(
         "edge_gateway_store_free_bytes",
         "gauge",

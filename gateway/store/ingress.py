@@ -3,6 +3,9 @@
 ``put`` runs on the event loop and never blocks; the writer thread takes
 everything waiting in one go. The wake-up event is cleared *before* the queue is
 drained, so an item appended during a drain is never missed.
+
+Everything that enters is bounded: samples and dead letters by count (a dead letter's
+raw bytes by size too), requests by how many wait. What is refused is counted.
 """
 
 from __future__ import annotations
@@ -49,7 +52,16 @@ class Stop(Request):
     pass
 
 
-Item = Sequence[Sample] | DeadLetter | Request
+@dataclass(slots=True)
+class Damaged:
+    """A reader found the database damaged; ``generation`` says which database it read,
+    so a report about a file already moved aside does not move its successor aside."""
+
+    generation: int
+    reason: str
+
+
+Item = Sequence[Sample] | DeadLetter | Request | Damaged
 
 # Samples put and not yet committed from which the store reports itself congested,
 # so that drivers stop reading until the writer has worked the backlog down to half
@@ -57,6 +69,16 @@ Item = Sequence[Sample] | DeadLetter | Request
 # acts before any bound drops, with a few MB of samples in memory at most; large
 # enough that commits under overload stay big and the fsync per commit is noise.
 HIGH_WATER = 20_000
+# A dead letter weighs this many samples in the congestion marks (a row with its raw
+# bytes, its reason and its own index entry): a device sending only bad lines is held
+# back by 500 of them waiting, as one sending good ones is by 20,000 samples.
+DEAD_LETTER_WEIGHT = 40
+# Dead letters put and not yet taken by the writer; beyond, they are counted and lost.
+MAX_PENDING_DEAD_LETTERS = 1_000
+# The raw bytes kept of one dead letter (codecs bound their lines far below this).
+MAX_DEAD_LETTER_RAW = 64 * 1024
+# Requests (flushes, registrations, acks) waiting for the writer.
+MAX_PENDING_REQUESTS = 1_000
 
 
 class Congestion:
@@ -97,14 +119,22 @@ class Ingress:
         self._items: deque[Item] = deque()
         self._wake = threading.Event()
         self.max_pending = max_pending
+        # Set by the writer when its thread ends: nothing more is taken, so nothing
+        # more is accepted (refused and counted instead of queued for nobody).
+        self.closed = False
         self.submitted = 0  # written by the producer only
         self.rejected = 0  # written by the producer only
         self.taken = 0  # written by the writer only
+        self.dead_submitted = 0  # written by the producer only
+        self.dead_rejected = 0  # written by the producer only
+        self.dead_taken = 0  # written by the writer only
+        self.requests_submitted = 0  # written by the producer only
+        self.requests_taken = 0  # written by the writer only
 
     def put_samples(self, samples: Sequence[Sample]) -> bool:
         """Queue samples; False (and counted) when the writer is too far behind."""
         n = len(samples)
-        if self.submitted - self.taken >= self.max_pending:
+        if self.closed or self.submitted - self.taken >= self.max_pending:
             self.rejected += n
             return False
         self.submitted += n
@@ -113,7 +143,32 @@ class Ingress:
         self._poke()
         return True
 
-    def put(self, item: DeadLetter | Request) -> None:
+    def put_dead_letter(self, dead_letter: DeadLetter) -> bool:
+        """Queue a dead letter; False (and counted) when too many wait or none are taken."""
+        if self.closed or self.dead_submitted - self.dead_taken >= MAX_PENDING_DEAD_LETTERS:
+            self.dead_rejected += 1
+            return False
+        raw = dead_letter.raw
+        if len(raw) > MAX_DEAD_LETTER_RAW:
+            reason = f"{dead_letter.reason} (raw bytes cut from {len(raw)})"
+            dead_letter = DeadLetter(
+                dead_letter.device, reason, raw[:MAX_DEAD_LETTER_RAW], dead_letter.ts
+            )
+        self.dead_submitted += 1
+        self._items.append(dead_letter)
+        self._poke()
+        return True
+
+    def put_request(self, request: Request) -> bool:
+        """Queue a request; False when too many wait already (a stop always goes in)."""
+        waiting = self.requests_submitted - self.requests_taken
+        if waiting >= MAX_PENDING_REQUESTS and not isinstance(request, Stop):
+            return False
+        self.requests_submitted += 1
+        self.put(request)
+        return True
+
+    def put(self, item: Request | Damaged) -> None:
         self._items.append(item)
         self._poke()
 

@@ -32,27 +32,52 @@ def device_filter(device_glob: str | None) -> tuple[str, tuple[str, ...]]:
     return " AND device GLOB ?", (device_glob,)
 
 
-class Reader:
-    """One read connection used from one worker thread."""
+# Called (from the reader's thread) with the generation of the database a read found
+# damaged and SQLite's message; the writer then moves that database aside.
+DamageReport = Callable[[int, str], None]
 
-    def __init__(self, path: Path, durability: Durability) -> None:
+
+class Reader:
+    """One read connection used from one worker thread.
+
+    ``generation`` tells which database the writer has open; when it changes (a
+    damaged one was moved aside) the reader opens the new file before its next read.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        durability: Durability,
+        generation: Callable[[], int],
+        report: DamageReport,
+    ) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store-reader")
         self._path = path
         self._durability = durability
+        self._generation = generation
+        self._report = report
         self._conn: sqlite3.Connection | None = None
+        self._conn_generation = 0
 
     async def call(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._executor, self._with_conn, fn)
 
     def _with_conn(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        generation = self._generation()
+        if self._conn is not None and self._conn_generation != generation:
+            self._conn.close()
+            self._conn = None
         try:
             if self._conn is None:
                 self._conn = schema.connect(self._path, self._durability)
+                self._conn_generation = generation
                 # fnmatchcase caches its compiled patterns.
                 self._conn.create_function("fnmatch", 2, fnmatch.fnmatchcase, deterministic=True)
             return fn(self._conn)
         except sqlite3.Error as exc:
+            if schema.is_corruption(exc):
+                self._report(self._conn_generation or generation, str(exc))
             # The next read opens afresh: the file may have been moved aside meanwhile.
             if self._conn is not None:
                 self._conn.close()

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import errno
 import sqlite3
+import struct
 import time
 from pathlib import Path
 
 from gateway.settings import Durability
+from gateway.store.files import fsync_dir
 
 # The log's file in the data directory (with its -wal and -shm companions).
 DB_NAME = "readings.db"
@@ -56,7 +58,13 @@ CREATE TABLE IF NOT EXISTS meta (
 META_LAST_SEQ = "last_seq"
 META_DROPPED = "dropped"
 META_DEAD_LETTERS = "dead_letters"
+META_DEAD_LETTERS_LOST = "dead_letters_lost"
 META_SCHEMA = "schema_version"
+# The run (see seq_floor.SeqFloor.begin_run) that last opened this database.
+META_EPOCH = "epoch"
+# A copy of seq.floor as it was when seqs up to it were reserved (a clean close lowers
+# it with the file): it stands in for the file if that is lost.
+META_RESERVED = "seq_reserved"
 UPSERT_META = (
     "INSERT INTO meta (key, value) VALUES (?, ?) "
     "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
@@ -120,8 +128,74 @@ def is_disk_full(error: BaseException) -> bool:
     return False
 
 
+_WAL_MAGIC = (0x377F0682, 0x377F0683)
+_WAL_HEADER = 32
+_FRAME_HEADER = 24
+
+
+def wal_last_commit(path: Path) -> int:
+    """The index (from 1) of the last commit frame of the WAL's current generation, as the
+    file holds it before SQLite recovers it; 0 without one. -1 when the file holds frames
+    behind a header SQLite will not accept (it then ignores every frame).
+
+    Opening the database recovers the WAL up to the first frame that fails its checksum
+    and drops the rest. If a commit frame lies beyond what SQLite kept (``PRAGMA
+    wal_checkpoint`` tells how many), committed transactions were lost: a damaged WAL,
+    or a power cut that tore a transaction never acknowledged. Only frame headers are
+    read, a few bytes per page.
+    """
+    wal = path.with_name(path.name + "-wal")
+    try:
+        f = wal.open("rb")
+    except FileNotFoundError:
+        return 0
+    with f:
+        header = f.read(_WAL_HEADER)
+        size = wal.stat().st_size
+        if len(header) < _WAL_HEADER:
+            return 0
+        magic, _version, page_size, _ckpt, salt1, salt2, c1, c2 = struct.unpack(">8I", header)
+        big = magic == _WAL_MAGIC[1]
+        valid = magic in _WAL_MAGIC and page_size >= 512 and page_size & (page_size - 1) == 0
+        if valid and _checksum(header[:24], big) != (c1, c2):
+            valid = False
+        if not valid:
+            return -1 if size > _WAL_HEADER else 0
+        frame_size = _FRAME_HEADER + page_size
+        last = 0
+        for index in range(1, (size - _WAL_HEADER) // frame_size + 1):
+            f.seek(_WAL_HEADER + (index - 1) * frame_size)
+            frame = f.read(_FRAME_HEADER)
+            if len(frame) < _FRAME_HEADER:
+                break
+            _page, commit_size, s1, s2 = struct.unpack(">4I", frame[:16])
+            if (s1, s2) == (salt1, salt2) and commit_size:
+                last = index
+        return last
+
+
+def _checksum(data: bytes, big_endian: bool) -> tuple[int, int]:
+    """SQLite's WAL checksum of ``data`` (a multiple of 8 bytes) from zero."""
+    words = struct.unpack(f"{'>' if big_endian else '<'}{len(data) // 4}I", data)
+    s0 = s1 = 0
+    for i in range(0, len(words), 2):
+        s0 = (s0 + words[i] + s1) & 0xFFFFFFFF
+        s1 = (s1 + words[i + 1] + s0) & 0xFFFFFFFF
+    return s0, s1
+
+
+def wal_frames(conn: sqlite3.Connection) -> int:
+    """Frames in the WAL as SQLite holds it (after recovery); a passive checkpoint."""
+    row = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    return int(row[1]) if row is not None and row[1] is not None and row[1] >= 0 else 0
+
+
 def move_aside(path: Path) -> Path:
-    """Rename a corrupt database and its WAL/SHM files; they are kept for inspection."""
+    """Rename a corrupt database and its WAL/SHM files; they are kept for inspection.
+
+    The directory is fsynced after the renames, so that after a power cut the damaged
+    file is not back under the live name with a fresh log's WAL beside it.
+    """
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     target = path.with_name(f"{path.name}.corrupt-{stamp}")
     n = 1
@@ -132,4 +206,38 @@ def move_aside(path: Path) -> Path:
         src = path.with_name(path.name + suffix)
         if src.exists():
             src.rename(target.with_name(target.name + suffix))
+    fsync_dir(path.parent)
     return target
+
+
+def moved_aside(path: Path) -> list[Path]:
+    """The databases moved aside from ``path`` so far (not their -wal/-shm files)."""
+    return sorted(
+        p
+        for p in path.parent.glob(f"{path.name}.corrupt-*")
+        if not p.name.endswith(("-wal", "-shm"))
+    )
+
+
+def highest_seq_in(path: Path) -> int:
+    """The highest seq a database (possibly damaged) says it handed out or reserved; 0
+    where it cannot tell. Read only, and only when seq.floor is lost."""
+    best = 0
+    try:
+        conn = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    except sqlite3.Error:
+        return 0
+    try:
+        for sql in (
+            "SELECT max(value) FROM meta WHERE key IN ('last_seq', 'seq_reserved')",
+            "SELECT max(seq) FROM readings",
+        ):
+            try:
+                (value,) = conn.execute(sql).fetchone()
+            except sqlite3.Error:
+                continue
+            if isinstance(value, int):
+                best = max(best, value)
+    finally:
+        conn.close()
+    return best

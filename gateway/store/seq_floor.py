@@ -1,18 +1,37 @@
-"""A seq floor kept outside the database, so a replaced database never reuses a seq.
+"""What keeps a seq from being handed out twice, outside the database.
 
-Cloud consumers dedupe on (gateway id, seq): if a corrupt database were replaced
-by a fresh one counting from 1 again, new readings would be discarded as
-duplicates of old ones. Before the store hands out a seq above the floor, it
-raises the floor by a whole block (a hi-lo allocator), so the file is written
-once per ``BLOCK`` seqs, not once per commit.
+Cloud consumers dedupe on (gateway id, seq): if a damaged database were replaced by
+a fresh one counting from 1 again, or an older copy restored, new readings would be
+discarded as duplicates of old ones. Two small files in the data directory:
+
+- ``seq.floor``: no seq above its value has ever been handed out. Before the store
+  hands out a seq above it, it raises it by a whole block (a hi-lo allocator), so the
+  file is written once per ``BLOCK`` seqs, not once per commit. A clean close lowers
+  it to the last seq handed out.
+- ``seq.run``: present while a store has the data directory open: the run's id and
+  its durability. Found at a start, it says the last stop was not clean.
+
+The rule that uses them is ``SeqFloor.base`` (see ``docs/store.md``, *Seqs*).
 """
 
 from __future__ import annotations
 
-import os
+import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.store.files import remove_durably, write_durably
+
 BLOCK = 100_000
+RUN_NAME = "seq.run"
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """A run of the store that ended without a clean close."""
+
+    epoch: int
+    durability: str
 
 
 class SeqFloor:
@@ -20,7 +39,13 @@ class SeqFloor:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.run_path = path.with_name(RUN_NAME)
+        # False when the file is missing or unreadable: the store then falls back on
+        # the copies of the floor kept in the database (see ``docs/store.md``).
+        self.found = False
         self.value = self._read()
+        self.unclean = self._read_run()
+        self.epoch = 0  # this run's, once begun
 
     def _read(self) -> int:
         try:
@@ -28,11 +53,52 @@ class SeqFloor:
         except FileNotFoundError:
             return 0
         try:
-            return int(text.strip())
+            value = int(text.strip())
         except ValueError:
             # A torn or damaged floor is no worse than none: the database's own
-            # last_seq still holds, and the next write replaces the file.
+            # last_seq and reserve still hold, and the next write replaces the file.
             return 0
+        self.found = value >= 0
+        return max(value, 0)
+
+    def _read_run(self) -> Run | None:
+        """The run that had the directory open and did not close it cleanly, if any."""
+        try:
+            text = self.run_path.read_text(encoding="ascii")
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError):
+            return Run(0, "unknown")
+        fields = text.split()
+        if len(fields) != 2 or not fields[0].isdigit():
+            return Run(0, "unknown")
+        return Run(int(fields[0]), fields[1])
+
+    def base(self, db_last: int, db_reserved: int, db_epoch: int, wal_lost: bool) -> int:
+        """The highest seq to count as handed out, so that the next one is new.
+
+        Only a database the last run wrote with every commit fsynced (``full``), whose
+        WAL lost no commit, is trusted to know its last seq exactly after a stop that
+        was not clean; anything else continues above the floor (a gap, never a reuse).
+        """
+        run = self.unclean
+        if (
+            run is not None
+            and run.durability == "full"
+            and run.epoch != 0
+            and run.epoch == db_epoch
+            and not wal_lost
+        ):
+            return db_last
+        return max(db_last, db_reserved, self.value)
+
+    def begin_run(self, durability: str, at_least: int) -> int:
+        """Mark the directory open by a new run (fsynced); returns the run's epoch."""
+        if at_least > self.value:
+            self._write(at_least)
+        self.epoch = 1 + secrets.randbelow(2**62)
+        write_durably(self.run_path, f"{self.epoch} {durability}\n")
+        return self.epoch
 
     def reserve(self, seq: int) -> None:
         """Make sure seqs up to ``seq`` are below the floor (fsynced) before use."""
@@ -41,22 +107,13 @@ class SeqFloor:
 
     def settle(self, last_seq: int) -> None:
         """Lower the floor to ``last_seq``, the last seq handed out, once every commit is
-        on disk (a clean close): the next start continues right after it, not a block on."""
+        on disk (a clean close), and end the run: the next start continues right after
+        it, not a block on."""
         if last_seq < self.value:
             self._write(last_seq)
+        remove_durably(self.run_path)
 
     def _write(self, value: int) -> None:
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, f"{value}\n".encode("ascii"))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_durably(self.path, f"{value}\n")
         self.value = value
+        self.found = True

@@ -19,7 +19,17 @@ from gateway.interfaces import CommitListener, StoreStats
 from gateway.reading import DeadLetter, Sample, StoredReading
 from gateway.settings import StoreSettings
 from gateway.store import schema
-from gateway.store.ingress import HIGH_WATER, Ack, Congestion, Flush, Register, Request, Stop
+from gateway.store.check import IntegrityCheck
+from gateway.store.ingress import (
+    HIGH_WATER,
+    Ack,
+    Congestion,
+    Damaged,
+    Flush,
+    Register,
+    Request,
+    Stop,
+)
 from gateway.store.lock import DataDirLock
 from gateway.store.reader import Reader
 from gateway.store.seq_floor import SeqFloor
@@ -65,31 +75,59 @@ def _open_locked(
     lock: DataDirLock,
 ) -> Writer:
     floor = SeqFloor(path.with_name("seq.floor"))
-    try:
-        conn = _connect(path, settings, max_page_count)
-    except sqlite3.DatabaseError as e:
-        if not schema.is_corruption(e):
+
+    def opener() -> sqlite3.Connection:
+        return _connect(path, settings, max_page_count)[0]
+
+    moved: tuple[Path, str] | None = None
+    while True:
+        # Read before SQLite recovers the WAL, and compared with what it kept.
+        last_commit = schema.wal_last_commit(path)
+        conn: sqlite3.Connection | None = None
+        try:
+            conn, frames = _connect(path, settings, max_page_count)
+            wal_lost = last_commit < 0 or last_commit > frames
+            if wal_lost:
+                log.error(
+                    "store: %s-wal held committed transactions SQLite could not recover "
+                    "(damaged, or torn by a power cut); seqs continue above the floor",
+                    path.name,
+                )
+            writer = Writer(
+                path,
+                settings,
+                conn,
+                floor,
+                lock,
+                startup_grace=startup_grace,
+                opener=opener,
+                wal_lost=wal_lost,
+            )
+        except sqlite3.DatabaseError as e:
+            if conn is not None:
+                conn.close()
+            if not schema.is_corruption(e) or moved is not None:
+                raise
+            # Damaged where opening reads (the header, the schema, the meta or cursor
+            # pages, the newest readings): moved aside, and a fresh database started.
+            moved = (schema.move_aside(path), str(e))
+            continue
+        except sqlite3.Error:
+            if conn is not None:
+                conn.close()
             raise
-        aside = schema.move_aside(path)
-        log.error(
-            "store: %s is damaged (%s); moved it to %s and started a fresh database; "
-            "new seqs continue above %d",
-            path,
-            e,
-            aside,
-            floor.value,
-        )
-        conn = _connect(path, settings, max_page_count)
-    try:
-        return Writer(path, settings, conn, floor, lock, startup_grace=startup_grace)
-    except sqlite3.Error:
-        conn.close()
-        raise
+        if moved is not None:
+            writer.note_moved_aside(*moved)
+        return writer
 
 
-def _connect(path: Path, settings: StoreSettings, max_page_count: int | None) -> sqlite3.Connection:
+def _connect(
+    path: Path, settings: StoreSettings, max_page_count: int | None
+) -> tuple[sqlite3.Connection, int]:
+    """A write connection with the schema in place, and the WAL frames SQLite kept."""
     conn = schema.connect(path, settings.durability)
     try:
+        frames = schema.wal_frames(conn)
         if max_page_count is not None:
             conn.execute(f"PRAGMA max_page_count = {int(max_page_count)}")
         schema.create_schema(conn)
@@ -99,17 +137,22 @@ def _connect(path: Path, settings: StoreSettings, max_page_count: int | None) ->
     except sqlite3.Error:
         conn.close()
         raise
-    return conn
+    return conn, frames
 
 
 class Store:
     """Implements ``SampleSink`` and ``ReadingLog``; open with ``await Store.open(...)``."""
 
-    def __init__(self, writer: Writer, reader: Reader, congestion: Congestion) -> None:
+    def __init__(self, writer: Writer, congestion: Congestion) -> None:
         self._writer = writer
         self._congestion = congestion
         self._room_waiters: list[asyncio.Future[None]] = []
-        self._reader = reader
+        self._reader = Reader(
+            writer.path, writer.settings.durability, lambda: writer.generation, self._damaged
+        )
+        self._check = IntegrityCheck(writer.path, lambda: writer.generation, self._damaged)
+        # Set once the writer thread has ended on its own (a bug): see ``wait_failed``.
+        self._failed = asyncio.Event()
         self._last_seq = writer.last_seq
         self._listeners: list[CommitListener] = []
         self._waiters: list[tuple[int, asyncio.Future[int]]] = []
@@ -137,8 +180,11 @@ class Store:
         writer = await asyncio.to_thread(
             _open_writer, path, settings, max_page_count, startup_grace
         )
-        store = cls(writer, Reader(path, settings.durability), congestion)
+        store = cls(writer, congestion)
         writer.start(store._loop, store._on_outcome)
+        # Off the writer's path and after open has returned: a large log on a slow card
+        # delays neither readiness nor commits.
+        store._check.start()
         return store
 
     async def close(self) -> None:
@@ -146,6 +192,7 @@ class Store:
         if self._closed:
             return
         self._closed = True
+        await asyncio.to_thread(self._check.stop)
         if not self._writer.stopped:
             await self._request(Stop(self._loop.create_future()))
         await asyncio.to_thread(self._writer.join)
@@ -171,9 +218,12 @@ class Store:
             log.debug("store: writer behind; %d samples dropped", len(samples))
 
     def put_dead_letter(self, dead_letter: DeadLetter) -> None:
+        """Queue a dead letter; bounded like samples (counted in ``dead_letters`` and
+        ``dead_letters_lost`` when refused), and weighed in ``congested``."""
         if self._closed:
             raise StoreClosedError("the store is closed")
-        self._writer.ingress.put(dead_letter)
+        if not self._writer.ingress.put_dead_letter(dead_letter):
+            log.debug("store: writer behind; a dead letter of %s lost", dead_letter.device)
 
     @property
     def congested(self) -> bool:
@@ -186,7 +236,7 @@ class Store:
         writer = self._writer
         if self._closed or writer.stopped or writer.failure is not None:
             return False
-        return self._congestion.update(writer.ingress.submitted - writer.settled)
+        return self._congestion.update(writer.pending_weight)
 
     @property
     def paced(self) -> bool:
@@ -294,20 +344,32 @@ class Store:
             return f"the store writer has not come round its loop for {idle:.0f} s"
         return None
 
+    async def wait_failed(self) -> str:
+        """Return (why) once the writer thread has ended by itself: from then on the store
+        accepts nothing, and only a restart of the process brings it back."""
+        await self._failed.wait()
+        return self._writer.failure or "the store writer has stopped"
+
     def stats(self) -> StoreStats:
         w = self._writer
+        ingress = w.ingress
         return StoreStats(
             depth=w.depth,
             bytes=w.bytes,
             last_seq=self._last_seq,
             dropped=w.dropped,
-            dead_letters=w.dead_letters,
+            dead_letters=w.dead_letters + ingress.dead_rejected - w.dead_rejected_seen,
             oldest_unsent_ts=w.oldest_unsent_ts,
             degraded=w.degraded,
             free_bytes=w.free_bytes,
             commits=w.commits,
             committed_readings=w.committed_readings,
             commit_seconds=w.commit_seconds,
+            dead_letters_lost=w.dead_letters_lost + ingress.dead_rejected - w.dead_rejected_seen,
+            moved_aside=w.moved_aside,
+            moved_aside_at=w.moved_aside_at,
+            moved_aside_reason=w.moved_aside_reason,
+            integrity_checks=self._check.completed,
         )
 
     # -- from the writer -----------------------------------------------------------
@@ -317,12 +379,19 @@ class Store:
             raise StoreClosedError("the store is closed")
         if self._writer.stopped:
             raise StoreError(self._writer.failure or "the store writer has stopped")
-        self._writer.ingress.put(request)
+        if not self._writer.ingress.put_request(request):
+            raise StoreError("the store is busy: too many requests wait for the writer")
         return await request.future
+
+    def _damaged(self, generation: int, reason: str) -> None:
+        """From any thread: a read found the database ``generation`` damaged."""
+        self._writer.ingress.put(Damaged(generation, reason))
 
     def _on_outcome(self, outcome: Outcome) -> None:
         """Runs on the loop: announce a committed batch, then resolve requests."""
         self._last_seq = max(self._last_seq, outcome.last_seq)
+        if self._writer.stopped and not self._closed:
+            self._failed.set()
         if self._room_waiters and not self.congested:
             self._wake_room_waiters()
         if outcome.readings:

@@ -7,9 +7,12 @@ and the next transaction takes them all, so batches grow by themselves and no
 timer is needed. Bounds and retention run in the same transaction, with work
 proportional to what was inserted, so the log never falls behind its bounds.
 
-When a commit fails (disk full, database busy or damaged), nothing is lost
-that fits in memory: the samples stay in a bounded buffer, the store reports
-itself degraded, and the writer retries with backoff until the disk has room.
+When a commit fails (disk full, database busy), nothing is lost that fits in
+memory: the samples stay in a bounded buffer, the store reports itself degraded,
+and the writer retries with backoff until the disk has room. A damaged database,
+wherever it shows (a commit, retention, a read, the background check), is moved
+aside and the writer carries on with a fresh one, its buffered samples and seqs
+intact (see ``_start_afresh``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,17 @@ from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample, StoredReading, encode
 from gateway.settings import StoreSettings
 from gateway.store import schema, trim
-from gateway.store.ingress import Ack, CursorRequest, Flush, Ingress, Register, Request, Stop
+from gateway.store.ingress import (
+    DEAD_LETTER_WEIGHT,
+    Ack,
+    CursorRequest,
+    Damaged,
+    Flush,
+    Ingress,
+    Register,
+    Request,
+    Stop,
+)
 from gateway.store.lock import DataDirLock
 from gateway.store.seq_floor import SeqFloor
 
@@ -63,6 +76,9 @@ RETRY_MIN = 0.05
 RETRY_MAX = 2.0
 # A stop gives a failing disk this many more attempts before giving up.
 STOP_ATTEMPTS = 3
+# How long /healthz and the status line say that a damaged database was moved aside
+# (the counter in /metrics stays).
+MOVED_ASIDE_NOTICE = 3600.0
 
 
 # A request's future and what to resolve it with (a value or an error).
@@ -113,10 +129,13 @@ class Writer:
         lock: DataDirLock,
         *,
         startup_grace: float,
+        opener: Callable[[], sqlite3.Connection],
+        wal_lost: bool = False,
     ) -> None:
         self.path = path
         self.settings = settings
         self._conn = conn
+        self._opener = opener
         self._floor = floor
         self._lock = lock
         self._grace_until = time.monotonic() + startup_grace
@@ -127,16 +146,53 @@ class Writer:
 
         meta = schema.read_meta(conn)
         max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
-        self.last_seq = max(meta.get(schema.META_LAST_SEQ, 0), max_row)
-        if schema.META_LAST_SEQ not in meta or settings.durability == "normal":
-            # A fresh database, or one whose last commits a power cut may have undone
-            # (commits are not fsynced with "normal"; an uplink may have sent them):
-            # continue above every seq this data dir ever handed out. After a clean
-            # close the floor is exactly the last seq, so there is no gap.
-            self.last_seq = max(self.last_seq, floor.value)
+        db_last = max(meta.get(schema.META_LAST_SEQ, 0), max_row)
+        reserved = meta.get(schema.META_RESERVED, 0)
+        if not floor.found:
+            # seq.floor is lost: the databases moved aside remember how far seqs went.
+            for aside in schema.moved_aside(path):
+                reserved = max(reserved, schema.highest_seq_in(aside))
+        base = floor.base(db_last, reserved, meta.get(schema.META_EPOCH, 0), wal_lost)
+        if base > db_last:
+            log.warning(
+                "store: the last stop was not clean or %s is not the database last written "
+                "(its last seq %d); new seqs continue above %d so that none is reused",
+                path.name,
+                db_last,
+                base,
+            )
+        self.last_seq = base
+        epoch = floor.begin_run(settings.durability, base)
+        try:
+            conn.executemany(
+                schema.UPSERT_META,
+                [
+                    (schema.META_LAST_SEQ, base),
+                    (schema.META_RESERVED, floor.value),
+                    (schema.META_EPOCH, epoch),
+                ],
+            )
+        except sqlite3.Error as e:
+            if not schema.is_disk_full(e):
+                raise
+            # Without its run's mark the database is not trusted after a crash: the
+            # next start skips ahead instead, which is safe.
+            log.warning("store: cannot mark the database with this run (%s)", e)
+        self._written_reserved = floor.value
         self._dropped_base = meta.get(schema.META_DROPPED, 0)
         self._dropped_here = 0  # by the writer since open
         self.dead_letters = meta.get(schema.META_DEAD_LETTERS, 0)
+        # Dead letters whose raw bytes were lost (counted in dead_letters all the same).
+        self.dead_letters_lost = meta.get(schema.META_DEAD_LETTERS_LOST, 0)
+        self._written_dead_letters_lost = self.dead_letters_lost
+        # Which database the writer has open: bumped when a damaged one is moved aside.
+        self.generation = 1
+        self._damage: str | None = None  # found damaged; moved aside at the next turn
+        self.moved_aside = 0
+        self.moved_aside_at: float | None = None
+        self.moved_aside_reason: str | None = None
+        self._moved_aside_path: Path | None = None
+        self._closed_conn = False  # the damaged database's connection is closed
         self.cursors: dict[str, int] = dict(conn.execute("SELECT name, seq FROM cursors"))
         self.active: set[str] = set()
         self.depth = 0
@@ -167,6 +223,13 @@ class Writer:
         self._unsaved: deque[Sample] = deque()
         self._unsaved_dead: deque[DeadLetter] = deque()
         self._acks: dict[str, int] = {}
+        # Per ack, the dead letters taken before it: a refused reading's dead letter must
+        # be committed before (or with) the ack that lets the cursor pass the reading.
+        self._ack_after: dict[str, int] = {}
+        self._dead_taken = 0
+        self._dead_settled = 0  # committed, or lost and counted
+        self.dead_rejected_seen = 0  # of ingress.dead_rejected, counted in dead_letters
+        self._dead_limit = MAX_UNSAVED_DEAD_LETTERS
         self._registers: list[str] = []
         self._requests: list[CursorRequest] = []
         self._flushes: list[Flush] = []
@@ -197,6 +260,13 @@ class Writer:
         reasons = []
         if self.failure is not None:
             reasons.append(self.failure)
+        at = self.moved_aside_at
+        if at is not None and time.time() - at < MOVED_ASIDE_NOTICE:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at))
+            reasons.append(
+                f"database damaged ({self.moved_aside_reason}): moved aside to "
+                f"{self._moved_aside_path} at {stamp}; a fresh log was started"
+            )
         if self.store_full:
             reasons.append("store full: new readings are refused (overflow = reject_new)")
         if self._free_space_error is not None:
@@ -227,17 +297,57 @@ class Writer:
             # Last resort, outside the loop: a bug here must not leave callers
             # waiting forever on a thread that is gone.
             log.critical("store writer stopped by an unexpected error", exc_info=True)
-            self.failure = f"writer stopped: {e!r}"
-            self.stopped = True
-            error = StoreError(self.failure)
-            waiting = [i for i in self.ingress.take(0) if isinstance(i, Request)]
-            requests = [*self._requests, *self._flushes, *waiting]
-            self._hand_over(Outcome([], self.last_seq, [(r.future, error) for r in requests]))
-            with contextlib.suppress(sqlite3.Error):
-                self._conn.close()
-            self._lock.release()
+            self._died(e)
             return
         self._finish(stop)
+
+    def _died(self, error: BaseException) -> None:
+        """The loop ended by a bug: refuse input from now on, count what is lost, fail
+        every caller, and say so (health, the watchdog via ``failure``)."""
+        self.ingress.closed = True
+        failure = f"writer stopped: {error!r}"
+        lost = len(self._unsaved)
+        lost_dead = len(self._unsaved_dead)
+        requests: list[Request] = [*self._requests, *self._flushes]
+        for item in self.ingress.take(0):
+            if isinstance(item, Request):
+                requests.append(item)
+            elif isinstance(item, DeadLetter):
+                lost_dead += 1
+            elif not isinstance(item, Damaged):
+                lost += len(item)
+        self._dropped_here += lost
+        self.dead_letters += lost_dead
+        self.dead_letters_lost += lost_dead
+        self.settled = self.ingress.submitted
+        self._unsaved.clear()
+        self._unsaved_dead.clear()
+        log.critical(
+            "store writer gone: %d readings and %d dead letters lost; nothing more is accepted",
+            lost,
+            lost_dead,
+        )
+        try:
+            # Best effort: the totals survive the restart that must follow.
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+            self._conn.executemany(schema.UPSERT_META, self._totals())
+        except sqlite3.Error as e:
+            log.error("store: cannot record what was lost: %s", e)
+        self.failure = failure
+        self.stopped = True
+        error_out = StoreError(failure)
+        self._hand_over(Outcome([], self.last_seq, [(r.future, error_out) for r in requests]))
+        with contextlib.suppress(sqlite3.Error):
+            self._conn.close()
+        self._lock.release()
+
+    def _totals(self) -> list[tuple[str, int]]:
+        return [
+            (schema.META_DROPPED, self.dropped),
+            (schema.META_DEAD_LETTERS, self.dead_letters),
+            (schema.META_DEAD_LETTERS_LOST, self.dead_letters_lost),
+        ]
 
     def _turns_until_stopped(self) -> Stop:
         retry_delay = RETRY_MIN
@@ -245,8 +355,10 @@ class Writer:
         failed_stops = 0
         while True:
             self.heartbeat = time.monotonic()
-            if self.failure is not None:
-                timeout: float | None = retry_delay
+            if self._damage is not None and not self._closed_conn:
+                timeout: float | None = 0.0
+            elif self.failure is not None:
+                timeout = retry_delay
             else:
                 timeout = 0.0 if self._has_work() or stop is not None else IDLE_WAKE
             stop = self._take(timeout) or stop
@@ -266,14 +378,18 @@ class Writer:
 
     def _finish(self, stop: Stop) -> None:
         lost = len(self._unsaved)
-        if lost:
-            log.error("store closed with %d readings that could not be committed", lost)
+        lost_dead = len(self._unsaved_dead)
+        if lost or lost_dead:
+            log.error(
+                "store closed with %d readings and %d dead letters that could not be committed",
+                lost,
+                lost_dead,
+            )
             self._dropped_here += lost
+            self.dead_letters += lost_dead
+            self.dead_letters_lost += lost_dead
             try:
-                self._conn.execute(
-                    schema.UPSERT_META,
-                    (schema.META_DROPPED, self.dropped),
-                )
+                self._conn.executemany(schema.UPSERT_META, self._totals())
             except sqlite3.Error as e:
                 log.error("store: cannot record the %d dropped readings: %s", lost, e)
         closed = StoreClosedError("the store is closed")
@@ -287,10 +403,12 @@ class Writer:
         # Unless every commit is known to be on disk, the floor keeps its reserve: the
         # next start then skips ahead, never back.
         try:
+            # The database's copy of the floor first: it stands in for a lost seq.floor.
+            self._conn.execute(schema.UPSERT_META, (schema.META_RESERVED, self.last_seq))
             # A checkpoint that copies the whole WAL has synced it and the database
             # (with "normal" too): only then may the floor say where seqs stop.
             busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
-            if not busy and frames == copied:
+            if not busy and frames == copied and self._damage is None:
                 self._floor.settle(self.last_seq)
         except (sqlite3.Error, OSError) as e:
             log.warning("store: cannot settle the seq floor on close: %s", e)
@@ -316,14 +434,37 @@ class Writer:
         return max(0.0, self._last_start + spacing - time.perf_counter())
 
     def _has_work(self) -> bool:
-        return bool(self._unsaved or self._unsaved_dead or self._requests or self._flushes)
+        return bool(
+            self._unsaved
+            or self._unsaved_dead
+            or self._requests
+            or self._flushes
+            or self._damage is not None
+        )
 
     def _take(self, timeout: float | None) -> Stop | None:
         stop = None
-        for item in self.ingress.take(timeout):
+        ingress = self.ingress
+        items = ingress.take(timeout)
+        refused = ingress.dead_rejected - self.dead_rejected_seen
+        if refused:
+            # Refused at the door (too many waiting): counted and persisted from here.
+            self.dead_rejected_seen += refused
+            self.dead_letters += refused
+            self.dead_letters_lost += refused
+        for item in items:
             if isinstance(item, DeadLetter):
                 self._unsaved_dead.append(item)
-            elif isinstance(item, Flush):
+                self._dead_taken += 1
+                ingress.dead_taken += 1
+                continue
+            if isinstance(item, Damaged):
+                if item.generation == self.generation and self._damage is None:
+                    self._damage = item.reason
+                continue
+            if isinstance(item, Request):
+                ingress.requests_taken += 1
+            if isinstance(item, Flush):
                 item.target = self.ingress.taken
                 self._flushes.append(item)
             elif isinstance(item, Ack):
@@ -332,6 +473,7 @@ class Writer:
                     self._hand_over(Outcome([], self.last_seq, [(item.future, error)]))
                     continue
                 self._acks[item.name] = max(item.seq, self._acks.get(item.name, 0))
+                self._ack_after[item.name] = self._dead_taken
                 self._requests.append(item)
             elif isinstance(item, Register):
                 self._registers.append(item.name)
@@ -360,11 +502,23 @@ class Writer:
             # as the dead letters beyond the newest rows kept do.
             self._unsaved_dead.popleft()
             self.dead_letters += 1
+            self.dead_letters_lost += 1
+            self._dead_settled += 1
+
+    @property
+    def pending_weight(self) -> int:
+        """Samples and dead letters put and not yet settled, as the congestion marks
+        weigh them (read from the event loop)."""
+        ingress = self.ingress
+        dead = ingress.dead_submitted - ingress.dead_taken + len(self._unsaved_dead)
+        return ingress.submitted - self.settled + DEAD_LETTER_WEIGHT * dead
 
     # -- one turn: one transaction --------------------------------------------
 
     def _turn(self) -> bool:
         """Commit what is waiting (and any due upkeep); False if the commit failed."""
+        if self._damage is not None and not self._start_afresh():
+            return False
         now = time.monotonic()
         maintenance = now >= self._next_maintenance
         if not (self._has_work() or maintenance):
@@ -377,10 +531,10 @@ class Writer:
         if maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self._check_free_space()
-        if self.failure is not None and self._unsaved:
+        if self.failure is not None and (self._unsaved or self._unsaved_dead):
             # Commit acks and upkeep on their own first: freeing space must not
             # depend on the readings that do not fit yet.
-            upkeep = _Batch([], [], dict(self._acks), list(self._registers))
+            upkeep = _Batch([], [], self._ready_acks(0), list(self._registers))
             if not self._attempt(upkeep, maintenance=True):
                 return False
         upkeep_due = maintenance or self.failure is not None
@@ -388,12 +542,21 @@ class Writer:
             batch = self._form_batch()
             if self._attempt(batch, upkeep_due):
                 self._batch_limit = min(MAX_BATCH, 2 * self._batch_limit)
+                self._dead_limit = min(MAX_UNSAVED_DEAD_LETTERS, 2 * self._dead_limit + 1)
                 return True
-            if self.failure != DISK_FULL or len(batch.samples) <= 1:
+            if self.failure != DISK_FULL:
                 return False
-            # Whatever still fits is committed now (and a bound that is reached
-            # then applies); the limit grows back with each success.
-            self._batch_limit = len(batch.samples) // 2
+            # Whatever still fits is committed now (and a bound that is reached then
+            # applies): samples first, dead letters never holding them back; then the
+            # dead letters, halved likewise. The limits grow back with each success.
+            if batch.samples and batch.dead_letters:
+                self._dead_limit = 0
+            elif len(batch.samples) > 1:
+                self._batch_limit = len(batch.samples) // 2
+            elif len(batch.dead_letters) > 1:
+                self._dead_limit = len(batch.dead_letters) // 2
+            else:
+                return False
 
     def _attempt(self, batch: _Batch, maintenance: bool) -> bool:
         started = self._last_start = time.perf_counter()
@@ -418,12 +581,22 @@ class Writer:
             samples = list(self._unsaved)
         else:
             samples = list(itertools.islice(self._unsaved, self._batch_limit))
+        if len(self._unsaved_dead) <= self._dead_limit:
+            dead_letters = list(self._unsaved_dead)
+        else:
+            dead_letters = list(itertools.islice(self._unsaved_dead, self._dead_limit))
         return _Batch(
             samples=samples,
-            dead_letters=list(self._unsaved_dead),
-            acks=dict(self._acks),
+            dead_letters=dead_letters,
+            acks=self._ready_acks(len(dead_letters)),
             registers=list(self._registers),
         )
+
+    def _ready_acks(self, dead_letters: int) -> dict[str, int]:
+        """The acks that may commit with ``dead_letters`` more dead letters: none lets a
+        cursor pass a refused reading whose dead letter would stay in memory only."""
+        settled = self._dead_settled + dead_letters
+        return {n: s for n, s in self._acks.items() if self._ack_after[n] <= settled}
 
     def _transaction(self, batch: _Batch, maintenance: bool) -> None:
         conn = self._conn
@@ -479,6 +652,10 @@ class Writer:
         dead_total = self.dead_letters + len(batch.dead_letters) + len(batch.unencodable)
         if dead_total != self._written_dead_letters:
             meta.append((schema.META_DEAD_LETTERS, dead_total))
+        if self.dead_letters_lost != self._written_dead_letters_lost:
+            meta.append((schema.META_DEAD_LETTERS_LOST, self.dead_letters_lost))
+        if self._floor.value != self._written_reserved:
+            meta.append((schema.META_RESERVED, self._floor.value))
         if meta:
             conn.executemany(schema.UPSERT_META, meta)
 
@@ -583,6 +760,9 @@ class Writer:
                 self._unsaved.popleft()
         for _ in range(len(batch.dead_letters)):
             self._unsaved_dead.popleft()
+        self._dead_settled += len(batch.dead_letters)
+        self._written_dead_letters_lost = self.dead_letters_lost
+        self._written_reserved = self._floor.value
         if batch.last_seq:
             self.last_seq = batch.last_seq
         for name in batch.registers:
@@ -592,6 +772,7 @@ class Writer:
             self.cursors[name] = max(self.cursors.get(name, 0), seq)
             if self._acks.get(name) == seq:
                 del self._acks[name]
+                del self._ack_after[name]
         self._registers = self._registers[len(batch.registers) :]
         self.depth = max(0, self.depth + batch.depth_delta) if self.active else 0
         self._dropped_here += batch.dropped
@@ -607,7 +788,7 @@ class Writer:
         self._inserted_since_maintenance += len(batch.rows)
         if maintenance:
             self._inserted_since_maintenance = 0
-        if self.failure is not None and not self._unsaved:
+        if self.failure is not None and not self._unsaved and not self._unsaved_dead:
             log.warning("store recovered: commits succeed again (%s)", self.failure)
             self.failure = None
         if maintenance:
@@ -650,14 +831,108 @@ class Writer:
         except sqlite3.Error as e:
             # Only the figures go stale (the byte bound then measures at every commit).
             self._growth = self.settings.max_bytes
-            log.warning("store: cannot measure the database: %s", e)
+            self._noticed(e)
 
     def _measure_oldest(self) -> None:
         try:
             self._measure_oldest_now()
         except sqlite3.Error as e:
             # Only the figure goes stale; the commit itself has succeeded.
-            log.warning("store: cannot measure the database: %s", e)
+            self._noticed(e)
+
+    def _noticed(self, error: sqlite3.Error) -> None:
+        if schema.is_corruption(error):
+            self._damage = str(error)
+        else:
+            log.warning("store: cannot measure the database: %s", error)
+
+    # -- a damaged database ------------------------------------------------------
+
+    def _start_afresh(self) -> bool:
+        """Move the damaged database aside and go on with a fresh one; False if that
+        failed (retried with backoff, the store degraded meanwhile).
+
+        Samples and dead letters not yet committed stay in memory and go into the new
+        database; seqs continue above the last one handed out; every known cursor is
+        carried over, so uplinks deliver from the new log without a restart. Unsent
+        readings left in the moved file are counted in ``dropped``.
+        """
+        reason = self._damage or "damaged"
+        try:
+            if not self._closed_conn:
+                with contextlib.suppress(sqlite3.Error):
+                    self._conn.close()
+                self._closed_conn = True
+                aside = schema.move_aside(self.path)
+                self._note_moved_aside(aside, reason)
+            self._adopt(self._opener())
+        except (sqlite3.Error, OSError) as e:
+            failure = f"database damaged ({reason}); cannot start a fresh one: {e}"
+            if failure != self.failure:
+                log.error("store: %s", failure)
+            self.failure = failure
+            return False
+        self._damage = None
+        self._closed_conn = False
+        if self.failure is not None and self.failure.startswith("database damaged"):
+            self.failure = None
+        return True
+
+    def note_moved_aside(self, aside: Path, reason: str) -> None:
+        """Record a damaged database moved aside when the store opened."""
+        self._note_moved_aside(aside, reason)
+
+    def _note_moved_aside(self, aside: Path, reason: str) -> None:
+        lost = self.depth
+        self._dropped_here += lost
+        self.moved_aside += 1
+        self.moved_aside_at = time.time()
+        self.moved_aside_reason = reason
+        self._moved_aside_path = aside
+        log.error(
+            "store: %s is damaged (%s); moved it aside to %s and started a fresh log; "
+            "%d unsent readings stay in the moved file; new seqs continue above %d",
+            self.path.name,
+            reason,
+            aside.name,
+            lost,
+            self.last_seq,
+        )
+
+    def _adopt(self, conn: sqlite3.Connection) -> None:
+        """Take up a fresh database: this run's seqs, totals and cursors go into it."""
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.executemany(
+                schema.UPSERT_META,
+                [
+                    (schema.META_LAST_SEQ, self.last_seq),
+                    (schema.META_RESERVED, self._floor.value),
+                    (schema.META_EPOCH, self._floor.epoch),
+                    *self._totals(),
+                ],
+            )
+            conn.executemany(
+                "INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, ?)",
+                list(self.cursors.items()),
+            )
+            conn.execute("COMMIT")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._conn = conn
+        self.generation += 1
+        self.depth = 0
+        self.oldest_unsent_ts = None
+        self._written_dropped = self.dropped
+        self._written_dead_letters = self.dead_letters
+        self._written_dead_letters_lost = self.dead_letters_lost
+        self._written_reserved = self._floor.value
+        self._inserted_since_maintenance = 0
+        self._next_maintenance = 0.0
+        self.page_size = self._pragma("page_size")
+        self._data_version = self._pragma("data_version")
+        self._measure()
 
     def _measure_oldest_now(self) -> None:
         floor = self._active_floor(self.cursors, self.active)
@@ -676,7 +951,9 @@ class Writer:
         if schema.is_disk_full(error):
             reason = DISK_FULL
         elif isinstance(error, sqlite3.Error) and schema.is_corruption(error):
-            reason = f"database damaged ({error}); restart to move it aside"
+            # Moved aside at once (the next turn): nothing to retry on this file.
+            self._damage = str(error)
+            return
         elif isinstance(error, sqlite3.Error) and schema.is_busy(error):
             reason = "database busy"
         else:
