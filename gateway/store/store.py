@@ -18,8 +18,7 @@ from gateway.errors import StoreClosedError, StoreError
 from gateway.interfaces import CommitListener, StoreStats
 from gateway.reading import DeadLetter, Sample, StoredReading
 from gateway.settings import StoreSettings
-from gateway.store import schema
-from gateway.store.check import IntegrityCheck
+from gateway.store import check, schema
 from gateway.store.ingress import (
     HIGH_WATER,
     Ack,
@@ -150,7 +149,9 @@ class Store:
         self._reader = Reader(
             writer.path, writer.settings.durability, lambda: writer.generation, self._damaged
         )
-        self._check = IntegrityCheck(writer.path, lambda: writer.generation, self._damaged)
+        self._check = check.IntegrityCheck(
+            writer.path, lambda: writer.generation, self._damaged, check.TIME_LIMIT
+        )
         # Set once the writer thread has ended on its own (a bug): see ``wait_failed``.
         self._failed = asyncio.Event()
         self._last_seq = writer.last_seq
