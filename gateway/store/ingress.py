@@ -77,7 +77,7 @@ DEAD_LETTER_WEIGHT = 40
 MAX_PENDING_DEAD_LETTERS = 1_000
 # The raw bytes kept of one dead letter (codecs bound their lines far below this).
 MAX_DEAD_LETTER_RAW = 64 * 1024
-# Requests (flushes, registrations, acks) waiting for the writer.
+# Requests (flushes, registrations, acks) put and not yet answered.
 MAX_PENDING_REQUESTS = 1_000
 
 
@@ -128,8 +128,6 @@ class Ingress:
         self.dead_submitted = 0  # written by the producer only
         self.dead_rejected = 0  # written by the producer only
         self.dead_taken = 0  # written by the writer only
-        self.requests_submitted = 0  # written by the producer only
-        self.requests_taken = 0  # written by the writer only
 
     def put_samples(self, samples: Sequence[Sample]) -> bool:
         """Queue samples; False (and counted) when the writer is too far behind."""
@@ -157,15 +155,6 @@ class Ingress:
         self.dead_submitted += 1
         self._items.append(dead_letter)
         self._poke()
-        return True
-
-    def put_request(self, request: Request) -> bool:
-        """Queue a request; False when too many wait already (a stop always goes in)."""
-        waiting = self.requests_submitted - self.requests_taken
-        if waiting >= MAX_PENDING_REQUESTS and not isinstance(request, Stop):
-            return False
-        self.requests_submitted += 1
-        self.put(request)
         return True
 
     def put(self, item: Request | Damaged) -> None:

@@ -21,6 +21,7 @@ from gateway.settings import StoreSettings
 from gateway.store import check, schema
 from gateway.store.ingress import (
     HIGH_WATER,
+    MAX_PENDING_REQUESTS,
     Ack,
     Congestion,
     Damaged,
@@ -154,6 +155,7 @@ class Store:
         )
         # Set once the writer thread has ended on its own (a bug): see ``wait_failed``.
         self._failed = asyncio.Event()
+        self._pending_requests = 0
         self._last_seq = writer.last_seq
         self._listeners: list[CommitListener] = []
         self._waiters: list[tuple[int, asyncio.Future[int]]] = []
@@ -380,9 +382,14 @@ class Store:
             raise StoreClosedError("the store is closed")
         if self._writer.stopped:
             raise StoreError(self._writer.failure or "the store writer has stopped")
-        if not self._writer.ingress.put_request(request):
+        if self._pending_requests >= MAX_PENDING_REQUESTS and not isinstance(request, Stop):
             raise StoreError("the store is busy: too many requests wait for the writer")
-        return await request.future
+        self._pending_requests += 1
+        try:
+            self._writer.ingress.put(request)
+            return await request.future
+        finally:
+            self._pending_requests -= 1
 
     def _damaged(self, generation: int, reason: str) -> None:
         """From any thread: a read found the database ``generation`` damaged."""

@@ -462,8 +462,6 @@ class Writer:
                 if item.generation == self.generation and self._damage is None:
                     self._damage = item.reason
                 continue
-            if isinstance(item, Request):
-                ingress.requests_taken += 1
             if isinstance(item, Flush):
                 item.target = self.ingress.taken
                 self._flushes.append(item)
@@ -541,18 +539,23 @@ class Writer:
         while True:
             batch = self._form_batch()
             if self._attempt(batch, upkeep_due):
-                self._batch_limit = min(MAX_BATCH, 2 * self._batch_limit)
+                self._batch_limit = min(MAX_BATCH, 2 * self._batch_limit + 1)
                 self._dead_limit = min(MAX_UNSAVED_DEAD_LETTERS, 2 * self._dead_limit + 1)
                 return True
             if self.failure != DISK_FULL:
                 return False
             # Whatever still fits is committed now (and a bound that is reached then
             # applies): samples first, dead letters never holding them back; then the
-            # dead letters, halved likewise. The limits grow back with each success.
+            # dead letters with the acks that wait for them (retention in the same
+            # transaction may make their room), halved likewise. The limits grow back
+            # with each success.
             if batch.samples and batch.dead_letters:
                 self._dead_limit = 0
             elif len(batch.samples) > 1:
                 self._batch_limit = len(batch.samples) // 2
+            elif batch.samples and self._unsaved_dead:
+                self._batch_limit = 0
+                self._dead_limit = len(self._unsaved_dead)
             elif len(batch.dead_letters) > 1:
                 self._dead_limit = len(batch.dead_letters) // 2
             else:
