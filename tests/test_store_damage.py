@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreError
-from gateway.store import Store, check, schema
+from gateway.store import Store, check, schema, writer
 from tests.fixtures.common import wait_until
 from tests.test_store_support import opened, sample
 
@@ -52,12 +52,14 @@ async def fill(data_dir: Path, count: int = COUNT, **options: object) -> None:
         assert await store.flush() == count
 
 
-def damage_the_middle(data_dir: Path) -> bytes:
+def damage_the_middle(data_dir: Path) -> int:
+    """Damage a leaf in the middle of the readings table; returns its page number."""
     db = data_dir / "readings.db"
     leaves = readings_leaves(db)
     assert len(leaves) > 10
-    damage_page(db, leaves[len(leaves) // 2])
-    return db.read_bytes()
+    pageno = leaves[len(leaves) // 2]
+    damage_page(db, pageno)
+    return pageno
 
 
 async def assert_fresh_log_goes_on(store: Store, above: int) -> None:
@@ -78,19 +80,28 @@ async def assert_fresh_log_goes_on(store: Store, above: int) -> None:
 async def test_damage_in_the_middle_is_found_by_the_check_after_open(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    await fill(tmp_path)
-    damaged = damage_the_middle(tmp_path)
+    count = 4 * writer.RETENTION_CHUNK
+    await fill(tmp_path, count)
+    db = tmp_path / "readings.db"
+    leaves = readings_leaves(db)
+    # Beyond the rows retention looks at, before those opening reads: only the check
+    # reads this page.
+    pageno = leaves[-len(leaves) // 4]
+    damage_page(db, pageno)
     with caplog.at_level(logging.ERROR, logger="gateway.store"):
         async with opened(tmp_path) as store:
-            # Opening does not read the middle of the log: the background check finds it.
-            await assert_fresh_log_goes_on(store, COUNT)
+            await assert_fresh_log_goes_on(store, count)
             assert "integrity check" in (store.stats().moved_aside_reason or "")
-    assert [p.read_bytes() for p in moved_aside(tmp_path)] == [damaged]
+    # Kept with the damage in it, for inspection.
+    [aside] = moved_aside(tmp_path)
+    with aside.open("rb") as f:
+        f.seek((pageno - 1) * PAGE)
+        assert f.read(PAGE) == b"\xa5" * PAGE
     lines = [r.getMessage() for r in caplog.records if "moved it aside" in r.getMessage()]
     assert len(lines) == 1
     # The fresh log is a sound database that the next start takes up as it is.
     async with opened(tmp_path) as store:
-        assert store.last_seq == COUNT + 3
+        assert store.last_seq == count + 3
         assert store.stats().moved_aside == 0
 
 
