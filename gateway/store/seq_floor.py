@@ -11,7 +11,7 @@ discarded as duplicates of old ones. Two small files in the data directory:
 - ``seq.run``: present while a store has the data directory open: the run's id and
   its durability. Found at a start, it says the last stop was not clean.
 
-The rule that uses them is ``SeqFloor.base`` (see ``docs/store.md``, *Seqs*).
+The rule that uses them is ``SeqFloor.base`` (see ``docs/store.md``, *Seqs: the rule*).
 """
 
 from __future__ import annotations
