@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.app import Gateway
+from gateway.config import parse_config
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample
 from gateway.settings import StoreSettings
@@ -167,3 +169,27 @@ async def test_a_dead_writer_refuses_input_counts_it_and_says_so(
     async with opened(tmp_path) as store:
         # What it lost before it went was written down.
         assert store.stats().dropped == 1
+
+
+async def test_a_gateway_whose_store_writer_dies_ends_with_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_encode(seq: int, s: Sample) -> bytes:
+        raise RuntimeError("a bug")
+
+    settings = parse_config({"gateway": {"id": "gw-1", "data_dir": str(tmp_path)}}, None)
+    gateway = Gateway(settings)
+    running = asyncio.ensure_future(gateway.run())
+    try:
+        await wait_until(lambda: gateway.store is not None, message="store open")
+        assert gateway.store is not None
+        monkeypatch.setattr(writer, "encode", broken_encode)
+        gateway.store.put_samples([sample(1)])
+        # Ended at once (exit code 1 from the command line), not left running without
+        # a store until the watchdog notices.
+        with pytest.raises(StoreError, match="the store stopped: writer stopped"):
+            await asyncio.wait_for(running, timeout=30)
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StoreError):
+            await running

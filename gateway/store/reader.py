@@ -70,14 +70,14 @@ class Reader:
             self._conn = None
         try:
             if self._conn is None:
-                self._conn = schema.connect(self._path, self._durability)
                 self._conn_generation = generation
+                self._conn = schema.connect(self._path, self._durability)
                 # fnmatchcase caches its compiled patterns.
                 self._conn.create_function("fnmatch", 2, fnmatch.fnmatchcase, deterministic=True)
             return fn(self._conn)
         except sqlite3.Error as exc:
             if schema.is_corruption(exc):
-                self._report(self._conn_generation or generation, str(exc))
+                self._report(self._conn_generation, str(exc))
             # The next read opens afresh: the file may have been moved aside meanwhile.
             if self._conn is not None:
                 self._conn.close()
