@@ -153,7 +153,7 @@ class Writer:
             for aside in schema.moved_aside(path):
                 reserved = max(reserved, schema.highest_seq_in(aside))
         base = floor.base(db_last, reserved, meta.get(schema.META_EPOCH, 0), wal_lost)
-        if base > db_last:
+        if base > db_last and schema.META_LAST_SEQ in meta:
             log.warning(
                 "store: the last stop was not clean or %s is not the database last written "
                 "(its last seq %d); new seqs continue above %d so that none is reused",
@@ -867,7 +867,7 @@ class Writer:
                     self._conn.close()
                 self._closed_conn = True
                 aside = schema.move_aside(self.path)
-                self._note_moved_aside(aside, reason)
+                self._note_moved_aside(aside, reason, unsent=self.depth)
             self._adopt(self._opener())
         except (sqlite3.Error, OSError) as e:
             failure = f"database damaged ({reason}); cannot start a fresh one: {e}"
@@ -882,23 +882,25 @@ class Writer:
         return True
 
     def note_moved_aside(self, aside: Path, reason: str) -> None:
-        """Record a damaged database moved aside when the store opened."""
-        self._note_moved_aside(aside, reason)
+        """Record a damaged database moved aside when the store opened (what it held
+        unsent is not known: it could not be read)."""
+        self._note_moved_aside(aside, reason, unsent=None)
 
-    def _note_moved_aside(self, aside: Path, reason: str) -> None:
-        lost = self.depth
-        self._dropped_here += lost
+    def _note_moved_aside(self, aside: Path, reason: str, unsent: int | None) -> None:
+        if unsent:
+            self._dropped_here += unsent
         self.moved_aside += 1
         self.moved_aside_at = time.time()
         self.moved_aside_reason = reason
         self._moved_aside_path = aside
+        left = "unsent readings" if unsent is None else f"{unsent} unsent readings"
         log.error(
             "store: %s is damaged (%s); moved it aside to %s and started a fresh log; "
-            "%d unsent readings stay in the moved file; new seqs continue above %d",
+            "%s stay in the moved file; new seqs continue above %d",
             self.path.name,
             reason,
             aside.name,
-            lost,
+            left,
             self.last_seq,
         )
 
