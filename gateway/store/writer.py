@@ -34,6 +34,7 @@ from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample, StoredReading, encode
 from gateway.settings import StoreSettings
 from gateway.store import schema, trim
+from gateway.store.files import fsync_dir
 from gateway.store.ingress import (
     DEAD_LETTER_WEIGHT,
     Ack,
@@ -922,7 +923,9 @@ class Writer:
                 list(self.cursors.items()),
             )
             conn.execute("COMMIT")
-        except sqlite3.Error:
+            # The fresh file's name is on disk before anything is acknowledged from it.
+            fsync_dir(self.path.parent)
+        except (sqlite3.Error, OSError):
             conn.close()
             raise
         self._conn = conn
