@@ -15,18 +15,22 @@ from pathlib import Path
 
 import pytest
 
+from drivers.backoff import Backoff
+from drivers.serial_line import SerialLineDriver
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample
-from gateway.settings import StoreSettings
+from gateway.settings import DeviceSettings, StoreSettings
 from gateway.store import Store, writer
 from gateway.store.ingress import (
     MAX_DEAD_LETTER_RAW,
     MAX_PENDING_DEAD_LETTERS,
     MAX_PENDING_REQUESTS,
 )
+from simulators import PtyDevice
 from tests.fixtures.common import wait_until
+from tests.fixtures.drivers import running, wait_open
 from tests.test_backpressure import write_locked
 from tests.test_store_support import opened, sample
 
@@ -193,3 +197,35 @@ async def test_a_gateway_whose_store_writer_dies_ends_with_an_error(
         running.cancel()
         with contextlib.suppress(asyncio.CancelledError, StoreError):
             await running
+
+
+async def test_a_device_sending_only_bad_lines_is_paused_like_one_sending_too_many(
+    tmp_path: Path,
+) -> None:
+    link = tmp_path / "dev" / "noisy"
+    path = tmp_path / "data" / "readings.db"
+    settings = DeviceSettings(id="noisy-1", driver="serial_line", port=str(link))
+    bad = 3000
+    store = await Store.open(path, StoreSettings())
+    try:
+        async with PtyDevice("counter", link, count=0) as dev:
+            driver = SerialLineDriver(
+                settings, store, backoff=Backoff(0.02, 0.2, missing_poll=0.02)
+            )
+            async with running(driver):
+                await wait_open(driver)
+                with write_locked(path):
+                    dev.inject(b"\x00\xffnot a reading\n" * bad)
+                    await wait_until(lambda: driver.status.pauses == 1, message="a pause")
+                    assert store.congested
+                    # Held back: the rest waits in the device, not in memory.
+                    assert driver.status.errors < bad
+                await wait_until(
+                    lambda: driver.status.errors == bad, timeout=60, message="every bad line"
+                )
+        await store.flush()
+        stats = store.stats()
+        assert stats.dead_letters == bad
+        assert stats.dead_letters_lost == 0
+    finally:
+        await store.close()
