@@ -194,6 +194,7 @@ class Writer:
         self.moved_aside_reason: str | None = None
         self._moved_aside_path: Path | None = None
         self._closed_conn = False  # the damaged database's connection is closed
+        self._moved = False  # and the file moved aside
         self.cursors: dict[str, int] = dict(conn.execute("SELECT name, seq FROM cursors"))
         self.active: set[str] = set()
         self.depth = 0
@@ -863,11 +864,14 @@ class Writer:
         """
         reason = self._damage or "damaged"
         try:
+            # Each step once, however often a failing disk makes this start over.
             if not self._closed_conn:
                 with contextlib.suppress(sqlite3.Error):
                     self._conn.close()
                 self._closed_conn = True
+            if not self._moved:
                 aside = schema.move_aside(self.path)
+                self._moved = True
                 self._note_moved_aside(aside, reason, unsent=self.depth)
             self._adopt(self._opener())
         except (sqlite3.Error, OSError) as e:
@@ -878,6 +882,7 @@ class Writer:
             return False
         self._damage = None
         self._closed_conn = False
+        self._moved = False
         if self.failure is not None and self.failure.startswith("database damaged"):
             self.failure = None
         return True
