@@ -9,6 +9,7 @@ handed out, and delivery resumes without a restart.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import sqlite3
 import struct
@@ -237,3 +238,26 @@ async def test_a_damaged_frame_in_the_wal_of_a_running_store(tmp_path: Path) -> 
         with pytest.raises(StoreError):
             await store.read_after(0, COUNT)
         await assert_fresh_log_goes_on(store, COUNT)
+
+
+async def test_a_move_that_fails_is_tried_again_and_the_damaged_file_never_taken_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await fill(tmp_path)
+    damage_the_middle(tmp_path)
+    monkeypatch.setattr(check, "TIME_LIMIT", 0.0)
+    real_move = schema.move_aside
+    calls: list[Path] = []
+
+    def failing_once(path: Path) -> Path:
+        calls.append(path)
+        if len(calls) == 1:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_move(path)
+
+    monkeypatch.setattr(schema, "move_aside", failing_once)
+    async with opened(tmp_path) as store:
+        await store.register_consumer("mqtt")
+        await assert_fresh_log_goes_on(store, COUNT)
+    assert len(calls) == 2
+    assert len(moved_aside(tmp_path)) == 1
