@@ -53,7 +53,7 @@ class StoreStats:
     depth: int  # committed readings not yet acknowledged by every consumer
     bytes: int  # size of the database files on disk
     last_seq: int
-    dropped: int  # readings dropped by bounds, overflow policy or a full disk
+    dropped: int  # readings dropped by bounds, overflow policy, a full disk or a damaged db
     dead_letters: int
     oldest_unsent_ts: float | None
     degraded: str | None  # why the store is degraded (disk full, …), else None

@@ -171,7 +171,7 @@ def _store(out: Exposition, view: GatewayView, now: float) -> None:
         (
             "edge_gateway_store_dropped_total",
             "counter",
-            "Readings dropped by bounds, overflow policy or a full disk.",
+            "Readings dropped by bounds, overflow policy, a full disk or a damaged database.",
             stats.dropped,
         ),
         (
