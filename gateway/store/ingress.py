@@ -109,10 +109,11 @@ class Congestion:
 class Ingress:
     """A deque between one producer thread (the loop) and the writer thread.
 
-    The bound counts samples put and not yet taken; it only bites when the writer
-    is stuck inside a call (a hung disk) and a producer ignores congestion, since
-    the writer drains the queue every turn.
-    Two counters each written by one thread keep the count free of locks.
+    The bounds count samples and dead letters put and not yet taken; they only bite
+    when the writer is stuck inside a call (a hung disk) and a producer ignores
+    congestion, since the writer drains the queue every turn. Requests are bounded
+    where they are answered (``Store._request``).
+    Two counters each written by one thread keep each count free of locks.
     """
 
     def __init__(self, max_pending: int) -> None:
