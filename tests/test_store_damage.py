@@ -261,3 +261,19 @@ async def test_a_move_that_fails_is_tried_again_and_the_damaged_file_never_taken
         await assert_fresh_log_goes_on(store, COUNT)
     assert len(calls) == 2
     assert len(moved_aside(tmp_path)) == 1
+
+
+async def test_the_check_runs_again_and_finds_damage_done_while_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    count = 4 * writer.RETENTION_CHUNK
+    await fill(tmp_path, count)
+    monkeypatch.setattr(check, "INTERVAL", 0.05)
+    async with opened(tmp_path) as store:
+        await wait_until(lambda: store.stats().integrity_checks >= 2, message="checks repeat")
+        assert store.stats().moved_aside == 0
+        db = tmp_path / "readings.db"
+        leaves = readings_leaves(db)
+        damage_page(db, leaves[-len(leaves) // 4])  # where only the check reads
+        await assert_fresh_log_goes_on(store, count)
+        assert "integrity check" in (store.stats().moved_aside_reason or "")

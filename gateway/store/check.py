@@ -10,7 +10,9 @@ read finds, and the writer moves the database aside.
 
 It is time-boxed: a read transaction held open keeps checkpoints from recycling the
 WAL, so a check that outlasts ``TIME_LIMIT`` (a very large log on a very slow card) is
-given up and says so, rather than let the WAL grow without bound.
+given up and says so, rather than let the WAL grow without bound. It runs again every
+``INTERVAL`` while the gateway runs, so that a page damaged in a log kept for months
+is found without waiting for retention to reach it.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 # Give up a check that takes longer than this.
 TIME_LIMIT = 600.0
+# Between the end of one check and the start of the next.
+INTERVAL = 24 * 3600.0
 # SQLite virtual-machine steps between looks at the clock and the stop flag.
 PROGRESS_STEPS = 10_000
 
@@ -39,11 +43,13 @@ class IntegrityCheck:
         generation: Callable[[], int],
         report: Callable[[int, str], None],
         time_limit: float = TIME_LIMIT,
+        interval: float = INTERVAL,
     ) -> None:
         self._path = path
         self._generation = generation
         self._report = report
         self._time_limit = time_limit
+        self._interval = interval
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.completed = 0  # checks run to the end
@@ -60,6 +66,11 @@ class IntegrityCheck:
             self._thread.join()
 
     def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._check_once()
+            self._stopping.wait(self._interval)
+
+    def _check_once(self) -> None:
         generation = self._generation()
         started = time.monotonic()
         deadline = started + self._time_limit

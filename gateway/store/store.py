@@ -151,7 +151,7 @@ class Store:
             writer.path, writer.settings.durability, lambda: writer.generation, self._damaged
         )
         self._check = check.IntegrityCheck(
-            writer.path, lambda: writer.generation, self._damaged, check.TIME_LIMIT
+            writer.path, lambda: writer.generation, self._damaged, check.TIME_LIMIT, check.INTERVAL
         )
         # Set once the writer thread has ended on its own (a bug): see ``wait_failed``.
         self._failed = asyncio.Event()
