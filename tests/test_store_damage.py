@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import sqlite3
 import struct
@@ -20,6 +21,7 @@ import pytest
 from gateway.errors import StoreError
 from gateway.store import Store, check, schema, writer
 from tests.fixtures.common import wait_until
+from tests.test_store_cli import queue
 from tests.test_store_support import opened, sample
 
 PAGE = 4096
@@ -277,3 +279,17 @@ async def test_the_check_runs_again_and_finds_damage_done_while_running(
         damage_page(db, leaves[-len(leaves) // 4])  # where only the check reads
         await assert_fresh_log_goes_on(store, count)
         assert "integrity check" in (store.stats().moved_aside_reason or "")
+
+
+async def test_the_queue_command_lists_databases_moved_aside(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    await fill(tmp_path, 10)
+    damage_page(tmp_path / "readings.db", readings_leaves(tmp_path / "readings.db")[-1])
+    async with opened(tmp_path) as store:
+        assert store.stats().moved_aside == 1
+    [aside] = moved_aside(tmp_path)
+    assert queue("stats", "--data-dir", str(tmp_path)) == 0
+    assert f"moved aside    {aside.name}" in capsys.readouterr().out
+    assert queue("stats", "--data-dir", str(tmp_path), "--json") == 0
+    assert json.loads(capsys.readouterr().out)["moved_aside"] == [aside.name]

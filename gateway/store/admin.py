@@ -40,6 +40,8 @@ class QueueStats:
     dead_letters_total: int
     dead_letters_stored: int
     consumers: list[ConsumerStats]
+    dead_letters_lost: int = 0  # counted, their raw bytes lost
+    moved_aside: tuple[str, ...] = ()  # damaged databases kept beside the log
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,8 @@ def queue_stats(data_dir: Path, now: float | None = None) -> QueueStats:
         dead_letters_total=meta.get(schema.META_DEAD_LETTERS, 0),
         dead_letters_stored=dead_stored,
         consumers=consumers,
+        dead_letters_lost=meta.get(schema.META_DEAD_LETTERS_LOST, 0),
+        moved_aside=tuple(p.name for p in schema.moved_aside(path)),
     )
 
 

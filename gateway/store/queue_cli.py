@@ -107,7 +107,13 @@ def _stats(data_dir: Path, *, as_json: bool) -> int:
     print(f"stored         {stats.stored} readings{span}")
     print(f"size           {_size(stats.bytes)}")
     print(f"dropped        {stats.dropped}")
-    print(f"dead letters   {stats.dead_letters_total} in all, {stats.dead_letters_stored} stored")
+    lost = f", {stats.dead_letters_lost} lost" if stats.dead_letters_lost else ""
+    print(
+        f"dead letters   {stats.dead_letters_total} in all, {stats.dead_letters_stored} stored"
+        f"{lost}"
+    )
+    for name in stats.moved_aside:
+        print(f"moved aside    {name} (a damaged database, kept for inspection)")
     if not stats.consumers:
         print("consumers      none")
         return 0
