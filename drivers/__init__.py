@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
-from drivers.gpio_input import GpioInputDriver
-from drivers.serial_line import SerialLineDriver
+from drivers.gpio_input.transport import GpioInputDriver
+from drivers.serial_line.transport import SerialLineDriver
 from gateway.errors import DriverError
 from gateway.interfaces import Driver, SampleSink
 from gateway.settings import DeviceSettings

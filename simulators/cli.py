@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from drivers.serial_line.device import KINDS
 from simulators.pty_device import PtyDevice
-from simulators.sources import KINDS
 
 
 def _positive(text: str) -> float:

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.serial_line import SerialLineDriver
+from drivers.serial_line.transport import SerialLineDriver
 from gateway.reading import Sample, StoredReading
 from gateway.settings import DeviceSettings, StoreSettings
 from gateway.store import Store

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.line_codec import (
+from drivers.serial_line.codec import (
     REASON_DISCONNECT,
     REASON_NUL,
     REASON_TOO_LONG,

@@ -15,7 +15,7 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
-from drivers.serial_line import SerialLineDriver
+from drivers.serial_line.transport import SerialLineDriver
 from gateway.interfaces import GatewayView
 from gateway.local import create_app, serve
 from gateway.local.keys import HUB

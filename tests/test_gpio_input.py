@@ -23,8 +23,8 @@ from hypothesis import strategies as st
 
 from drivers import DRIVERS, create_driver
 from drivers.backoff import Backoff
-from drivers.gpio_input import MAX_PENDING_CHANGES, GpioInputDriver
-from drivers.gpio_logic import Change, InputTracker, RateMeter
+from drivers.gpio_input.codec import Change, InputTracker, RateMeter
+from drivers.gpio_input.transport import MAX_PENDING_CHANGES, GpioInputDriver
 from gateway.errors import DriverError
 from gateway.reading import Sample
 from gateway.settings import DeviceSettings

@@ -14,8 +14,8 @@ import serial
 
 from drivers import DRIVERS, create_driver
 from drivers.backoff import Backoff
-from drivers.line_codec import REASON_NUL, REASON_TOO_LONG, REASON_UTF8, Decoded, LineDecoder
-from drivers.serial_line import SerialLineDriver
+from drivers.serial_line.codec import REASON_NUL, REASON_TOO_LONG, REASON_UTF8, Decoded, LineDecoder
+from drivers.serial_line.transport import SerialLineDriver
 from gateway.errors import DriverError
 from gateway.reading import Sample
 from gateway.settings import DeviceSettings

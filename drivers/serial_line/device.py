@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from typing import Protocol
 
-from drivers.line_codec import encode_kv
+from drivers.serial_line.codec import encode_kv
 
 KINDS = ("thermo", "counter")
 

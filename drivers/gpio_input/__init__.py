@@ -1,0 +1,1 @@
+"""The ``gpio_input`` driver: one digital input of a Raspberry Pi."""

@@ -1,0 +1,1 @@
+"""The ``serial_line`` driver: text lines on a serial port."""
