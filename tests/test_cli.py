@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from drivers.serial_port import BAUDRATES
 from gateway import __version__, cli
-from gateway.config import BAUDRATES
 from gateway.errors import StoreError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -32,11 +32,11 @@ from typing import Any
 from drivers.backoff import Backoff, Fault, classify_open_error
 from drivers.fault_log import FaultLog
 from drivers.gpio_input.codec import InputTracker, RateMeter, Taken
+from drivers.gpio_input.settings import GpioInputSettings
 from drivers.off_loop import open_off_loop
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import Sample
-from gateway.settings import DeviceSettings
 
 # The name the driver logged under before it became a package: log filters rely on it.
 log = logging.getLogger("drivers.gpio_input")
@@ -82,7 +82,7 @@ class GpioInputDriver:
 
     def __init__(
         self,
-        settings: DeviceSettings,
+        settings: GpioInputSettings,
         sink: SampleSink,
         *,
         pin_factory: Any = None,

@@ -17,9 +17,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
+from drivers.serial_line.settings import LineFormat, SerialLineSettings
 from gateway.errors import DriverError
 from gateway.reading import DeadLetter, Sample, Value
-from gateway.settings import DeviceSettings, LineFormat
 
 REASON_TOO_LONG = "line too long"
 REASON_NUL = "NUL byte in line"
@@ -117,7 +117,7 @@ class LineDecoder:
         self._discarding = False
 
     @classmethod
-    def from_settings(cls, settings: DeviceSettings) -> Self:
+    def from_settings(cls, settings: SerialLineSettings) -> Self:
         return cls(
             settings.id,
             settings.format,
