@@ -6,11 +6,21 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
+from drivers.serial_line.pattern import MATCH_TIMEOUT, compile_pattern
 from drivers.serial_port import SerialPortSettings
-from gateway.fields import Given, bounded_duration, choice, key, size, strings
+from gateway.fields import Given, Invalid, bounded_duration, choice, key, size, strings, text
 from gateway.settings import driver_tag
 
-LineFormat = Literal["kv", "csv", "json"]
+LineFormat = Literal["kv", "csv", "json", "regex"]
+
+
+def line_pattern(value: object) -> str:
+    pattern = text(value)
+    try:
+        compile_pattern(pattern)
+    except ValueError as exc:
+        raise Invalid(str(exc)) from None
+    return pattern
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -24,8 +34,9 @@ class SerialLineSettings(SerialPortSettings):
             'How a line becomes readings. `"kv"`: `t=21.5 h=40.2` (pairs split by spaces or '
             'commas), one reading per pair. `"csv"`: comma-separated values named by '
             '`columns`. `"json"`: one JSON object per line, one reading per member (nested '
-            'objects give dotted sensor names: `{"gps": {"lat": 1}}` is `gps.lat`). A line '
-            "that does not parse is kept as a dead letter.",
+            'objects give dotted sensor names: `{"gps": {"lat": 1}}` is `gps.lat`). `"regex"`: '
+            "the line is searched with `pattern`, one reading per named group. A line that "
+            "does not parse is kept as a dead letter.",
         ),
     )
     # For format = "csv": the sensor name of each column, in order.
@@ -35,6 +46,24 @@ class SerialLineSettings(SerialPortSettings):
             strings,
             "array of strings",
             'For `format = "csv"` (and required by it): the sensor name of each column, in order.',
+        ),
+    )
+    # For format = "regex": named groups are the sensors.
+    pattern: str = field(
+        default="",
+        metadata=key(
+            line_pattern,
+            "string",
+            'For `format = "regex"` (and required by it): a regular expression searched in '
+            "each line; each named group that matched is a reading, named by the group: "
+            "`'Temperature: (?P<t>-?[0-9.]+) C, Humidity: (?P<h>[0-9.]+) %'` (a TOML literal "
+            "string in single quotes keeps the backslashes as written). A line it does not "
+            "match is a dead letter. Checked by `check-config`: it must compile, have a named "
+            "group, and not repeat a part that holds a quantifier or alternatives "
+            "(`(a+)+`, `(a|ab)*`), which can take exponential time on a hostile line; "
+            "atomic groups `(?>…)` and possessive quantifiers `++` are fine. Each match "
+            f"is also cut off after {MATCH_TIMEOUT * 1000:g} ms (the line becomes a dead "
+            "letter).",
         ),
     )
     # Longest accepted line; a longer one becomes a dead letter.
@@ -70,9 +99,13 @@ class SerialLineSettings(SerialPortSettings):
     )
 
     def cross_check(self, keys: Given) -> Iterator[tuple[str, str]]:
-        if not keys.ok("format", "columns"):
-            return
-        if self.format == "csv" and not self.columns:
-            yield "columns", 'required when format = "csv"'
-        if self.format != "csv" and self.columns:
-            yield "columns", 'only used with format = "csv"'
+        for name, fmt, given in (
+            ("columns", "csv", self.columns),
+            ("pattern", "regex", self.pattern),
+        ):
+            if not keys.ok("format", name):
+                continue
+            if self.format == fmt and not given:
+                yield name, f'required when format = "{fmt}"'
+            if self.format != fmt and given:
+                yield name, f'only used with format = "{fmt}"'
