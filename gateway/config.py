@@ -537,3 +537,12 @@ class _Parser:
 def _pass(value: object) -> object:
     """Tables checked by their own section parser."""
     return value
+
+
+def device_warnings(settings: Settings) -> list[ConfigProblem]:
+    """What is valid in the devices but worth a second look, by key path (each driver says)."""
+    return [
+        ConfigProblem(f"devices[{index}].{key}", message)
+        for index, device in enumerate(settings.devices)
+        for key, message in device.warnings()
+    ]

@@ -8,6 +8,7 @@ bad key). Durations are seconds, sizes are bytes.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -116,6 +117,10 @@ class DeviceSettings:
             boolean, "boolean", "`false` keeps the device in the file without reading it."
         ),
     )
+
+    def warnings(self) -> Iterator[tuple[str, str]]:
+        """Keys whose value is valid but worth a second look, as ``(key, message)``."""
+        return iter(())
 
 
 def driver_tag(name: str) -> Any:
