@@ -5,14 +5,18 @@ from __future__ import annotations
 import ast
 import dataclasses
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Literal
 
+import pytest
+
+from gateway.config import parse_config
 from gateway.config_docs import devices_section
 from gateway.driver_registry import ENTRY_POINT_GROUP, DriverSpec, drivers
-from gateway.errors import ConfigProblem
+from gateway.errors import ConfigError, ConfigProblem
 from gateway.fields import Given, check_table, choice, key, tables, text
 from gateway.settings import DeviceSettings, driver_tag
 
@@ -139,3 +143,76 @@ def test_nested_tables_are_documented_under_their_driver() -> None:
     assert '| `type` | string | `"uint16"` | How. |' in section
     assert "| `sensor` | string | required |" in section
     assert {f.name for f in dataclasses.fields(Register)} == {"sensor", "type"}
+
+
+# A driver shipped as a package of its own -----------------------------------------
+
+PLUGIN = """
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.driver_registry import DriverSpec
+from gateway.fields import choice, key, tables, text
+from gateway.settings import DeviceSettings, driver_tag
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Register:
+    sensor: str = field(metadata=key(text, "string", "Its sensor."))
+    type: str = field(
+        default="uint16", metadata=key(choice(("uint16", "float32")), "string", "Its type.")
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MeterSettings(DeviceSettings):
+    driver: Literal["acme_meter"] = driver_tag("acme_meter")
+    registers: tuple[Register, ...] = field(default=(), metadata=tables(Register, "The map."))
+
+
+def create(settings, sink):
+    raise NotImplementedError
+
+
+DRIVER = DriverSpec("acme_meter", MeterSettings, create, summary="An ACME meter.")
+"""
+
+
+@pytest.fixture
+def plugin_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """An installed distribution declaring a good driver and one that cannot load."""
+    (tmp_path / "acme_meter.py").write_text(PLUGIN, encoding="utf-8")
+    info = tmp_path / "acme_meter-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-meter\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        f"[{ENTRY_POINT_GROUP}]\nacme_meter = acme_meter:DRIVER\nbroken = acme_missing:DRIVER\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    drivers.cache_clear()
+    yield
+    drivers.cache_clear()
+
+
+@pytest.mark.usefixtures("plugin_installed")
+def test_a_driver_of_another_package_is_found_checked_and_documented(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    assert list(drivers()) == ["acme_meter", "gpio_input", "serial_line"]
+    assert "driver 'broken' (acme_missing:DRIVER) failed to load" in caplog.text
+    device = {
+        "id": "m1",
+        "driver": "acme_meter",
+        "registers": [{"sensor": "v"}, {"sensor": "i", "type": "float64"}],
+    }
+    with pytest.raises(ConfigError) as info:
+        parse_config({"devices": [device]}, None)
+    assert [str(p) for p in info.value.problems] == [
+        'devices[0].registers[1].type: must be one of "uint16", "float32" (got "float64") '
+        '(did you mean "float32"?)'
+    ]
+    device["registers"] = [{"sensor": "v"}]
+    (meter,) = parse_config({"devices": [device]}, None).devices
+    assert type(meter).__name__ == "MeterSettings"
+    assert "#### `[[devices.registers]]` of `acme_meter`" in devices_section()
