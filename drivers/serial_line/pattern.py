@@ -23,7 +23,9 @@ from typing import Any
 import regex
 
 # Long enough for any honest line (a match takes microseconds), short enough that a
-# hostile one costs the event loop no more than a slow disk write would.
+# hostile one costs the event loop no more than a slow disk write would. The regex
+# package counts the process's processor time (C's clock()), so a busy or CPU-capped
+# machine that leaves the gateway waiting does not cut off an honest line.
 MATCH_TIMEOUT = 0.02
 
 REASON_NO_MATCH = "no match for pattern"
