@@ -57,6 +57,12 @@ from gateway.uplinks.broker import BrokerAddress
 
 # The keys of every device section; the others belong to its driver.
 COMMON_DEVICE_KEYS = frozenset(keys_of(DeviceSettings))
+# Drivers are found in the metadata of installed packages: a source tree that was never
+# installed (or not since drivers became entry points) has none.
+NO_DRIVERS = (
+    "no driver is installed: drivers are found through the edge_gateway.drivers entry "
+    "points of installed packages (install edge-gateway with pip, e.g. pip install -e .)"
+)
 
 # Shortest accepted bearer token for the local server.
 MIN_TOKEN_LENGTH = 16
@@ -395,7 +401,9 @@ class _Parser:
         spec = registry.get(name) if isinstance(name, str) else None
         if spec is None:
             # Without a known driver only the keys every device has can be checked.
-            if "driver" in data:
+            if "driver" in data and not registry:
+                self.problem(f"{path}.driver", NO_DRIVERS)
+            elif "driver" in data:
                 try:
                     _choice(registry)(name)
                 except _Invalid as exc:

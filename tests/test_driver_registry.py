@@ -216,3 +216,16 @@ def test_a_driver_of_another_package_is_found_checked_and_documented(
     (meter,) = parse_config({"devices": [device]}, None).devices
     assert type(meter).__name__ == "MeterSettings"
     assert "#### `[[devices.registers]]` of `acme_meter`" in devices_section()
+
+
+def test_without_installed_drivers_a_device_says_how_to_get_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("gateway.config.drivers", dict)
+    with pytest.raises(ConfigError) as info:
+        parse_config({"devices": [{"id": "d1", "driver": "serial_line", "port": "/x"}]}, None)
+    assert [str(p) for p in info.value.problems] == [
+        "devices[0].driver: no driver is installed: drivers are found through the "
+        "edge_gateway.drivers entry points of installed packages (install edge-gateway with "
+        "pip, e.g. pip install -e .)"
+    ]
