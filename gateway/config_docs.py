@@ -35,7 +35,9 @@ INTRO = (
 def _table(cls: type, names: Iterable[str]) -> list[str]:
     rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
     for name, key, shown in table_rows(cls, names):
-        rows.append(f"| `{name}` | {key.kind} | {shown} | {key.doc} |")
+        # A pipe ends a table cell even inside backticks unless escaped, as in (a\|b)*.
+        doc = key.doc.replace("|", "\\|")
+        rows.append(f"| `{name}` | {key.kind} | {shown} | {doc} |")
     return rows
 
 
