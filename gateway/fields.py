@@ -263,15 +263,13 @@ class Key:
     kind: str
     # The "meaning" column: Markdown on one line.
     doc: str
-    # The "default" column where the field's default would not say it well.
-    shown: str | None = None
     # An array of tables ([[devices.registers]]): the class each table is checked against.
     table: type | None = None
 
 
-def key(convert: Convert, kind: str, doc: str, *, shown: str | None = None) -> dict[str, Key]:
+def key(convert: Convert, kind: str, doc: str) -> dict[str, Key]:
     """The metadata of a settings field: ``x: int = field(default=1, metadata=key(…))``."""
-    return {"key": Key(convert, kind, doc, shown)}
+    return {"key": Key(convert, kind, doc)}
 
 
 def tables(cls: type, doc: str) -> dict[str, Key]:
@@ -405,7 +403,7 @@ def table_rows(cls: type, names: Iterable[str]) -> Iterator[tuple[str, Key, str]
     declared = keys_of(cls)
     for name in names:
         f, spec = declared[name]
-        yield name, spec, spec.shown or _shown_default(f, spec)
+        yield name, spec, _shown_default(f, spec)
 
 
 def _shown_default(f: dataclasses.Field[Any], spec: Key) -> str:
