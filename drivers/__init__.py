@@ -1,34 +1,6 @@
-"""Device drivers: a pure codec per protocol and a transport that feeds it.
+"""The drivers shipped with the gateway, one package each, with helpers they share.
 
-``DRIVERS`` maps the ``driver`` key of a device's configuration to the factory that
-builds its driver; ``create_driver`` is what the gateway calls for each device.
+Each package names a ``DriverSpec`` (``drivers.serial_line:DRIVER``) that pyproject.toml
+declares as an ``edge_gateway.drivers`` entry point; the gateway finds them there
+(``gateway.driver_registry``), as it finds a driver shipped in a package of its own.
 """
-
-from __future__ import annotations
-
-from collections.abc import Callable, Mapping
-from types import MappingProxyType
-
-from drivers.gpio_input import GpioInputDriver
-from drivers.serial_line import SerialLineDriver
-from gateway.errors import DriverError
-from gateway.interfaces import Driver, SampleSink
-from gateway.settings import DeviceSettings
-
-DriverFactory = Callable[[DeviceSettings, SampleSink], Driver]
-
-DRIVERS: Mapping[str, DriverFactory] = MappingProxyType(
-    {
-        "serial_line": SerialLineDriver,
-        "gpio_input": GpioInputDriver,
-    }
-)
-
-
-def create_driver(settings: DeviceSettings, sink: SampleSink) -> Driver:
-    """The driver for one configured device; DriverError for an unknown driver name."""
-    factory = DRIVERS.get(settings.driver)
-    if factory is None:
-        known = ", ".join(sorted(DRIVERS))
-        raise DriverError(settings.id, f"unknown driver {settings.driver!r} (known: {known})")
-    return factory(settings, sink)

@@ -18,9 +18,9 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
-from drivers import create_driver
 from gateway import systemd_notify
 from gateway.config import load_config
+from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.interfaces import Driver, GatewayView, Uplink
 from gateway.local import serve

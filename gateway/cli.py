@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import LOG_LEVELS, load_config
+from gateway.config import LOG_LEVELS, device_warnings, load_config
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_logging
 from gateway.settings import Settings
@@ -165,6 +165,8 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
+    for warning in device_warnings(settings):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid; {summary(settings)}")
     return 0
 

@@ -3,14 +3,13 @@
 Validation never stops at the first problem: the whole file is checked and each
 problem is reported with its key path (``devices[1].baudrate``), so one run of
 ``edge-gateway check-config`` shows everything to fix. ``docs/configuration.md``
-describes every key; the defaults live in ``gateway.settings``.
+describes every key; the defaults live in ``gateway.settings``, a device's driver keys
+in its driver's settings class (``gateway.fields`` checks those).
 """
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import json
 import math
 import re
 import socket
@@ -18,102 +17,57 @@ import ssl
 import tomllib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal
 from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from gateway.driver_registry import drivers
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.fields import ID_PATTERN, ID_RULE, Convert, check_table, keys_of
+from gateway.fields import Invalid as _Invalid
+from gateway.fields import boolean as _boolean
+from gateway.fields import bounded_duration as _bounded_duration
+from gateway.fields import choice as _choice
+from gateway.fields import did_you_mean as _did_you_mean
+from gateway.fields import duration as _duration
+from gateway.fields import identifier as _identifier
+from gateway.fields import kind_of as _kind
+from gateway.fields import one_of as _one_of
+from gateway.fields import parse_duration as parse_duration  # noqa: PLC0414 - public here too
+from gateway.fields import parse_size as parse_size  # noqa: PLC0414 - public here too
+from gateway.fields import size as _size
+from gateway.fields import string as _string
+from gateway.fields import strings as _strings
+from gateway.fields import text as _text
+from gateway.fields import toml_value as toml_value  # noqa: PLC0414 - public here too
 from gateway.settings import (
     DeviceSettings,
     Durability,
     GatewaySettings,
-    GpioMode,
     HealthSettings,
-    LineFormat,
     LocalSettings,
     MqttProtocol,
     MqttSettings,
     Overflow,
-    Parity,
     Settings,
     StoreSettings,
     UplinkSettings,
 )
 from gateway.uplinks.broker import BrokerAddress
 
-# Standard serial speeds that USB adapters and UARTs on small boards support.
-BAUDRATES = (300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
-
-# Drivers that read a serial port and so cannot start without one.
-PORT_DRIVERS = frozenset({"serial_line"})
-
-# Device keys that only some drivers use. A key given to a driver listed here that
-# does not use it is refused, so that a key copied from another device's section
-# never looks as if it took effect.
-SERIAL_KEYS = frozenset(
-    {
-        "port",
-        "baudrate",
-        "bytesize",
-        "parity",
-        "stopbits",
-        "format",
-        "columns",
-        "max_line_bytes",
-        "read_interval",
-    }
+# The keys of every device section; the others belong to its driver.
+COMMON_DEVICE_KEYS = frozenset(keys_of(DeviceSettings))
+# Drivers are found in the metadata of installed packages: a source tree that was never
+# installed (or not since drivers became entry points) has none.
+NO_DRIVERS = (
+    "no driver is installed: drivers are found through the edge_gateway.drivers entry "
+    "points of installed packages (install edge-gateway with pip, e.g. pip install -e .)"
 )
-GPIO_KEYS = frozenset({"pin", "pull_up", "bounce", "mode", "sample_interval", "sensor"})
-DRIVER_KEYS = {"serial_line": SERIAL_KEYS, "gpio_input": GPIO_KEYS}
-_DRIVER_ONLY_KEYS = SERIAL_KEYS | GPIO_KEYS
-
-# BCM numbers of the GPIO lines of a Raspberry Pi's SoC, and the pin names gpiozero
-# reads ("GPIO17", "BCM17", "BOARD11", "WPI0", "J8:11"); the board's own pinout decides
-# at open whether the pin exists.
-MAX_BCM_PIN = 53
-_PIN_NAME = re.compile(r"(?:GPIO|BCM|BOARD|WPI)[0-9]{1,2}|[A-Z][A-Z0-9]*:[0-9]{1,2}|[0-9]{1,2}")
-PIN_RULE = (
-    f"must be a BCM number from 0 to {MAX_BCM_PIN} or a pin name like "
-    '"GPIO17", "BOARD11" or "J8:11"'
-)
-
-# Ids become an MQTT topic level and a URL path segment: no "/", "+", "#",
-# whitespace, "%" or "$" (topics starting with "$" are reserved by brokers).
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-ID_RULE = 'must be 1 to 64 letters, digits, ".", "_" or "-", starting with a letter or digit'
 
 # Shortest accepted bearer token for the local server.
 MIN_TOKEN_LENGTH = 16
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-
-_SIZE_UNITS = {
-    "": 1,
-    "b": 1,
-    "kb": 1000,
-    "mb": 1000**2,
-    "gb": 1000**3,
-    "tb": 1000**4,
-    "kib": 1024,
-    "mib": 1024**2,
-    "gib": 1024**3,
-    "tib": 1024**4,
-}
-_SIZE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
-SIZE_RULE = 'must be a size: bytes as an integer, or a string like "64kB", "512MiB", "1GB"'
-
-_DURATION_UNITS = {
-    "ms": Decimal("0.001"),
-    "s": Decimal(1),
-    "m": Decimal(60),
-    "h": Decimal(3600),
-    "d": Decimal(86400),
-}
-_DURATION = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)\s*")
-DURATION_RULE = (
-    'must be a duration: seconds as a number, or a string like "500ms", "30s", "5m", "2h", "7d"'
-)
 
 
 def load_config(path: Path) -> Settings:
@@ -145,35 +99,6 @@ def parse_config(data: dict[str, Any], source: Path | None) -> Settings:
     return settings
 
 
-def parse_size(value: object) -> int:
-    """Bytes from an integer or a string such as ``"512MiB"``; ``ValueError`` if neither."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        if value < 0:
-            raise ValueError("must not be negative")
-        return value
-    match = _SIZE.fullmatch(value) if isinstance(value, str) else None
-    if match is None or match[2].lower() not in _SIZE_UNITS:
-        raise ValueError(SIZE_RULE)
-    size = Decimal(match[1]) * _SIZE_UNITS[match[2].lower()]
-    if size != size.to_integral_value():
-        raise ValueError("must be a whole number of bytes")
-    return int(size)
-
-
-def parse_duration(value: object) -> float:
-    """Seconds from a number or a string such as ``"5m"``; ``ValueError`` if neither."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if not math.isfinite(value):
-            raise ValueError("must be a finite number of seconds")
-        if value < 0:
-            raise ValueError("must not be negative")
-        return float(value)
-    match = _DURATION.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(DURATION_RULE)
-    return float(Decimal(match[1]) * _DURATION_UNITS[match[2]])
-
-
 _LISTEN_V6 = re.compile(r"\[([^\]]+)\]:([0-9]{1,5})")
 _LISTEN_HOST = re.compile(r"([^\s:\[\]/]*):([0-9]{1,5})")
 
@@ -198,57 +123,6 @@ def parse_listen(listen: str) -> tuple[str, int]:
     if not 1 <= port <= 65535:
         raise ValueError(f"port must be from 1 to 65535 (got {port})")
     return match[1], port
-
-
-class _Invalid(Exception):
-    """A value is wrong; the message says how, the caller knows where."""
-
-
-# Every converter takes the raw TOML value and returns the settings value or
-# raises _Invalid.
-Convert = Callable[[object], Any]
-
-
-def _kind(value: object) -> str:
-    kinds = {bool: "a boolean", int: "an integer", float: "a float", str: "a string"}
-    kinds |= {list: "an array", dict: "a table"}
-    return kinds.get(type(value), type(value).__name__)
-
-
-def toml_value(value: object) -> str:
-    """``value`` as TOML would spell it: for messages, and for writing configurations.
-
-    A string becomes a basic string (JSON's escapes are all valid TOML escapes; TOML
-    also forbids a raw DEL), so any path or token can be written safely.
-    """
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, str):
-        return json.dumps(value).replace("\x7f", "\\u007f")
-    return str(value)
-
-
-def _one_of(values: Iterable[object]) -> str:
-    return ", ".join(toml_value(v) for v in values)
-
-
-def _string(value: object) -> str:
-    if not isinstance(value, str):
-        raise _Invalid(f"must be a string, not {_kind(value)}")
-    return value
-
-
-def _text(value: object) -> str:
-    text = _string(value)
-    if not text.strip():
-        raise _Invalid("must not be empty")
-    return text
-
-
-def _boolean(value: object) -> bool:
-    if not isinstance(value, bool):
-        raise _Invalid(f"must be true or false, not {_kind(value)}")
-    return value
 
 
 def _integer(low: int, high: int | None = None) -> Convert:
@@ -279,44 +153,6 @@ def _number(*, positive: bool) -> Convert:
     return convert
 
 
-def _size(minimum: int) -> Convert:
-    def convert(value: object) -> int:
-        try:
-            size = parse_size(value)
-        except ValueError as exc:
-            raise _Invalid(str(exc)) from None
-        if size < minimum:
-            raise _Invalid(f"must be at least {minimum} bytes (got {size})")
-        return size
-
-    return convert
-
-
-def _duration(*, positive: bool) -> Convert:
-    def convert(value: object) -> float:
-        try:
-            seconds = parse_duration(value)
-        except ValueError as exc:
-            raise _Invalid(str(exc)) from None
-        if positive and seconds <= 0:
-            raise _Invalid("must be longer than 0 seconds")
-        return seconds
-
-    return convert
-
-
-def _bounded_duration(low: float, high: float) -> Convert:
-    as_duration = _duration(positive=False)
-
-    def convert(value: object) -> float:
-        seconds: float = as_duration(value)
-        if not low <= seconds <= high:
-            raise _Invalid(f"must be from {low:g} to {high:g} seconds")
-        return seconds
-
-    return convert
-
-
 def _whole_seconds(low: int, high: int) -> Convert:
     as_duration = _duration(positive=False)
 
@@ -329,32 +165,11 @@ def _whole_seconds(low: int, high: int) -> Convert:
     return convert
 
 
-def _choice(values: Iterable[object]) -> Convert:
-    allowed = tuple(values)
-    kinds = {type(v) for v in allowed}
-
-    def convert(value: object) -> Any:
-        # Compare types too: true must not pass as 1, nor 9600.0 as 9600.
-        if value not in allowed or type(value) not in kinds:
-            hint = _did_you_mean(value, allowed) if isinstance(value, str) else ""
-            raise _Invalid(f"must be one of {_one_of(allowed)} (got {toml_value(value)}){hint}")
-        return value
-
-    return convert
-
-
 def _log_level(value: object) -> str:
     level = _string(value).upper()
     if level not in LOG_LEVELS:
         raise _Invalid(f"must be one of {_one_of(LOG_LEVELS)} (got {toml_value(value)})")
     return level
-
-
-def _identifier(value: object) -> str:
-    text = _string(value)
-    if not ID_PATTERN.fullmatch(text):
-        raise _Invalid(f"{ID_RULE} (got {toml_value(text)})")
-    return text
 
 
 def _topic_prefix(value: object) -> str:
@@ -365,39 +180,6 @@ def _topic_prefix(value: object) -> str:
             f'or an empty level (got "{text}")'
         )
     return text
-
-
-def _strings(value: object) -> tuple[str, ...]:
-    if not isinstance(value, list):
-        raise _Invalid(f"must be an array of strings, not {_kind(value)}")
-    items = tuple(value)
-    if not all(isinstance(v, str) and v.strip() for v in items):
-        raise _Invalid("must be an array of non-empty strings")
-    duplicates = sorted({v for v in items if items.count(v) > 1})
-    if duplicates:
-        raise _Invalid(f"names {_one_of(duplicates)} more than once")
-    return items
-
-
-def _string_table(value: object) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise _Invalid(f"must be a table, not {_kind(value)}")
-    bad = [k for k, v in value.items() if not isinstance(v, str)]
-    if bad:
-        raise _Invalid(f"values must be strings ({_one_of(bad)} is not)")
-    return dict(value)
-
-
-def _gpio_pin(value: object) -> int | str:
-    if isinstance(value, int) and not isinstance(value, bool):
-        if not 0 <= value <= MAX_BCM_PIN:
-            raise _Invalid(f"must be a BCM number from 0 to {MAX_BCM_PIN} (got {value})")
-        return value
-    if not isinstance(value, str):
-        raise _Invalid(f"{PIN_RULE}, not {_kind(value)}")
-    if not _PIN_NAME.fullmatch(value):
-        raise _Invalid(f"{PIN_RULE} (got {toml_value(value)})")
-    return value
 
 
 def _origins(value: object) -> tuple[str, ...]:
@@ -447,16 +229,6 @@ def _checked(check: Callable[[str], object]) -> Convert:
         return text
 
     return convert
-
-
-def _did_you_mean(word: str, candidates: Iterable[object]) -> str:
-    names = [c for c in candidates if isinstance(c, str)]
-    close = difflib.get_close_matches(word, names, n=1, cutoff=0.6)
-    if not close:
-        lowered = {n.lower(): n for n in names}
-        close = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
-        close = [lowered[c] for c in close]
-    return f' (did you mean "{close[0]}"?)' if close else ""
 
 
 def _toml_error_message(exc: tomllib.TOMLDecodeError) -> str:
@@ -622,47 +394,44 @@ class _Parser:
             devices.append(device)
         return tuple(devices)
 
-    def device(self, data: object, path: str) -> DeviceSettings | None:
-        # Imported here: the driver registry imports every driver module, which
-        # validation of other sections does not need.
-        from drivers import DRIVERS  # noqa: PLC0415
-
-        spec: dict[str, Convert] = {
-            "id": _identifier,
-            "driver": _choice(sorted(DRIVERS)),
-            "port": _text,
-            "baudrate": _choice(BAUDRATES),
-            "bytesize": _choice((5, 6, 7, 8)),
-            "parity": _choice(get_args(Parity)),
-            "stopbits": _choice((1, 1.5, 2)),
-            "format": _choice(get_args(LineFormat)),
-            "columns": _strings,
-            "units": _string_table,
-            "max_line_bytes": _size(16),
-            "read_interval": _bounded_duration(0.0, 1.0),
-            "expected_interval": _duration(positive=False),
-            "reconnect_min": _duration(positive=True),
-            "reconnect_max": _duration(positive=True),
-            "enabled": _boolean,
-            "pin": _gpio_pin,
-            "pull_up": _boolean,
-            "bounce": _duration(positive=False),
-            "mode": _choice(get_args(GpioMode)),
-            "sample_interval": _duration(positive=False),
-            "sensor": _text,
-        }
-        section = self.section(data, path, spec, required=("id", "driver"))
-        if not section.ok("id", "driver"):
+    def device(self, data: dict[str, object], path: str) -> DeviceSettings | None:
+        """One device, checked against the settings type of the driver it names."""
+        registry = drivers()
+        name = data.get("driver")
+        spec = registry.get(name) if isinstance(name, str) else None
+        if spec is None:
+            # Without a known driver only the keys every device has can be checked.
+            if "driver" in data and not registry:
+                self.problem(f"{path}.driver", NO_DRIVERS)
+            elif "driver" in data:
+                try:
+                    _choice(registry)(name)
+                except _Invalid as exc:
+                    self.problem(f"{path}.driver", str(exc))
+            common = keys_of(DeviceSettings)
+            known = {k: v for k, v in data.items() if k in common}
+            check_table(DeviceSettings, known, path, self.problems)
             return None
-        device = DeviceSettings(**section.values)
-        if section.ok("port") and device.driver in PORT_DRIVERS and not device.port:
-            self.problem(section.key("port"), f'required by driver "{device.driver}"')
-        self.driver_keys(section, device)
-        if section.ok("format", "columns"):
-            if device.format == "csv" and not device.columns:
-                self.problem(section.key("columns"), 'required when format = "csv"')
-            if device.format != "csv" and device.columns:
-                self.problem(section.key("columns"), 'only used with format = "csv"')
+        own = keys_of(spec.settings)
+        refused = f'not used by driver "{spec.name}"'
+        foreign = {
+            key: refused
+            for other in registry.values()
+            for key in keys_of(other.settings)
+            if key not in own
+        }
+
+        def required(key: str) -> str:
+            return "required" if key in COMMON_DEVICE_KEYS else f'required by driver "{spec.name}"'
+
+        checked = check_table(
+            spec.settings, data, path, self.problems, foreign=foreign, required=required
+        )
+        device: DeviceSettings | None = checked.settings
+        if device is None:
+            return None
+        given = checked.given
+        section = _Section(path, checked.values, set(given.given), set(given.bad))
         self.ordered(section, device.reconnect_min, device.reconnect_max)
         return device
 
@@ -739,25 +508,6 @@ class _Parser:
 
     # Rules across keys -------------------------------------------------
 
-    def driver_keys(self, section: _Section, device: DeviceSettings) -> None:
-        """Keys of other drivers are refused; a driver's own keys may be required."""
-        own = DRIVER_KEYS.get(device.driver)
-        if own is None:
-            return
-        for key in sorted(_DRIVER_ONLY_KEYS - own):
-            if key in section.given:
-                self.problem(section.key(key), f'not used by driver "{device.driver}"')
-                # Refused once: no rule about its value may complain of it again.
-                section.bad.add(key)
-        if device.driver != "gpio_input":
-            return
-        if device.pin is None and section.ok("pin"):
-            self.problem(section.key("pin"), 'required by driver "gpio_input"')
-        counts = device.mode == "counter" and section.ok("mode", "sample_interval")
-        if counts and device.sample_interval <= 0:
-            message = 'must be longer than 0 seconds with mode = "counter"'
-            self.problem(section.key("sample_interval"), message)
-
     def certificate(self, section: _Section) -> None:
         """``cert_file`` and ``key_file`` come together and load as a certificate and key,
         so that a wrong file fails here, not when the connection or server starts."""
@@ -795,3 +545,12 @@ class _Parser:
 def _pass(value: object) -> object:
     """Tables checked by their own section parser."""
     return value
+
+
+def device_warnings(settings: Settings) -> list[ConfigProblem]:
+    """What is valid in the devices but worth a second look, by key path (each driver says)."""
+    return [
+        ConfigProblem(f"devices[{index}].{key}", message)
+        for index, device in enumerate(settings.devices)
+        for key, message in device.warnings()
+    ]

@@ -8,16 +8,16 @@ bad key). Durations are seconds, sizes are bytes.
 from __future__ import annotations
 
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from gateway.fields import boolean, choice, duration, identifier, key, string, string_table
 
 Durability = Literal["full", "normal"]
 Overflow = Literal["drop_oldest", "reject_new"]
-LineFormat = Literal["kv", "csv", "json"]
 MqttProtocol = Literal["5", "3.1.1"]
-Parity = Literal["N", "E", "O", "M", "S"]
-GpioMode = Literal["level", "counter"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,52 +48,91 @@ class StoreSettings:
     commit_spacing: float = 0.005
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceSettings:
-    id: str
-    driver: str
-    port: str = ""
-    baudrate: int = 9600
-    bytesize: int = 8
-    parity: Parity = "N"
-    stopbits: float = 1
-    format: LineFormat = "kv"
-    # For format = "csv": the sensor name of each column, in order.
-    columns: tuple[str, ...] = ()
+    """The keys of every ``[[devices]]`` section, whatever its driver.
+
+    Each driver extends this with its own keys (``SerialLineSettings``, …) and is
+    found through the driver registry (``gateway.driver_registry``); a section is
+    checked against the class of the driver it names.
+    """
+
+    id: str = field(
+        metadata=key(
+            identifier,
+            "id",
+            "The device's name: the `device` field of its readings and a level of its MQTT "
+            "topic. Unique within the file.",
+        )
+    )
+    driver: str = field(
+        metadata=key(
+            string,
+            "string",
+            "How the device is read: one of the drivers below. `check-config` names the "
+            "drivers this version knows.",
+        )
+    )
     # Sensor name -> unit, added to each reading of that sensor.
-    units: dict[str, str] = field(default_factory=dict)
-    # Longest accepted line; a longer one becomes a dead letter.
-    max_line_bytes: int = 4096
-    # serial_line: after a read that empties the port, the next read waits this long,
-    # so a device sending hundreds of lines a second is read in chunks (one wake of
-    # the gateway per chunk, not per line) at the cost of at most this much latency;
-    # its readings share the chunk's read time. A line after a quiet spell is read at
-    # once. 0 reads every line as it arrives.
-    read_interval: float = 0.018
+    units: dict[str, str] = field(
+        default_factory=dict,
+        metadata=key(
+            string_table,
+            "table of strings",
+            'Unit per sensor name, added to that sensor\'s readings as `unit`: `{ t = "°C", '
+            'h = "%" }`.',
+        ),
+    )
     # A device silent for longer than this is reported (0 = never expected).
-    expected_interval: float = 0.0
+    expected_interval: float = field(
+        default=0.0,
+        metadata=key(
+            duration(positive=False),
+            "duration",
+            "How often the device normally sends. A device silent for `[health] "
+            "device_silent_factor` times this is reported. `0`: never expected.",
+        ),
+    )
     # Reconnect backoff after the port fails or disappears.
-    reconnect_min: float = 0.5
-    reconnect_max: float = 30.0
-    enabled: bool = True
-    # gpio_input: a BCM number (17) or a gpiozero pin name ("GPIO17", "BOARD11"), as
-    # gpiozero takes it, so the names in its pinout tables work unchanged.
-    pin: int | str | None = None
-    # gpio_input: pull the pin up so a contact or open collector to ground reads as
-    # active; most door contacts, relays and meter outputs are wired that way.
-    pull_up: bool = True
-    # gpio_input: a level must hold this long before it counts, so contact bounce and
-    # electrical spikes never become readings or pulses.
-    bounce: float = 0.01
-    # gpio_input: "level" reports every change of state; "counter" counts pulses.
-    mode: GpioMode = "level"
-    # gpio_input: level: a reading of the state this often even without a change, so a
-    # silent input is told apart from a dead one (0 = changes only); counter: how often
-    # the count and rate are reported.
-    sample_interval: float = 60.0
-    # gpio_input: the sensor name of the state (level) or of the count (counter, whose
-    # rate is then "<sensor>_rate"); unset: "state", or "count" and "rate".
-    sensor: str = ""
+    reconnect_min: float = field(
+        default=0.5,
+        metadata=key(
+            duration(positive=True),
+            "duration",
+            "Shortest wait before reopening a port (or a GPIO pin) that failed or "
+            "disappeared; waits grow, with jitter, up to `reconnect_max`.",
+        ),
+    )
+    reconnect_max: float = field(
+        default=30.0,
+        metadata=key(
+            duration(positive=True),
+            "duration",
+            "Longest wait between attempts; not shorter than `reconnect_min`.",
+        ),
+    )
+    enabled: bool = field(
+        default=True,
+        metadata=key(
+            boolean, "boolean", "`false` keeps the device in the file without reading it."
+        ),
+    )
+
+    def warnings(self) -> Iterator[tuple[str, str]]:
+        """Keys whose value is valid but worth a second look, as ``(key, message)``."""
+        return iter(())
+
+
+def driver_tag(name: str) -> Any:
+    """The ``driver`` field of a driver's settings class: the tag of the device union."""
+    return field(
+        default=name,
+        metadata=key(
+            choice((name,)),
+            "string",
+            DeviceSettings.__dataclass_fields__["driver"].metadata["key"].doc,
+        ),
+    )
 
 
 @dataclass(frozen=True, slots=True)

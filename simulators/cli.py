@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+from drivers.serial_line.device import KINDS
 from simulators.pty_device import PtyDevice
-from simulators.sources import KINDS
 
 
 def _positive(text: str) -> float:
@@ -31,7 +31,14 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "Run one simulated serial device on a pseudo-terminal whose slave is symlinked at "
         "--link; point a device's port at that path. Runs until SIGTERM or SIGINT."
     )
-    p.add_argument("kind", choices=KINDS, help="thermo: t and h drifting; counter: n=1, 2, 3…")
+    p.add_argument(
+        "kind",
+        choices=KINDS,
+        help=(
+            "thermo: t and h drifting; counter: n=1, 2, 3…; arduino: the thermo as free text "
+            '("Temperature: 21.5 C, Humidity: 40.2 %%", for format = "regex")'
+        ),
+    )
     p.add_argument("--link", type=Path, required=True, help="symlink to create for the device")
     p.add_argument("--rate", type=_positive, default=1.0, help="lines per second (default 1)")
     p.add_argument(

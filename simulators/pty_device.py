@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from simulators.sources import garbage_line, make_source
+from drivers.serial_line.device import garbage_line, make_source
 
 log = logging.getLogger(__name__)
 

@@ -264,7 +264,7 @@ def test_a_config_check_config_refuses_never_lands(site: Site, first_run: PlayRe
     assert first_run.returncode == 0, first_run.output
     config = site.config_dir / "gateway.toml"
     before = config.read_bytes()
-    bad_device = {"id": "thermo-1", "driver": "serial_line", "port": "/dev/x", "baudrate": 9601}
+    bad_device = {"id": "thermo-1", "driver": "serial_line", "port": "/dev/x", "baudrate": 12}
     result = site.play(
         "site.yml",
         "--limit",

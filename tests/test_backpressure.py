@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.serial_line import SerialLineDriver
+from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_line.transport import SerialLineDriver
 from gateway.reading import Sample, StoredReading
-from gateway.settings import DeviceSettings, StoreSettings
+from gateway.settings import StoreSettings
 from gateway.store import Store
 from gateway.store.ingress import Congestion
 from simulators import PtyDevice
@@ -131,7 +132,7 @@ async def test_a_store_that_cannot_commit_is_not_congested(tmp_path: Path) -> No
 async def test_a_slow_store_pauses_the_port_and_every_line_arrives_once(tmp_path: Path) -> None:
     count = 20_000
     link = tmp_path / "dev" / "counter"
-    settings = DeviceSettings(id="counter-1", driver="serial_line", port=str(link))
+    settings = SerialLineSettings(id="counter-1", port=str(link))
     # A mark far below one commit's worth at this rate: the driver pauses again and again.
     async with (
         opened(tmp_path / "data" / "readings.db", high_water=64) as store,
@@ -159,7 +160,7 @@ async def test_a_slow_store_pauses_the_port_and_every_line_arrives_once(tmp_path
 async def test_a_stuck_writer_holds_the_port_paused(tmp_path: Path) -> None:
     link = tmp_path / "dev" / "counter"
     path = tmp_path / "data" / "readings.db"
-    settings = DeviceSettings(id="counter-1", driver="serial_line", port=str(link))
+    settings = SerialLineSettings(id="counter-1", port=str(link))
     async with (
         opened(path, high_water=500) as store,
         PtyDevice("counter", link, rate=50_000, count=5000, paused=True) as dev,

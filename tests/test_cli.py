@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from drivers.serial_port import BAUDRATES
 from gateway import __version__, cli
-from gateway.config import BAUDRATES
 from gateway.errors import StoreError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,7 +32,7 @@ port = "/dev/ttyUSB0"
 id = "thermo-2"
 driver = "serial_line"
 port = "/dev/ttyUSB1"
-baudrate = 9601
+baudrate = "9600"
 prot = "x"
 """
 
@@ -41,7 +41,7 @@ BAD_CONFIG_LINES = [
     'starting with a letter or digit (got "gw 1")',
     "edge-gateway: devices[1].baudrate: must be one of "
     + ", ".join(str(b) for b in BAUDRATES)
-    + " (got 9601)",
+    + ', or another whole number of bits per second from 50 to 12000000 (got "9600")',
     'edge-gateway: devices[1].prot: unknown key (did you mean "port"?)',
 ]
 

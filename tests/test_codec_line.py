@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from drivers.line_codec import (
+from drivers.serial_line.codec import (
     REASON_DISCONNECT,
     REASON_NUL,
     REASON_TOO_LONG,
@@ -17,9 +17,9 @@ from drivers.line_codec import (
     encode_kv,
     parse_value,
 )
+from drivers.serial_line.settings import LineFormat, SerialLineSettings
 from gateway.errors import DriverError
 from gateway.reading import DeadLetter, Sample, Value
-from gateway.settings import DeviceSettings, LineFormat
 
 TS = 1764086400.5
 
@@ -226,8 +226,8 @@ def test_json_deep_nesting_is_a_dead_letter() -> None:
 
 
 def test_from_settings_and_invalid_settings() -> None:
-    settings = DeviceSettings(
-        id="dev", driver="serial_line", format="csv", columns=("a",), max_line_bytes=10
+    settings = SerialLineSettings(
+        id="dev", port="/dev/x", format="csv", columns=("a",), max_line_bytes=10
     )
     codec = LineDecoder.from_settings(settings)
     assert (codec.device, codec.format, codec.columns, codec.max_line_bytes) == (

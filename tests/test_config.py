@@ -16,18 +16,15 @@ import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import (
-    BAUDRATES,
-    GPIO_KEYS,
-    load_config,
-    parse_config,
-    parse_duration,
-    parse_listen,
-    parse_size,
-)
+from drivers.gpio_input.settings import GpioInputSettings
+from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_port import BAUDRATES
+from gateway.config import load_config, parse_config, parse_listen
+from gateway.config_docs import devices_section
+from gateway.driver_registry import drivers
 from gateway.errors import ConfigError
+from gateway.fields import parse_duration, parse_size
 from gateway.settings import (
-    DeviceSettings,
     GatewaySettings,
     HealthSettings,
     LocalSettings,
@@ -60,6 +57,18 @@ def parse(tmp_path: Path, text: str) -> Settings:
     return load_config(write(tmp_path, text))
 
 
+def serial_devices(settings: Settings) -> list[SerialLineSettings]:
+    devices = [d for d in settings.devices if isinstance(d, SerialLineSettings)]
+    assert len(devices) == len(settings.devices)
+    return devices
+
+
+def gpio_devices(settings: Settings) -> list[GpioInputSettings]:
+    devices = [d for d in settings.devices if isinstance(d, GpioInputSettings)]
+    assert len(devices) == len(settings.devices)
+    return devices
+
+
 # Valid files -----------------------------------------------------------
 
 
@@ -76,7 +85,7 @@ def test_full_example_values() -> None:
     assert settings.store.max_bytes == 1024**3
     assert settings.store.max_age == 30 * 86400
     assert settings.store.history == 3600
-    thermo, meter = settings.devices
+    thermo, meter = serial_devices(settings)
     assert thermo.units == {"t": "°C", "h": "%"}
     assert thermo.reconnect_min == 0.5
     assert thermo.expected_interval == 10
@@ -90,7 +99,8 @@ def test_full_example_values() -> None:
 
 def test_full_example_shows_every_key() -> None:
     text = (ROOT / "examples" / "gateway.toml").read_text(encoding="utf-8")
-    for cls in (GatewaySettings, StoreSettings, DeviceSettings, MqttSettings, LocalSettings):
+    driver_settings = [spec.settings for spec in drivers().values()]
+    for cls in (GatewaySettings, StoreSettings, *driver_settings, MqttSettings, LocalSettings):
         for f in dataclasses.fields(cls):
             assert re.search(rf"^(# )?{f.name} = ", text, re.MULTILINE), f"{cls.__name__}.{f.name}"
     for f in dataclasses.fields(HealthSettings):
@@ -101,7 +111,7 @@ def test_minimal_file_takes_every_default(tmp_path: Path) -> None:
     settings = parse(tmp_path, DEVICE)
     assert settings.gateway == GatewaySettings(id=socket.gethostname())
     assert settings.store == StoreSettings()
-    assert settings.devices == (DeviceSettings(id="d1", driver="serial_line", port="/dev/ttyUSB0"),)
+    assert settings.devices == (SerialLineSettings(id="d1", port="/dev/ttyUSB0"),)
     assert settings.uplink.mqtt is None
     assert settings.local is None
     assert settings.health == HealthSettings()
@@ -141,7 +151,7 @@ def test_integers_are_accepted_where_numbers_are_expected(tmp_path: Path) -> Non
     text = DEVICE + "reconnect_min = 1\nstopbits = 2\n[health]\ndevice_silent_factor = 4\n"
     settings = parse(tmp_path, text)
     assert settings.devices[0].reconnect_min == 1.0
-    assert settings.devices[0].stopbits == 2.0
+    assert serial_devices(settings)[0].stopbits == 2.0
     assert settings.health.device_silent_factor == 4.0
 
 
@@ -159,7 +169,7 @@ def test_allowed_origins_are_normalised(tmp_path: Path) -> None:
 def test_gpio_device_values(tmp_path: Path) -> None:
     text = GPIO + 'mode = "counter"\nbounce = "1ms"\nsample_interval = "5s"\nsensor = "water"\n'
     text += GPIO.replace('"g1"', '"g2"').replace("17", '"BOARD11"') + "pull_up = false\n"
-    counter, level = parse(tmp_path, text).devices
+    counter, level = gpio_devices(parse(tmp_path, text))
     assert (counter.pin, counter.mode, counter.bounce) == (17, "counter", 0.001)
     assert (counter.sample_interval, counter.sensor, counter.pull_up) == (5.0, "water", True)
     assert (level.pin, level.mode, level.pull_up) == ("BOARD11", "level", False)
@@ -175,14 +185,14 @@ def test_commented_gpio_example_is_valid_once_uncommented(tmp_path: Path) -> Non
         if not line.startswith("# "):
             break
         block.append(line.removeprefix("# "))
-    (door,) = parse(tmp_path, "\n".join(block) + "\n").devices
+    (door,) = gpio_devices(parse(tmp_path, "\n".join(block) + "\n"))
     assert (door.driver, door.pin, door.mode, door.sensor) == ("gpio_input", 17, "level", "closed")
 
 
 @pytest.mark.parametrize("pin", [0, 53, "GPIO17", "BCM4", "BOARD40", "WPI0", "J8:11", "17"])
 def test_gpio_pin_forms(tmp_path: Path, pin: object) -> None:
     text = GPIO.replace("17", f'"{pin}"' if isinstance(pin, str) else str(pin))
-    assert parse(tmp_path, text).devices[0].pin == pin
+    assert gpio_devices(parse(tmp_path, text))[0].pin == pin
 
 
 def test_keys_of_one_driver_are_refused_by_the_other(tmp_path: Path) -> None:
@@ -202,10 +212,10 @@ def test_keys_of_one_driver_are_refused_by_the_other(tmp_path: Path) -> None:
     ("text", "expected"),
     [
         (
-            DEVICE + DEVICE.replace("d1", "d2") + "baudrate = 9601\n",
+            DEVICE + DEVICE.replace("d1", "d2") + "baudrate = 12\n",
             "devices[1].baudrate: must be one of "
             + ", ".join(str(b) for b in BAUDRATES)
-            + " (got 9601)",
+            + ", or another whole number of bits per second from 50 to 12000000 (got 12)",
         ),
         (DEVICE + "baudrate = 9600.0\n", "devices[0].baudrate: must be one of"),
         (DEVICE + "baudrat = 9600\n", 'devices[0].baudrat: unknown key (did you mean "baudrate"?)'),
@@ -598,11 +608,6 @@ def test_bad_listen_addresses(listen: str) -> None:
 SECTIONS: dict[str, tuple[type[Any], dict[str, Any], Any]] = {
     "[gateway]": (GatewaySettings, {}, lambda s: s.gateway),
     "[store]": (StoreSettings, {}, lambda s: s.store),
-    "[[devices]]": (
-        DeviceSettings,
-        {"devices": [{"id": "d", "driver": "serial_line", "port": "/dev/x"}]},
-        lambda s: s.devices[0],
-    ),
     "[uplink.mqtt]": (MqttSettings, {"uplink": {"mqtt": {}}}, lambda s: s.uplink.mqtt),
     "[local]": (LocalSettings, {"local": {"token": TOKEN}}, lambda s: s.local),
     "[health]": (HealthSettings, {}, lambda s: s.health),
@@ -624,9 +629,16 @@ def documented_keys() -> dict[str, dict[str, str]]:
     return sections
 
 
+# A device of each driver, with the keys it requires.
+DEVICES: dict[str, dict[str, Any]] = {
+    "serial_line": {"id": "d", "driver": "serial_line", "port": "/dev/x"},
+    "gpio_input": {"id": "d", "driver": "gpio_input", "pin": 17},
+}
+
+
 def test_documentation_lists_every_key_of_every_section() -> None:
     documented = documented_keys()
-    assert set(documented) == set(SECTIONS)
+    assert set(documented) == {*SECTIONS, "[[devices]]"}
     for name, (cls, _, _) in SECTIONS.items():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(documented[name]) == fields, name
@@ -650,13 +662,38 @@ def test_documented_defaults_are_the_defaults() -> None:
             literal = re.fullmatch(r"`(.+)`", shown)
             assert literal, f"{name} {f.name}: {shown}"
             data = copy.deepcopy(base)
-            if name == "[[devices]]" and f.name in GPIO_KEYS:
-                data = {"devices": [{"id": "d", "driver": "gpio_input", "pin": 17}]}
             table = data
             for part in name.strip("[]").split("."):
-                table = table["devices"][0] if part == "devices" else table.setdefault(part, {})
+                table = table.setdefault(part, {})
             table[f.name] = tomllib.loads(f"v = {literal[1]}")["v"]
             assert getattr(pick(parse_config(data, None)), f.name) == default, f.name
+
+
+def test_the_device_keys_of_the_documentation_are_written_from_the_settings_types() -> None:
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert devices_section() in text, "run: python -m gateway.config_docs docs/configuration.md"
+
+
+def test_every_driver_is_documented_and_has_an_example_device() -> None:
+    assert set(DEVICES) == set(drivers())
+    documented = documented_keys()["[[devices]]"]
+    for spec in drivers().values():
+        assert {f.name for f in dataclasses.fields(spec.settings)} <= set(documented)
+
+
+@pytest.mark.parametrize("driver", sorted(DEVICES))
+def test_each_drivers_shown_defaults_are_its_defaults(driver: str) -> None:
+    """What the documentation shows as a default, written in a file, gives that default."""
+    cls = drivers()[driver].settings
+    documented = documented_keys()["[[devices]]"]
+    for f in dataclasses.fields(cls):
+        literal = re.fullmatch(r"`(.+)`", documented[f.name])
+        if literal is None:
+            assert documented[f.name] in ("required", "unset"), f.name
+            continue
+        device = {**DEVICES[driver], f.name: tomllib.loads(f"v = {literal[1]}")["v"]}
+        (parsed,) = parse_config({"devices": [device]}, None).devices
+        assert parsed == cls(**DEVICES[driver] | {"driver": driver}), f.name
 
 
 @pytest.mark.parametrize(("value", "seconds"), [(0, 0.0), ("5ms", 0.005), ("1s", 1.0)])
@@ -677,8 +714,9 @@ def _serial_device(**keys: object) -> dict[str, object]:
 
 def test_read_interval_takes_a_duration_up_to_a_second() -> None:
     settings = parse_config(_serial_device(read_interval="20ms"), None)
-    assert settings.devices[0].read_interval == 0.02
-    assert parse_config(_serial_device(read_interval=0), None).devices[0].read_interval == 0
+    assert serial_devices(settings)[0].read_interval == 0.02
+    settings = parse_config(_serial_device(read_interval=0), None)
+    assert serial_devices(settings)[0].read_interval == 0
 
 
 def test_read_interval_beyond_a_second_or_on_a_gpio_input_is_refused() -> None:

@@ -15,12 +15,12 @@ from aiohttp.test_utils import TestServer
 from playwright.async_api import Browser, Page, ViewportSize, async_playwright
 from playwright.async_api import Error as PlaywrightError
 
-from drivers.serial_line import SerialLineDriver
+from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_line.transport import SerialLineDriver
 from gateway.interfaces import GatewayView
 from gateway.local import create_app, serve
 from gateway.local.keys import HUB
 from gateway.settings import (
-    DeviceSettings,
     GatewaySettings,
     LocalSettings,
     Settings,
@@ -59,14 +59,13 @@ async def simulated_gateway(
 ) -> AsyncIterator[GatewayView]:
     """Two simulated devices on pseudo-terminals, read by the serial driver into a real store."""
     devices = (
-        DeviceSettings(
+        SerialLineSettings(
             id="thermo-1",
-            driver="serial_line",
             port=str(tmp_path / "thermo-1"),
             units={"t": "°C", "h": "%"},
             expected_interval=0.5,
         ),
-        DeviceSettings(id="counter-1", driver="serial_line", port=str(tmp_path / "counter-1")),
+        SerialLineSettings(id="counter-1", port=str(tmp_path / "counter-1")),
     )
     settings = Settings(
         gateway=GatewaySettings(id="gw-field-7", data_dir=tmp_path),

@@ -21,13 +21,13 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers import DRIVERS, create_driver
 from drivers.backoff import Backoff
-from drivers.gpio_input import MAX_PENDING_CHANGES, GpioInputDriver
-from drivers.gpio_logic import Change, InputTracker, RateMeter
+from drivers.gpio_input.codec import Change, InputTracker, RateMeter
+from drivers.gpio_input.settings import GpioInputSettings
+from drivers.gpio_input.transport import MAX_PENDING_CHANGES, GpioInputDriver
+from gateway.driver_registry import create_driver, drivers
 from gateway.errors import DriverError
 from gateway.reading import Sample
-from gateway.settings import DeviceSettings
 from tests.fixtures.common import wait_until
 from tests.fixtures.drivers import RecordingSink, running, wait_open
 
@@ -227,16 +227,15 @@ class FakeClock:
         return self.now
 
 
-def gpio(**overrides: Any) -> DeviceSettings:
+def gpio(**overrides: Any) -> GpioInputSettings:
     values: dict[str, Any] = {
         "id": "door-1",
-        "driver": "gpio_input",
         "pin": 17,
         "bounce": 0.0,
         "sample_interval": 3600.0,
     }
     values.update(overrides)
-    return DeviceSettings(**values)
+    return GpioInputSettings(**values)
 
 
 def fast() -> Backoff:
@@ -521,7 +520,7 @@ async def test_stop_while_opening_releases_the_pin() -> None:
 
 
 def test_registered_and_needs_a_pin() -> None:
-    assert DRIVERS["gpio_input"] is GpioInputDriver
+    assert drivers()["gpio_input"].create is GpioInputDriver
     sink = BatchSink()
     driver = create_driver(gpio(), sink)
     assert isinstance(driver, GpioInputDriver)

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 import serial
 
-from drivers import DRIVERS, create_driver
 from drivers.backoff import Backoff
-from drivers.line_codec import REASON_NUL, REASON_TOO_LONG, REASON_UTF8, Decoded, LineDecoder
-from drivers.serial_line import SerialLineDriver
+from drivers.serial_line.codec import REASON_NUL, REASON_TOO_LONG, REASON_UTF8, Decoded, LineDecoder
+from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_line.transport import SerialLineDriver
+from gateway.driver_registry import create_driver, drivers
 from gateway.errors import DriverError
 from gateway.reading import Sample
 from gateway.settings import DeviceSettings
@@ -57,8 +58,8 @@ class WatchedDecoder(LineDecoder):
         return out
 
 
-def device(link: Path, **overrides: Any) -> DeviceSettings:
-    return DeviceSettings(id="counter-1", driver="serial_line", port=str(link), **overrides)
+def device(link: Path, **overrides: Any) -> SerialLineSettings:
+    return SerialLineSettings(id="counter-1", port=str(link), **overrides)
 
 
 def is_open(driver: SerialLineDriver) -> bool:
@@ -263,7 +264,7 @@ async def test_cancel_closes_the_port(tmp_path: Path) -> None:
 
 def test_registry_and_unknown_driver(tmp_path: Path) -> None:
     sink = ListSink()
-    assert "serial_line" in DRIVERS
+    assert drivers()["serial_line"].create is SerialLineDriver
     driver = create_driver(device(tmp_path / "x"), sink)
     assert isinstance(driver, SerialLineDriver)
     assert driver.device_id == "counter-1"
@@ -271,5 +272,5 @@ def test_registry_and_unknown_driver(tmp_path: Path) -> None:
     with pytest.raises(DriverError, match="unknown driver 'modbus_tcp'") as info:
         create_driver(DeviceSettings(id="m1", driver="modbus_tcp"), sink)
     assert info.value.device == "m1"
-    with pytest.raises(DriverError, match="needs a port"):
+    with pytest.raises(DriverError, match="needs SerialLineSettings, not DeviceSettings"):
         create_driver(DeviceSettings(id="s1", driver="serial_line"), sink)

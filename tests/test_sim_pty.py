@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers.line_codec import REASON_NUL, LineDecoder
+from drivers.serial_line.codec import REASON_NUL, LineDecoder
+from drivers.serial_line.device import CounterSource, garbage_line
 from simulators import PtyDevice
-from simulators.sources import CounterSource, garbage_line
 from tests.fixtures.common import wait_until
 
 

@@ -16,12 +16,13 @@ from pathlib import Path
 import pytest
 
 from drivers.backoff import Backoff
-from drivers.serial_line import SerialLineDriver
+from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_line.transport import SerialLineDriver
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample
-from gateway.settings import DeviceSettings, StoreSettings
+from gateway.settings import StoreSettings
 from gateway.store import Store, writer
 from gateway.store.ingress import (
     MAX_DEAD_LETTER_RAW,
@@ -204,7 +205,7 @@ async def test_a_device_sending_only_bad_lines_is_paused_like_one_sending_too_ma
 ) -> None:
     link = tmp_path / "dev" / "noisy"
     path = tmp_path / "data" / "readings.db"
-    settings = DeviceSettings(id="noisy-1", driver="serial_line", port=str(link))
+    settings = SerialLineSettings(id="noisy-1", port=str(link))
     bad = 3000
     store = await Store.open(path, StoreSettings())
     try:

@@ -1,6 +1,7 @@
 """The sans-io codec of line-oriented serial devices: bytes in, samples and dead letters out.
 
-A device writes one record per line (``kv``, ``csv`` or ``json``). ``LineDecoder`` is
+A device writes one record per line (``kv``, ``csv``, ``json``, or free text read with
+a ``regex`` pattern whose named groups are the sensors). ``LineDecoder`` is
 fed whatever chunk the port returned, in any split, and keeps only the unfinished tail
 of the last line, never more than ``max_line_bytes``: a longer line becomes one dead
 letter and the decoder discards up to the next line end. Every line either becomes
@@ -17,9 +18,17 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Self
 
+import regex
+
+from drivers.serial_line.pattern import (
+    MATCH_TIMEOUT,
+    REASON_NO_MATCH,
+    REASON_TIMEOUT,
+    compile_pattern,
+)
+from drivers.serial_line.settings import LineFormat, SerialLineSettings
 from gateway.errors import DriverError
 from gateway.reading import DeadLetter, Sample, Value
-from gateway.settings import DeviceSettings, LineFormat
 
 REASON_TOO_LONG = "line too long"
 REASON_NUL = "NUL byte in line"
@@ -98,6 +107,7 @@ class LineDecoder:
         fmt: LineFormat = "kv",
         *,
         columns: Sequence[str] = (),
+        pattern: str = "",
         units: Mapping[str, str] | None = None,
         max_line_bytes: int = 4096,
     ) -> None:
@@ -105,8 +115,14 @@ class LineDecoder:
             raise DriverError(device, "max_line_bytes must be at least 1")
         if fmt == "csv" and not columns:
             raise DriverError(device, 'format "csv" needs columns')
-        if fmt not in ("kv", "csv", "json"):
+        if fmt not in ("kv", "csv", "json", "regex"):
             raise DriverError(device, f"unknown line format {fmt!r}")
+        self.pattern: regex.Pattern[str] | None = None
+        if fmt == "regex":
+            try:
+                self.pattern = compile_pattern(pattern)
+            except ValueError as exc:
+                raise DriverError(device, f"pattern {exc}") from None
         self.device = device
         self.format: LineFormat = fmt
         self.columns = tuple(columns)
@@ -117,11 +133,12 @@ class LineDecoder:
         self._discarding = False
 
     @classmethod
-    def from_settings(cls, settings: DeviceSettings) -> Self:
+    def from_settings(cls, settings: SerialLineSettings) -> Self:
         return cls(
             settings.id,
             settings.format,
             columns=settings.columns,
+            pattern=settings.pattern,
             units=settings.units,
             max_line_bytes=settings.max_line_bytes,
         )
@@ -185,6 +202,8 @@ class LineDecoder:
                 out.samples.extend(self._kv(text, ts))
             elif self.format == "csv":
                 out.samples.extend(self._csv(text, ts))
+            elif self.pattern is not None:
+                out.samples.extend(self._regex(self.pattern, text, ts))
             else:
                 out.samples.extend(self._json(text, ts))
         except _BadLine as exc:
@@ -218,6 +237,20 @@ class LineDecoder:
             self._sample(name, parse_value(f), ts)
             for name, f in zip(self.columns, fields, strict=True)
             if f
+        ]
+
+    def _regex(self, pattern: regex.Pattern[str], text: str, ts: float) -> list[Sample]:
+        try:
+            match = pattern.search(text, timeout=MATCH_TIMEOUT)
+        except TimeoutError:
+            raise _BadLine(REASON_TIMEOUT) from None
+        if match is None:
+            raise _BadLine(REASON_NO_MATCH)
+        # A named group that took no part in the match is a sensor with no value this time.
+        return [
+            self._sample(name, parse_value(value), ts)
+            for name, value in match.groupdict().items()
+            if value is not None
         ]
 
     def _json(self, text: str, ts: float) -> list[Sample]:

@@ -31,14 +31,15 @@ from typing import Any
 
 from drivers.backoff import Backoff, Fault, classify_open_error
 from drivers.fault_log import FaultLog
-from drivers.gpio_logic import InputTracker, RateMeter, Taken
+from drivers.gpio_input.codec import InputTracker, RateMeter, Taken
+from drivers.gpio_input.settings import GpioInputSettings
 from drivers.off_loop import open_off_loop
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import Sample
-from gateway.settings import DeviceSettings
 
-log = logging.getLogger(__name__)
+# The name the driver logged under before it became a package: log filters rely on it.
+log = logging.getLogger("drivers.gpio_input")
 
 # Settled changes that may wait for the event loop; only a stalled loop under an edge
 # storm fills it, and then the latest state is still reported.
@@ -81,7 +82,7 @@ class GpioInputDriver:
 
     def __init__(
         self,
-        settings: DeviceSettings,
+        settings: GpioInputSettings,
         sink: SampleSink,
         *,
         pin_factory: Any = None,

@@ -33,14 +33,15 @@ from serial_asyncio_fast import SerialTransport, connection_for_serial
 
 from drivers.backoff import Backoff, Fault, classify_loss, classify_open_error
 from drivers.fault_log import FaultLog
-from drivers.line_codec import LineDecoder
 from drivers.off_loop import open_off_loop
+from drivers.serial_line.codec import LineDecoder
+from drivers.serial_line.settings import SerialLineSettings
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import DeadLetter
-from gateway.settings import DeviceSettings
 
-log = logging.getLogger(__name__)
+# The name the driver logged under before it became a package: log filters rely on it.
+log = logging.getLogger("drivers.serial_line")
 
 
 class _LineProtocol(asyncio.Protocol):
@@ -63,7 +64,7 @@ class SerialLineDriver:
 
     def __init__(
         self,
-        settings: DeviceSettings,
+        settings: SerialLineSettings,
         sink: SampleSink,
         *,
         backoff: Backoff | None = None,
