@@ -33,8 +33,9 @@ async def _campaign(
     proxy = await tcp_proxy_factory(mosquitto.port)
     outcome = await campaign.run(plan, tmp_path, mosquitto, subscriber, proxy, gw)
     failures = outcome.failures()
-    assert not failures, f"soak failed (report: {plan.report_dir() / 'summary.md'}):\n" + "\n".join(
-        failures
+    report = plan.report_dir() / "summary.md"
+    assert not failures, (
+        f"soak failed (report: {report}, gateway logs in {gw.root}):\n" + "\n".join(failures)
     )
 
 

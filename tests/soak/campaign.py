@@ -6,8 +6,8 @@ own) while a sampler watches it. A round is: the restarting faults (kill -9, and
 damaged page while damages remain), then link dead, broker restart, unplug/replug,
 link reset and disk full. Restarting faults run only in the first rounds
 (``restart_until``); after that one gateway process lives to the end, and the RSS and
-fd trends are fitted over the second half of its life, up to the last fault. The
-campaign ends once ``duration`` has passed and ``min_unplugs`` cycles are done; then
+fd trends are fitted over the whole rounds in the second half of its life. The campaign
+ends with the first round that ends after ``duration`` with ``min_unplugs`` done; then
 the devices stop, the gateway drains and is stopped with SIGTERM, the database is read,
 and the subscriber must have every committed reading (see ``ledger``).
 """

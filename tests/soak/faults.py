@@ -19,10 +19,10 @@ import asyncio
 import contextlib
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import pytest
 
@@ -38,6 +38,8 @@ from tests.test_end_to_end import (
     last_seq,
     uplink_state_is_not,
 )
+
+Condition = Callable[[], bool | Awaitable[bool]]
 
 # Status is polled this often while waiting: often enough to be quick, rarely enough
 # not to load a busy machine.
@@ -58,7 +60,7 @@ class Rig:
     unplugs: int = 0
     damages: int = 0
 
-    async def wait(self, predicate: Any, message: str) -> None:
+    async def wait(self, predicate: Condition, message: str) -> None:
         await wait_until(predicate, timeout=self.timeout, interval=POLL, message=message)
 
     async def delivery_resumes(self, after: str) -> None:
@@ -165,14 +167,14 @@ class UnplugReplug:
         return f"{self.times} unplug/replug cycles over {', '.join(ids)}"
 
     @staticmethod
-    def _state_is_not(rig: Rig, device_id: str, state: str) -> Any:
+    def _state_is_not(rig: Rig, device_id: str, state: str) -> Condition:
         async def check() -> bool:
             return bool((await rig.gw.status())["devices"][device_id]["state"] != state)
 
         return check
 
     @staticmethod
-    def _reading_beyond(rig: Rig, device_id: str, count: int) -> Any:
+    def _reading_beyond(rig: Rig, device_id: str, count: int) -> Condition:
         async def check() -> bool:
             device = (await rig.gw.status())["devices"][device_id]
             return bool(device["state"] == "open" and device["readings"] > count)
@@ -206,7 +208,7 @@ class DiskFull:
         return f"filled with {size // 1024} KiB until ENOSPC, then freed"
 
     @staticmethod
-    def _reason(rig: Rig, present: bool) -> Any:
+    def _reason(rig: Rig, present: bool) -> Condition:
         async def check() -> bool:
             reasons = (await rig.gw.status())["health"]["reasons"]
             return any("disk full" in r for r in reasons) == present
