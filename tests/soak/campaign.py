@@ -93,6 +93,9 @@ SHORT = Plan(
 def long_plan() -> Plan:
     """`make soak`: SOAK_SECONDS (default 1800) of rounds, at least SOAK_UNPLUGS (200)."""
     duration = float(os.environ.get("SOAK_SECONDS", "1800"))
+    rates = (200.0, 100.0)
+    # Room for every reading of the run (the log keeps them all), about 300 bytes each.
+    disk_mib = max(256, int(sum(rates) * (duration + 600) * 300 / 2**20))
     return Plan(
         name="long",
         duration=duration,
@@ -101,8 +104,8 @@ def long_plan() -> Plan:
         unplugs_per_step=10,
         max_damages=int(os.environ.get("SOAK_DAMAGES", "3")),
         damage_every=4,
-        rates=(200.0, 100.0),
-        disk_size="512m",
+        rates=rates,
+        disk_size=f"{disk_mib}m",
         sample_interval=2.0,
         progress=200,
         timeout=120.0,
@@ -216,7 +219,7 @@ async def run(
         if outcome.campaign_end is not None:
             outcome.trends = trends(outcome.samples, outcome.round_ends)
         if read_back:
-            outcome.verdict = judge(ledger, subscriber)
+            outcome.verdict = judge(ledger, subscriber.telemetry())
         report.write(outcome, plan.report_dir())
     return outcome
 

@@ -21,11 +21,12 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections import defaultdict
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.fixtures.mosquitto import MqttSubscriber
+from tests.fixtures.mosquitto import Received
 
 
 def canonical(reading: object) -> str:
@@ -128,12 +129,13 @@ class Verdict:
         return not (self.lost or self.reused or self.out_of_order or self.read_errors)
 
 
-def judge(ledger: Ledger, subscriber: MqttSubscriber) -> Verdict:
+def judge(ledger: Ledger, telemetry: Sequence[Received]) -> Verdict:
+    """The checks, over every telemetry message the subscriber received."""
     first: dict[int, str] = {}
     values: dict[int, tuple[str, float]] = {}
     reused = list(ledger.reused)
     copies = 0
-    for message in subscriber.telemetry():
+    for message in telemetry:
         for reading in message.json()["readings"]:
             copies += 1
             seq = reading["seq"]
