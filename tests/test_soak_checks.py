@@ -12,7 +12,10 @@ import pytest
 
 from gateway.reading import Sample
 from tests.fixtures.mosquitto import Received
+from tests.soak import report
+from tests.soak.campaign import trends
 from tests.soak.ledger import DatabaseRead, Ledger, canonical, judge, read_database
+from tests.soak.sampler import Sample as SoakSample
 from tests.soak.trend import TrendBound, fit, theil_sen
 from tests.test_store_support import opened
 
@@ -130,3 +133,43 @@ async def test_a_real_store_file_reads_back_with_its_cursor(tmp_path: Path) -> N
     assert json.loads(read.rows[3])["value"] == 2.0
     assert read.cursor == 2
     assert read.error is None
+
+
+def test_the_report_says_what_failed_and_draws_every_series(tmp_path: Path) -> None:
+    samples = [
+        SoakSample(
+            t=float(t),
+            pid=100 if t < 30 else 200,
+            rss=(40 + t) * report.MIB,
+            fds=25,
+            cpu=10.0,
+            depth=t % 7,
+            last_seq=10 * t,
+            acked_seq=10 * t - t % 7,
+            dropped=0,
+            lag=0.5,
+        )
+        for t in range(120)
+    ]
+    outcome = report.Outcome(
+        campaign="test",
+        parameters={"duration": 120},
+        started_utc="2026-01-01 00:00:00 UTC",
+        events=[
+            report.FaultEvent("kill -9", 29.0, 31.0, "pid 100 killed, restarted as 200"),
+            report.FaultEvent("disk full", 50.0, 60.0, "FAILED: Failed: oops | x\nlog line"),
+        ],
+        samples=samples,
+        round_ends=[60.0, 90.0, 119.0],
+        error="Failed: gateway exited with 1:\nTraceback (most recent call last):",
+    )
+    outcome.trends = trends(outcome.samples, outcome.round_ends)
+    summary = report.write(outcome, tmp_path).read_text()
+    assert summary.startswith("# Soak report: test campaign: FAIL")
+    assert "- campaign aborted: Failed: gateway exited with 1:" in summary
+    assert "  Traceback (most recent call last):" in summary
+    assert "| disk full | FAILED: Failed: oops / x |" in summary
+    assert "RSS trend | FAIL" in summary  # 1 MiB a second
+    for png in ("overview", "rss", "fds", "depth", "lag", "cpu"):
+        assert (tmp_path / f"{png}.png").read_bytes().startswith(b"\x89PNG")
+    assert len((tmp_path / "samples.csv").read_text().splitlines()) == 121

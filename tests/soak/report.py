@@ -229,7 +229,13 @@ def _markdown(outcome: Outcome, plots: list[str]) -> str:
         "",
     ]
     if failures:
-        lines += ["## Failures", "", *(f"- {f}" for f in failures), ""]
+        lines += ["## Failures", ""]
+        for failure in failures:
+            first, _, rest = failure.partition("\n")
+            lines.append(f"- {first}")
+            if rest:  # a log excerpt, kept as it was written
+                lines += ["", "  ```", *(f"  {line}" for line in rest.splitlines()), "  ```"]
+        lines.append("")
     lines += ["## Checks", "", "| check | result |", "|---|---|"]
     v = outcome.verdict
     if v is not None:
@@ -278,10 +284,16 @@ def _fault_tables(outcome: Outcome) -> list[str]:
     lines += [f"| unplug/replug cycles in all | {outcome.unplugs} |", ""]
     lines += ["| # | at (s) | took (s) | fault | what happened |", "|---|---|---|---|---|"]
     lines += [
-        f"| {i} | {e.start:.1f} | {e.end - e.start:.1f} | {e.kind} | {e.detail} |"
+        f"| {i} | {e.start:.1f} | {e.end - e.start:.1f} | {e.kind} | {_cell(e.detail)} |"
         for i, e in enumerate(outcome.events, 1)
     ]
     return [*lines, ""]
+
+
+def _cell(text: str, limit: int = 300) -> str:
+    """One table cell: the first line, cut to ``limit``, no column separators."""
+    line = text.partition("\n")[0].replace("|", "/")
+    return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
 def _resource_table(samples: Sequence[Sample]) -> list[str]:
