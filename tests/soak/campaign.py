@@ -113,19 +113,23 @@ def long_plan() -> Plan:
 
 
 def round_steps(plan: Plan, round_no: int, elapsed: float, damages: int) -> list[FaultStep]:
-    steps: list[FaultStep] = []
-    if round_no == 0 or elapsed < plan.restart_until:
-        steps.append(KillNine())
-        if damages < plan.max_damages and round_no % plan.damage_every == 0:
-            steps.append(DamagedPage())
-    return [
-        *steps,
+    """One round's faults, in order. A new fault (a power cut) is one more entry here;
+    if it replaces the gateway process it says so and stays out of the steady phase."""
+    damage: list[FaultStep] = (
+        [DamagedPage()] if damages < plan.max_damages and round_no % plan.damage_every == 0 else []
+    )
+    steps: list[FaultStep] = [
+        KillNine(),
+        *damage,
         LinkBlackhole(),
         BrokerRestart(),
         UnplugReplug(plan.unplugs_per_step),
         LinkReset(),
         DiskFull(),
     ]
+    if round_no == 0 or elapsed < plan.restart_until:
+        return steps
+    return [step for step in steps if not step.restarts_gateway]
 
 
 def trends(samples: Sequence[Sample], round_ends: Sequence[float]) -> list[Trend]:
@@ -159,7 +163,10 @@ async def run(
     """Run the campaign and write its report; the outcome says what failed, if anything."""
     outcome = report.Outcome(
         campaign=plan.name,
-        parameters={k: v for k, v in asdict(plan).items() if k != "name"},
+        parameters={
+            **{k: v for k, v in asdict(plan).items() if k != "name"},
+            "gateway logs": gw.root,
+        },
         started_utc=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     )
     t0 = time.monotonic()
