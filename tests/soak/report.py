@@ -19,10 +19,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display: files only
 
 import matplotlib.pyplot as plt
-from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
 
 from tests.soak.ledger import Verdict
 from tests.soak.sampler import Sample
@@ -134,36 +132,62 @@ METRICS = (
 def _plot(outcome: Outcome, directory: Path) -> list[str]:
     if not outcome.samples:
         return []
-    colors = _fault_colors(outcome.events)
     files = []
     for metric in METRICS:
-        fig, ax = plt.subplots(figsize=(12, 4), layout="constrained")
-        _draw(ax, metric, outcome, colors)
-        _legend(ax, colors, outcome)
+        fig, (timeline, ax) = plt.subplots(
+            2, 1, figsize=(12, 5), sharex=True, height_ratios=[1, 3], layout="constrained"
+        )
+        _timeline(timeline, outcome)
+        _draw(ax, metric, outcome)
         ax.set_xlabel("seconds since the campaign started")
         fig.savefig(directory / metric.file, dpi=100)
         plt.close(fig)
         files.append(metric.file)
     fig, axes = plt.subplots(
-        len(METRICS), 1, figsize=(12, 2.6 * len(METRICS)), sharex=True, layout="constrained"
+        len(METRICS) + 1,
+        1,
+        figsize=(12, 2.0 + 2.4 * len(METRICS)),
+        sharex=True,
+        height_ratios=[1.4] + [2.0] * len(METRICS),
+        layout="constrained",
     )
-    for ax, metric in zip(axes, METRICS, strict=True):
-        _draw(ax, metric, outcome, colors)
-    _legend(axes[0], colors, outcome)
+    _timeline(axes[0], outcome)
+    for ax, metric in zip(axes[1:], METRICS, strict=True):
+        _draw(ax, metric, outcome)
     axes[-1].set_xlabel("seconds since the campaign started")
     fig.savefig(directory / "overview.png", dpi=90)
     plt.close(fig)
     return ["overview.png", *files]
 
 
-def _fault_colors(events: Sequence[FaultEvent]) -> dict[str, str]:
-    kinds = list(dict.fromkeys(e.kind for e in events))
-    return {k: f"C{i % 10}" for i, k in enumerate(kinds)}
+def _timeline(ax: Axes, outcome: Outcome) -> None:
+    """One row per kind of fault, a bar per step: from the injection until delivery resumed."""
+    kinds = list(dict.fromkeys(e.kind for e in outcome.events))
+    for row, kind in enumerate(kinds):
+        events = [e for e in outcome.events if e.kind == kind]
+        ax.broken_barh(
+            [(e.start, max(e.end - e.start, 0.2)) for e in events],
+            (row - 0.4, 0.8),
+            facecolors=f"C{row % 10}",
+            edgecolors=["red" if e.detail.startswith("FAILED") else "none" for e in events],
+            linewidth=2.0,
+        )
+    ax.set_yticks(range(len(kinds)), kinds, fontsize=8)
+    ax.set_ylim(len(kinds) - 0.5, -0.5)
+    restarts = _restarts(outcome.samples)
+    for t in restarts:
+        ax.axvline(t, color="black", ls=":", lw=0.8)
+    if restarts:
+        ax.legend(
+            handles=[Line2D([], [], color="black", ls=":", label="gateway restart")],
+            loc="upper right",
+            fontsize=8,
+        )
+    ax.set_title("Faults (a bar per step, until delivery resumed)", fontsize=10, loc="left")
+    ax.grid(axis="x", alpha=0.3)
 
 
-def _draw(ax: Axes, metric: _Metric, outcome: Outcome, colors: dict[str, str]) -> None:
-    for event in outcome.events:
-        ax.axvspan(event.start, event.end, color=colors[event.kind], alpha=0.18, lw=0)
+def _draw(ax: Axes, metric: _Metric, outcome: Outcome) -> None:
     for t in _restarts(outcome.samples):
         ax.axvline(t, color="black", ls=":", lw=0.8)
     # A run of samples per gateway process: a restart or a gap breaks the line.
@@ -177,21 +201,16 @@ def _draw(ax: Axes, metric: _Metric, outcome: Outcome, colors: dict[str, str]) -
                 [trend.intercept + trend.slope * t for t in ts],
                 color="tab:green" if trend.ok else "tab:red",
                 lw=2.0,
-                label=f"trend {trend.per_hour:+.2f} {trend.bound.unit}/h",
+                label=(
+                    f"trend: {trend.rise:+.2f} {trend.bound.unit} over {trend.window:.0f} s "
+                    f"(allowed {trend.allowed_rise:.2f})"
+                ),
             )
-            ax.legend(loc="upper right", fontsize=8)
+            ax.legend(loc="lower right", fontsize=8)
     ax.set_title(metric.title, fontsize=10, loc="left")
     ax.set_ylabel(metric.unit)
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-
-
-def _legend(ax: Axes, colors: dict[str, str], outcome: Outcome) -> None:
-    handles: list[Artist] = [Patch(color=c, alpha=0.4, label=k) for k, c in colors.items()]
-    if _restarts(outcome.samples):
-        handles.append(Line2D([], [], color="black", ls=":", label="gateway restart"))
-    if handles:
-        ax.figure.legend(handles=handles, loc="outside upper center", ncol=len(handles), fontsize=8)
 
 
 def _restarts(samples: Sequence[Sample]) -> list[float]:
@@ -265,7 +284,8 @@ def _markdown(outcome: Outcome, plots: list[str]) -> str:
     lines += _resource_table(outcome.samples)
     lines += ["## Plots", ""]
     lines += [
-        "Shaded spans are faults (colour per kind), dotted lines gateway restarts; the "
+        "The top row is the faults: a bar per step, from the injection until delivery "
+        "resumed (red edge: the step failed). Dotted lines are gateway restarts; the "
         "straight line on RSS and fds is the fitted trend over its window (green within "
         "the bound, red beyond it). Gaps are times the gateway was down.",
         "",
