@@ -1,11 +1,12 @@
 """The soak campaign (tests/soak/): kill -9, link faults, broker restarts, unplug/replug,
 disk full and a damaged page against the real gateway, watched and reported.
 
-The default suite runs the short campaign (every fault once, about a minute; its report
-goes to soak-report/short/); `make soak` runs the long one (SOAK_SECONDS, default 30
-minutes, at least SOAK_UNPLUGS unplug/replug cycles, default 200; report in
-soak-report/). Either fails on a lost reading, a reused seq, readings out of order, a
-dropped reading, or an RSS or fd trend; the report says which and shows the run.
+The default suite runs the short campaign (the restarting faults once, the others in
+rounds for about a minute; report in soak-report/short/). `make soak` runs the long one
+(SOAK_SECONDS, default 30 minutes, at least SOAK_UNPLUGS unplug/replug cycles, default
+200; report in soak-report/). Either fails on a lost reading, a reused seq, readings out
+of order, a dropped reading, or an RSS or fd trend; the report says which and shows the
+run.
 """
 
 from __future__ import annotations
