@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import aiohttp
 import pytest
 
 from simulators import PtyDevice
@@ -70,7 +71,9 @@ class Rig:
                 acked_at_least(self.gw, mark + self.progress), f"delivery resumed after {after}"
             )
         except pytest.fail.Exception as e:
-            health = (await self.gw.status())["health"]
+            health: object = "unknown (no status)"
+            with contextlib.suppress(aiohttp.ClientError, AssertionError):
+                health = (await self.gw.status())["health"]
             errors = [line for line in self.gw.log_text().splitlines() if " ERROR " in line]
             pytest.fail(f"{e}; health {health}; last errors in the log: {errors[-3:]}")
 
