@@ -39,6 +39,8 @@ bench: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto
 	$(PY) -m benchmarks
 
+# The long fault campaign; SOAK_SECONDS, SOAK_UNPLUGS, SOAK_DAMAGES, SOAK_REPORT_DIR
+# (docs/operations.md, Soak). The report lands in soak-report/.
 soak: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
