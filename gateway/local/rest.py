@@ -7,11 +7,12 @@ import time
 
 from aiohttp import web
 
+from gateway.globs import check_device_glob
 from gateway.interfaces import DeviceStatus
 from gateway.local import health
 from gateway.local.keys import HUB, LATEST, VIEW
 from gateway.local.latest import sensor_of
-from gateway.reading import StoredReading, join_payloads
+from gateway.reading import MAX_SENSOR_NAME, StoredReading, join_payloads
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -104,6 +105,13 @@ async def readings(request: web.Request) -> web.Response:
     log = request.app[VIEW].log
     device = request.query.get("device") or None
     sensor = request.query.get("sensor") or None
+    if device is not None:
+        try:
+            check_device_glob(device)
+        except ValueError as exc:
+            raise _bad_request(f"device {exc}") from None
+    if sensor is not None and len(sensor) > MAX_SENSOR_NAME:
+        raise _bad_request(f"sensor must be at most {MAX_SENSOR_NAME} characters")
     since = _int_param(request, "since", 0, 0, 2**63 - 1)
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     found: list[StoredReading] = []

@@ -1,0 +1,290 @@
+"""Bounds on the local server's connections, so neighbours on the LAN cannot exhaust it.
+
+Every accepted connection passes through ``ConnectionGuard`` before aiohttp sees it:
+
+- at most ``max_connections`` at once. That bound is lowered further so that the
+  process's file descriptor limit keeps ``FD_RESERVE`` descriptors (plus room for a
+  burst of accepts) out of the server's reach: a serial port can always reopen, the
+  store can always open its files, whatever the LAN holds open. When the bound is
+  reached, the connection that has been idle longest (no request in progress) is
+  closed to make room; only when every connection is busy with a request is the new
+  one refused (503);
+- at most ``max_connections_per_address`` from one peer address; beyond it a new
+  connection gets a 503 and is closed;
+- a request's head must arrive within ``header_timeout`` of its first byte (or of the
+  connection's start, for the first request), so a peer that sends nothing or trickles
+  its headers (slowloris) is cut. Idle keep-alive connections are closed by aiohttp
+  after ``keepalive_timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+from collections import Counter, OrderedDict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from gateway.settings import LocalSettings
+
+logger = logging.getLogger(__name__)
+
+# Descriptors kept free for everything but the local server: serial ports, the store,
+# the uplinks' sockets.
+FD_RESERVE = 64
+# The accept queue: also how many connections one wake of the event loop accepts
+# before the guard can close the excess.
+BACKLOG = 16
+# Accepted sockets that may exist before the guard has seen them: a few batches.
+ACCEPT_BURST = 4 * BACKLOG
+_BUSY_BODY = b'{"error":"too many connections; retry later"}'
+_BUSY = (
+    b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
+    b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s"
+) % (len(_BUSY_BODY), _BUSY_BODY)
+
+
+@dataclass(slots=True)
+class ConnectionCounters:
+    open: int = 0
+    # Connections closed at once, by reason: "limit" (every slot busy), "per_address".
+    refused: Counter[str] = field(default_factory=Counter)
+    # Idle connections closed to make room for a new one.
+    evicted: int = 0
+    # Connections whose request head did not arrive within header_timeout.
+    timed_out: int = 0
+    # The bound applied (max_connections, lowered to fit the descriptor limit).
+    limit: int = 0
+    # Requests refused by HTTP status ("400" bad parameter, "401" token, "403" origin
+    # or host).
+    requests_refused: Counter[str] = field(default_factory=Counter)
+
+
+def descriptor_room() -> int | None:
+    """Descriptors this process may still open, or None when it has no limit."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return None
+    try:
+        in_use = len(os.listdir("/proc/self/fd"))
+    except OSError:
+        in_use = 0
+    return soft - in_use
+
+
+def connection_limit(configured: int, room: int | None) -> int:
+    """``configured``, lowered so ``FD_RESERVE`` and an accept burst stay free."""
+    if room is None:
+        return configured
+    return max(1, min(configured, room - FD_RESERVE - ACCEPT_BURST))
+
+
+class ConnectionGuard:
+    """Counts, caps and times out the connections of one server."""
+
+    def __init__(self, settings: LocalSettings, counters: ConnectionCounters) -> None:
+        self._per_address = settings.max_connections_per_address
+        self._header_timeout = settings.header_timeout
+        self.counters = counters
+        counters.limit = connection_limit(settings.max_connections, descriptor_room())
+        if counters.limit < settings.max_connections:
+            logger.warning(
+                "local server: at most %d connections (max_connections = %d), so that %d "
+                "file descriptors stay free under the process's limit; raise LimitNOFILE "
+                "for more",
+                counters.limit,
+                settings.max_connections,
+                FD_RESERVE,
+            )
+        self._by_address: Counter[str] = Counter()
+        # Connections without a request in progress, longest idle first.
+        self._idle: OrderedDict[GuardedConnection, None] = OrderedDict()
+        self._by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
+
+    def factory(self, inner: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
+        return lambda: GuardedConnection(self, inner)
+
+    def of(self, request: web.Request) -> GuardedConnection | None:
+        transport = request.transport
+        return None if transport is None else self._by_transport.get(transport)
+
+    def admit(self, conn: GuardedConnection, transport: asyncio.BaseTransport) -> bool:
+        counters = self.counters
+        if self._by_address[conn.address] >= self._per_address:
+            counters.refused["per_address"] += 1
+            return False
+        if counters.open >= counters.limit:
+            if not self._idle:
+                counters.refused["limit"] += 1
+                return False
+            oldest, _ = self._idle.popitem(last=False)
+            counters.evicted += 1
+            oldest.abort()
+        self._by_address[conn.address] += 1
+        self._by_transport[transport] = conn
+        counters.open += 1
+        return True
+
+    def release(self, conn: GuardedConnection, transport: asyncio.BaseTransport) -> None:
+        self._idle.pop(conn, None)
+        if self._by_transport.pop(transport, None) is None:
+            return
+        self.counters.open -= 1
+        self._by_address[conn.address] -= 1
+        if not self._by_address[conn.address]:
+            del self._by_address[conn.address]
+
+    def set_idle(self, conn: GuardedConnection, idle: bool) -> None:
+        if idle:
+            self._idle[conn] = None
+        else:
+            self._idle.pop(conn, None)
+
+    @property
+    def header_timeout(self) -> float:
+        return self._header_timeout
+
+
+class GuardedConnection(asyncio.Protocol):
+    """aiohttp's protocol for one connection, behind the guard's checks and deadline."""
+
+    def __init__(self, guard: ConnectionGuard, inner: Callable[[], asyncio.BaseProtocol]) -> None:
+        self._guard = guard
+        self._make_inner = inner
+        self._inner: asyncio.Protocol | None = None
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._in_request = False
+        self.address = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and peer:
+            self.address = str(peer[0])
+        if not self._guard.admit(self, transport):
+            transport.write(_BUSY)
+            transport.close()
+            return
+        inner = self._make_inner()
+        assert isinstance(inner, asyncio.Protocol)
+        self._inner = inner
+        self._guard.set_idle(self, True)
+        self._arm()
+        inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._inner is None:
+            return
+        if not self._in_request and self._deadline is None:
+            self._arm()
+        self._inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return None if self._inner is None else self._inner.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        if self._transport is not None:
+            self._guard.release(self, self._transport)
+        if self._inner is not None:
+            self._inner.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        if self._inner is not None:
+            self._inner.resume_writing()
+
+    def request_started(self) -> None:
+        self._in_request = True
+        self._disarm()
+        self._guard.set_idle(self, False)
+
+    def request_done(self) -> None:
+        self._in_request = False
+        self._guard.set_idle(self, True)
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.call_later(self._guard.header_timeout, self._expire)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+    def _expire(self) -> None:
+        self._deadline = None
+        self._guard.counters.timed_out += 1
+        self.abort()
+
+
+GUARD_KEY = web.AppKey("connection_guard", ConnectionGuard)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def track_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells the guard when a connection has a request in progress (no deadline, not idle)."""
+    guard = request.app.get(GUARD_KEY)
+    conn = None if guard is None else guard.of(request)
+    if conn is None:
+        return await handler(request)
+    conn.request_started()
+    try:
+        return await handler(request)
+    finally:
+        conn.request_done()
+
+
+class GuardedSite(web.BaseSite):
+    """A TCP site whose connections go through a ``ConnectionGuard``."""
+
+    __slots__ = ("_guard", "_host", "_port")
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        host: str,
+        port: int,
+        guard: ConnectionGuard,
+        *,
+        ssl_context: object | None = None,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context, backlog=BACKLOG)  # type: ignore[arg-type]
+        self._host = host
+        self._port = port
+        self._guard = guard
+
+    @property
+    def name(self) -> str:
+        scheme = "https" if self._ssl_context else "http"
+        return f"{scheme}://{self._host or '0.0.0.0'}:{self._port}"  # noqa: S104 - a name only
+
+    async def start(self) -> None:
+        await super().start()
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            self._guard.factory(server),
+            self._host or None,
+            self._port,
+            ssl=self._ssl_context,
+            backlog=self._backlog,
+            # An idle TLS handshake is held no longer than slow headers.
+            ssl_handshake_timeout=self._guard.header_timeout if self._ssl_context else None,
+            reuse_address=True,
+        )
