@@ -23,6 +23,7 @@ import asyncio
 import logging
 import os
 import resource
+import socket
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -36,11 +37,14 @@ logger = logging.getLogger(__name__)
 # Descriptors kept free for everything but the local server: serial ports, the store,
 # the uplinks' sockets.
 FD_RESERVE = 64
-# The accept queue: also how many connections one wake of the event loop accepts
-# before the guard can close the excess.
-BACKLOG = 16
+# How many connections one wake of the event loop accepts before the guard can close
+# the excess (asyncio's "backlog" argument) ...
+ACCEPT_BATCH = 16
+# ... and the kernel's queue of connections waiting to be accepted, which holds no
+# descriptor of ours: a burst of connects waits there instead of being dropped.
+LISTEN_BACKLOG = 256
 # Accepted sockets that may exist before the guard has seen them: a few batches.
-ACCEPT_BURST = 4 * BACKLOG
+ACCEPT_BURST = 4 * ACCEPT_BATCH
 _BUSY_BODY = b'{"error":"too many connections; retry later"}'
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
@@ -264,7 +268,7 @@ class GuardedSite(web.BaseSite):
         *,
         ssl_context: object | None = None,
     ) -> None:
-        super().__init__(runner, ssl_context=ssl_context, backlog=BACKLOG)  # type: ignore[arg-type]
+        super().__init__(runner, ssl_context=ssl_context, backlog=ACCEPT_BATCH)  # type: ignore[arg-type]
         self._host = host
         self._port = port
         self._guard = guard
@@ -288,3 +292,8 @@ class GuardedSite(web.BaseSite):
             ssl_handshake_timeout=self._guard.header_timeout if self._ssl_context else None,
             reuse_address=True,
         )
+        # asyncio listens with the batch size; the kernel's queue may be longer (a dup
+        # of the descriptor changes the one socket).
+        for listening in self._server.sockets:
+            with socket.fromfd(listening.fileno(), listening.family, listening.type) as sock:
+                sock.listen(LISTEN_BACKLOG)
