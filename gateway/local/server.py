@@ -200,6 +200,9 @@ async def _reload_secrets(app: web.Application, tls: ssl.SSLContext | None) -> N
     try:
         token = await asyncio.to_thread(load_token, settings)
         if tls is not None:
+            # Tried on a fresh context first: a pair that fails to load half-way would
+            # leave the live context with a certificate and a key that do not match.
+            await asyncio.to_thread(_tls_context, settings)
             await asyncio.to_thread(_load_certificate, tls, settings)
     except GatewayError as exc:
         logger.error("reload: %s; the local server keeps its previous secrets", exc)

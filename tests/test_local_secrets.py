@@ -1,0 +1,129 @@
+"""Rotated secrets: after a reload the local server uses the new token and certificate."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import time
+from pathlib import Path
+
+import aiohttp
+import pytest
+import trustme
+
+from gateway.interfaces import GatewayView
+from gateway.local import serve
+from gateway.settings import GatewaySettings, Settings, StoreSettings
+from gateway.store import Store
+from tests.fixtures.common import free_port, wait_until
+from tests.fixtures.gateway_proc import TOKEN, GatewayProcess
+from tests.fixtures.local import local_settings, receive_json
+from tests.test_local_api import issue_server_cert
+
+NEW_TOKEN = "rotated-token-abcdefghijklmnop"
+
+
+async def status_code(gw: GatewayProcess, token: str) -> int:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{gw.base_url}/api/v1/status", headers={"Authorization": f"Bearer {token}"}
+        ) as resp,
+    ):
+        return resp.status
+
+
+async def test_sighup_replaces_a_token_rotated_in_its_file(
+    tmp_path: Path, gateway_process: GatewayProcess
+) -> None:
+    gw = gateway_process
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN + "\n")
+    token_file.chmod(0o600)
+    gw.token_file = token_file
+    gw.start()
+    await gw.wait_healthy()
+    assert await status_code(gw, TOKEN) == 200
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(f"{gw.base_url}/api/v1/stream", params={"token": TOKEN})
+        assert (await receive_json(ws))["type"] == "hello"
+
+        token_file.write_text(NEW_TOKEN + "\n")
+        gw.signal(signal.SIGHUP)
+
+        async def old_refused() -> bool:
+            return await status_code(gw, TOKEN) == 401
+
+        await wait_until(old_refused, message="the old token refused after the reload")
+        assert await status_code(gw, NEW_TOKEN) == 200
+        # A stream opened with the old token does not outlive it.
+        msg = await ws.receive(timeout=10)
+        assert msg.type is aiohttp.WSMsgType.CLOSE
+        assert msg.data == aiohttp.WSCloseCode.POLICY_VIOLATION
+    assert gw.proc is not None
+    assert gw.proc.poll() is None
+    assert gw.terminate() == 0
+    assert TOKEN not in gw.log_text()
+    assert NEW_TOKEN not in gw.log_text()
+
+
+def _client(ca: trustme.CA) -> aiohttp.ClientSession:
+    context = ssl.create_default_context()
+    ca.configure_trust(context)
+    # A new connection per request: each one shows the certificate served right now.
+    return aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=context, force_close=True))
+
+
+async def _served_by(ca: trustme.CA, url: str) -> bool:
+    """Whether the server presents a certificate issued by ``ca``."""
+    async with _client(ca) as session:
+        try:
+            async with session.get(url) as resp:
+                return resp.status == 200
+        except aiohttp.ClientConnectorCertificateError:
+            return False
+
+
+async def test_reload_loads_a_rotated_certificate_and_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    old_ca, cert, key = issue_server_cert(tmp_path)
+    port = free_port()
+    local = local_settings(listen=f"127.0.0.1:{port}", cert_file=cert, key_file=key)
+    store = await Store.open(tmp_path / "readings.db", StoreSettings())
+    view = GatewayView(
+        settings=Settings(gateway=GatewaySettings(id="gw-tls", data_dir=tmp_path), local=local),
+        log=store,
+        devices={},
+        uplinks={},
+        started=time.time(),
+    )
+    bound, reload = asyncio.Event(), asyncio.Event()
+    server = asyncio.create_task(serve(view, bound, reload))
+    url = f"https://127.0.0.1:{port}/healthz"
+    try:
+        await asyncio.wait_for(bound.wait(), 10)
+        assert await _served_by(old_ca, url)
+
+        new_ca = trustme.CA()
+        issued = new_ca.issue_cert("127.0.0.1")
+        issued.cert_chain_pems[0].write_to_path(cert)
+        issued.private_key_pem.write_to_path(key)
+        reload.set()
+
+        await wait_until(lambda: _served_by(new_ca, url), message="the new certificate served")
+        assert not await _served_by(old_ca, url)
+
+        # A pair that does not load (the key of another certificate) changes nothing.
+        trustme.CA().issue_cert("127.0.0.1").private_key_pem.write_to_path(key)
+        reload.set()
+        await wait_until(
+            lambda: "keeps its previous secrets" in caplog.text, message="the reload refused"
+        )
+        assert await _served_by(new_ca, url)
+    finally:
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
+        await store.close()
