@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from aiohttp import web
@@ -20,6 +21,7 @@ MAX_LIMIT = 1000
 # continues from ``next``.
 MAX_SCAN_PAGES = 20
 SCAN_PAGE = 1000
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 def _bad_request(text: str) -> web.HTTPBadRequest:
@@ -30,10 +32,11 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name, "")
     if raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad_request(f"{name} must be an integer") from None
+    # ASCII digits only, and few enough to parse cheaply (int() takes other scripts'
+    # digits, "_" and thousands of digits).
+    if not _INTEGER.fullmatch(raw):
+        raise _bad_request(f"{name} must be an integer")
+    value = int(raw)
     if not low <= value <= high:
         raise _bad_request(f"{name} must be between {low} and {high}")
     return value
