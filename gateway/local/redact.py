@@ -13,7 +13,10 @@ import re
 # The loggers through which aiohttp's server side reports requests.
 SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.websocket")
 REDACTED = "<redacted>"
-_SECRET = re.compile(r"(?i)(token(?:=|%3D)|bearer(?:\s|%20|\+)+|authorization:\s*)[^\s&'\"\\,;]+")
+_SECRET = re.compile(
+    r"(?i)(token(?:=|%3D)|authorization:\s*(?:bearer\s+)?|bearer(?:\s|%20|\+)+)"
+    r"[^\s&'\"\\,;]+"
+)
 _formatter = logging.Formatter()
 
 
