@@ -29,6 +29,7 @@ METRIC_NAMES = [
     "edge_gateway_device_errors_total",
     "edge_gateway_device_reconnects_total",
     "edge_gateway_device_pauses_total",
+    "edge_gateway_device_refused_names_total",
     "edge_gateway_device_last_reading_timestamp_seconds",
     "edge_gateway_device_expected_interval_seconds",
     "edge_gateway_store_depth",

@@ -147,6 +147,12 @@ def _devices(out: Exposition, view: GatewayView) -> None:
         [({"device": i}, status[i].reconnects) for i in ids],
     )
     out.metric(
+        "edge_gateway_device_refused_names_total",
+        "counter",
+        "Samples whose sensor name was refused (bad, or beyond the per-device bound).",
+        [({"device": i}, status[i].refused_names) for i in ids],
+    )
+    out.metric(
         "edge_gateway_device_pauses_total",
         "counter",
         "Times reading paused because the store was congested (backpressure).",

@@ -49,6 +49,7 @@ def _device_status(status: DeviceStatus) -> dict[str, object]:
         "errors": status.errors,
         "reconnects": status.reconnects,
         "pauses": status.pauses,
+        "refused_names": status.refused_names,
         "last_reading_ts": status.last_reading_ts,
         "last_error": status.last_error,
     }
