@@ -127,3 +127,55 @@ async def test_reload_loads_a_rotated_certificate_and_key(
         with pytest.raises(asyncio.CancelledError):
             await server
         await store.close()
+
+
+async def test_idle_tls_handshakes_are_counted_capped_and_cut(tmp_path: Path) -> None:
+    ca, cert, key = issue_server_cert(tmp_path)
+    port = free_port()
+    local = local_settings(
+        listen=f"127.0.0.1:{port}",
+        cert_file=cert,
+        key_file=key,
+        header_timeout=1.0,
+        max_connections_per_address=8,
+    )
+    store = await Store.open(tmp_path / "readings.db", StoreSettings())
+    view = GatewayView(
+        settings=Settings(gateway=GatewaySettings(id="gw-tls", data_dir=tmp_path), local=local),
+        log=store,
+        devices={},
+        uplinks={},
+        started=time.time(),
+    )
+    bound = asyncio.Event()
+    server = asyncio.create_task(serve(view, bound))
+    silent: list[asyncio.StreamWriter] = []
+    try:
+        await asyncio.wait_for(bound.wait(), 10)
+        # Neighbours that connect and never send a ClientHello.
+        for _ in range(40):
+            _, writer = await asyncio.open_connection(
+                "127.0.0.1", port, local_addr=("127.0.0.2", 0)
+            )
+            silent.append(writer)
+        url = f"https://127.0.0.1:{port}/metrics"
+        assert await _served_by(ca, url)
+
+        scraped: list[str] = []
+
+        async def cut() -> bool:
+            async with _client(ca) as session, session.get(url) as resp:
+                scraped.append(await resp.text())
+            return "edge_gateway_local_connections_timed_out_total 8" in scraped[-1]
+
+        await wait_until(cut, message="the silent handshakes cut by the header deadline")
+        assert (
+            'edge_gateway_local_connections_refused_total{reason="per_address"} 32' in scraped[-1]
+        )
+    finally:
+        for writer in silent:
+            writer.close()
+        server.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await server
+        await store.close()

@@ -24,6 +24,7 @@ import logging
 import os
 import resource
 import socket
+import ssl
 from collections import Counter, OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,9 @@ ACCEPT_BATCH = 16
 LISTEN_BACKLOG = 256
 # Accepted sockets that may exist before the guard has seen them: a few batches.
 ACCEPT_BURST = 4 * ACCEPT_BATCH
+# Chunks of a request read above TLS before aiohttp's protocol is in place (one
+# moment, between the handshake's end and start_tls returning).
+MAX_EARLY_CHUNKS = 64
 _BUSY_BODY = b'{"error":"too many connections; retry later"}'
 _BUSY = (
     b"HTTP/1.1 503 Service Unavailable\r\nConnection: close\r\nRetry-After: 5\r\n"
@@ -88,11 +92,17 @@ def connection_limit(configured: int, room: int | None) -> int:
 
 
 class ConnectionGuard:
-    """Counts, caps and times out the connections of one server."""
+    """Counts, caps and times out the connections of one server (TLS handshakes included)."""
 
-    def __init__(self, settings: LocalSettings, counters: ConnectionCounters) -> None:
+    def __init__(
+        self,
+        settings: LocalSettings,
+        counters: ConnectionCounters,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         self._per_address = settings.max_connections_per_address
-        self._header_timeout = settings.header_timeout
+        self.header_timeout = settings.header_timeout
+        self.tls = tls
         self.counters = counters
         counters.limit = connection_limit(settings.max_connections, descriptor_room())
         if counters.limit < settings.max_connections:
@@ -107,7 +117,9 @@ class ConnectionGuard:
         self._by_address: Counter[str] = Counter()
         # Connections without a request in progress, longest idle first.
         self._idle: OrderedDict[GuardedConnection, None] = OrderedDict()
+        # By the transport aiohttp sees (with TLS, the one above the handshake).
         self._by_transport: dict[asyncio.BaseTransport, GuardedConnection] = {}
+        self._admitted: set[GuardedConnection] = set()
 
     def factory(self, inner: Callable[[], asyncio.BaseProtocol]) -> Callable[[], asyncio.Protocol]:
         return lambda: GuardedConnection(self, inner)
@@ -116,7 +128,7 @@ class ConnectionGuard:
         transport = request.transport
         return None if transport is None else self._by_transport.get(transport)
 
-    def admit(self, conn: GuardedConnection, transport: asyncio.BaseTransport) -> bool:
+    def admit(self, conn: GuardedConnection) -> bool:
         counters = self.counters
         if self._by_address[conn.address] >= self._per_address:
             counters.refused["per_address"] += 1
@@ -129,14 +141,21 @@ class ConnectionGuard:
             counters.evicted += 1
             oldest.abort()
         self._by_address[conn.address] += 1
-        self._by_transport[transport] = conn
+        self._admitted.add(conn)
         counters.open += 1
         return True
 
-    def release(self, conn: GuardedConnection, transport: asyncio.BaseTransport) -> None:
+    def serving(self, conn: GuardedConnection, transport: asyncio.BaseTransport) -> None:
+        """``conn`` hands ``transport`` to aiohttp: its requests are looked up by it."""
+        self._by_transport[transport] = conn
+
+    def release(self, conn: GuardedConnection) -> None:
         self._idle.pop(conn, None)
-        if self._by_transport.pop(transport, None) is None:
+        if conn not in self._admitted:
             return
+        self._admitted.discard(conn)
+        if conn.transport is not None:
+            self._by_transport.pop(conn.transport, None)
         self.counters.open -= 1
         self._by_address[conn.address] -= 1
         if not self._by_address[conn.address]:
@@ -148,42 +167,84 @@ class ConnectionGuard:
         else:
             self._idle.pop(conn, None)
 
-    @property
-    def header_timeout(self) -> float:
-        return self._header_timeout
-
 
 class GuardedConnection(asyncio.Protocol):
-    """aiohttp's protocol for one connection, behind the guard's checks and deadline."""
+    """aiohttp's protocol for one connection, behind the guard's checks and deadline.
+
+    It receives the socket first, so a connection is counted and timed from its first
+    moment; with TLS it then runs the handshake (``loop.start_tls``) and stays the
+    protocol above it, the one aiohttp's is fed through.
+    """
 
     def __init__(self, guard: ConnectionGuard, inner: Callable[[], asyncio.BaseProtocol]) -> None:
         self._guard = guard
         self._make_inner = inner
         self._inner: asyncio.Protocol | None = None
-        self._transport: asyncio.Transport | None = None
+        # The socket's transport, and the one aiohttp uses (the same without TLS).
+        self._raw: asyncio.Transport | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        self._handshake: asyncio.Task[None] | None = None
         self._deadline: asyncio.TimerHandle | None = None
         self._in_request = False
+        # Bytes above TLS that arrive before start_tls has returned to us.
+        self._early: list[bytes] = []
         self.address = "?"
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._raw = transport
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and peer:
             self.address = str(peer[0])
-        if not self._guard.admit(self, transport):
-            transport.write(_BUSY)
+        if not self._guard.admit(self):
+            if self._guard.tls is None:
+                transport.write(_BUSY)
             transport.close()
             return
+        self._guard.set_idle(self, True)
+        self._arm()
+        tls = self._guard.tls
+        if tls is None:
+            self._serve(transport)
+            return
+        # Nothing is read until start_tls has put its protocol in place.
+        transport.pause_reading()
+        self._handshake = asyncio.get_running_loop().create_task(
+            self._start_tls(transport, tls), name="local-tls-handshake"
+        )
+
+    async def _start_tls(self, raw: asyncio.Transport, tls: ssl.SSLContext) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            # The header deadline also bounds the handshake: it aborts the socket.
+            secured = await loop.start_tls(raw, self, tls, server_side=True)
+        except (OSError, ssl.SSLError, ConnectionError, TimeoutError):
+            # A failed handshake never reaches connection_lost above it.
+            self._disarm()
+            self._guard.release(self)
+            return
+        finally:
+            self._handshake = None
+        if secured is None:
+            self._guard.release(self)
+            return
+        self._serve(secured)
+
+    def _serve(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+        self._guard.serving(self, transport)
         inner = self._make_inner()
         assert isinstance(inner, asyncio.Protocol)
         self._inner = inner
-        self._guard.set_idle(self, True)
-        self._arm()
         inner.connection_made(transport)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
 
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
+            if self._handshake is not None and len(self._early) < MAX_EARLY_CHUNKS:
+                self._early.append(data)
             return
         if not self._in_request and self._deadline is None:
             self._arm()
@@ -194,8 +255,7 @@ class GuardedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
-        if self._transport is not None:
-            self._guard.release(self, self._transport)
+        self._guard.release(self)
         if self._inner is not None:
             self._inner.connection_lost(exc)
 
@@ -217,8 +277,8 @@ class GuardedConnection(asyncio.Protocol):
         self._guard.set_idle(self, True)
 
     def abort(self) -> None:
-        if self._transport is not None:
-            self._transport.abort()
+        if self._raw is not None:
+            self._raw.abort()
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
@@ -265,10 +325,9 @@ class GuardedSite(web.BaseSite):
         host: str,
         port: int,
         guard: ConnectionGuard,
-        *,
-        ssl_context: object | None = None,
     ) -> None:
-        super().__init__(runner, ssl_context=ssl_context, backlog=ACCEPT_BATCH)  # type: ignore[arg-type]
+        # TLS is the guard's to run, after it has counted the connection.
+        super().__init__(runner, ssl_context=guard.tls, backlog=ACCEPT_BATCH)
         self._host = host
         self._port = port
         self._guard = guard
@@ -286,10 +345,7 @@ class GuardedSite(web.BaseSite):
             self._guard.factory(server),
             self._host or None,
             self._port,
-            ssl=self._ssl_context,
             backlog=self._backlog,
-            # An idle TLS handshake is held no longer than slow headers.
-            ssl_handshake_timeout=self._guard.header_timeout if self._ssl_context else None,
             reuse_address=True,
         )
         # asyncio listens with the batch size; the kernel's queue may be longer (a dup

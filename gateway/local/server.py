@@ -231,12 +231,12 @@ async def serve(
     tls = await asyncio.to_thread(_tls_context, settings)
     redact_server_logs()
     app = create_app(view)
-    guard = ConnectionGuard(settings, app[COUNTERS])
+    guard = ConnectionGuard(settings, app[COUNTERS], tls)
     app[GUARD_KEY] = guard
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=settings.keepalive_timeout)
     await runner.setup()
     try:
-        site = GuardedSite(runner, host, port, guard, ssl_context=tls)
+        site = GuardedSite(runner, host, port, guard)
         try:
             await site.start()
         except OSError as exc:
