@@ -72,3 +72,11 @@ def test_integers_a_float64_cannot_hold_go_out_as_strings() -> None:
     for decoder, line in decoders:
         (sample,) = decoder.feed(line, 1.0).samples
         assert value(sample.value) == "12345678901234567890"  # type: ignore[arg-type]
+
+
+def test_an_integer_too_long_for_int_stays_its_digits() -> None:
+    digits = "7" * 5000
+    (sample,) = (
+        LineDecoder("d", "kv", max_line_bytes=8192).feed(f"n={digits}\n".encode(), 1.0).samples
+    )
+    assert sample.value == digits
