@@ -4,19 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from gateway.interfaces import GatewayView
-from gateway.local import serve
 from gateway.local.redact import redact
-from gateway.settings import GatewaySettings, Settings, StoreSettings
-from gateway.store import Store
 from tests.fixtures.common import free_port
-from tests.fixtures.local import TOKEN, local_settings
+from tests.fixtures.local import TOKEN, local_settings, served
 
 BAD_REQUESTS = [
     # A header line without a colon.
@@ -52,21 +47,7 @@ async def test_requests_aiohttp_rejects_leave_no_token_in_the_log(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     port = free_port()
-    store = await Store.open(tmp_path / "readings.db", StoreSettings())
-    view = GatewayView(
-        settings=Settings(
-            gateway=GatewaySettings(id="gw-logs", data_dir=tmp_path),
-            local=local_settings(listen=f"127.0.0.1:{port}"),
-        ),
-        log=store,
-        devices={},
-        uplinks={},
-        started=time.time(),
-    )
-    bound = asyncio.Event()
-    server = asyncio.create_task(serve(view, bound))
-    try:
-        await asyncio.wait_for(bound.wait(), 10)
+    async with served(tmp_path, local_settings(listen=f"127.0.0.1:{port}")):
         for template in BAD_REQUESTS:
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             writer.write(template % TOKEN.encode())
@@ -83,11 +64,6 @@ async def test_requests_aiohttp_rejects_leave_no_token_in_the_log(
             ) as resp,
         ):
             assert resp.status == 200
-    finally:
-        server.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await server
-        await store.close()
     rejected = [r for r in caplog.records if r.name == "aiohttp.server"]
     assert rejected, "aiohttp logged none of the bad requests"
     assert TOKEN not in caplog.text

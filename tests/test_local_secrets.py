@@ -5,20 +5,15 @@ from __future__ import annotations
 import asyncio
 import signal
 import ssl
-import time
 from pathlib import Path
 
 import aiohttp
 import pytest
 import trustme
 
-from gateway.interfaces import GatewayView
-from gateway.local import serve
-from gateway.settings import GatewaySettings, Settings, StoreSettings
-from gateway.store import Store
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.gateway_proc import TOKEN, GatewayProcess
-from tests.fixtures.local import local_settings, receive_json
+from tests.fixtures.local import local_settings, receive_json, served
 from tests.test_local_api import issue_server_cert
 
 NEW_TOKEN = "rotated-token-abcdefghijklmnop"
@@ -91,19 +86,9 @@ async def test_reload_loads_a_rotated_certificate_and_key(
     old_ca, cert, key = issue_server_cert(tmp_path)
     port = free_port()
     local = local_settings(listen=f"127.0.0.1:{port}", cert_file=cert, key_file=key)
-    store = await Store.open(tmp_path / "readings.db", StoreSettings())
-    view = GatewayView(
-        settings=Settings(gateway=GatewaySettings(id="gw-tls", data_dir=tmp_path), local=local),
-        log=store,
-        devices={},
-        uplinks={},
-        started=time.time(),
-    )
-    bound, reload = asyncio.Event(), asyncio.Event()
-    server = asyncio.create_task(serve(view, bound, reload))
+    reload = asyncio.Event()
     url = f"https://127.0.0.1:{port}/healthz"
-    try:
-        await asyncio.wait_for(bound.wait(), 10)
+    async with served(tmp_path, local, reload):
         assert await _served_by(old_ca, url)
 
         new_ca = trustme.CA()
@@ -122,11 +107,6 @@ async def test_reload_loads_a_rotated_certificate_and_key(
             lambda: "keeps its previous secrets" in caplog.text, message="the reload refused"
         )
         assert await _served_by(new_ca, url)
-    finally:
-        server.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await server
-        await store.close()
 
 
 async def test_idle_tls_handshakes_are_counted_capped_and_cut(tmp_path: Path) -> None:
@@ -139,19 +119,8 @@ async def test_idle_tls_handshakes_are_counted_capped_and_cut(tmp_path: Path) ->
         header_timeout=1.0,
         max_connections_per_address=8,
     )
-    store = await Store.open(tmp_path / "readings.db", StoreSettings())
-    view = GatewayView(
-        settings=Settings(gateway=GatewaySettings(id="gw-tls", data_dir=tmp_path), local=local),
-        log=store,
-        devices={},
-        uplinks={},
-        started=time.time(),
-    )
-    bound = asyncio.Event()
-    server = asyncio.create_task(serve(view, bound))
     silent: list[asyncio.StreamWriter] = []
-    try:
-        await asyncio.wait_for(bound.wait(), 10)
+    async with served(tmp_path, local):
         # Neighbours that connect and never send a ClientHello.
         for _ in range(40):
             _, writer = await asyncio.open_connection(
@@ -160,7 +129,6 @@ async def test_idle_tls_handshakes_are_counted_capped_and_cut(tmp_path: Path) ->
             silent.append(writer)
         url = f"https://127.0.0.1:{port}/metrics"
         assert await _served_by(ca, url)
-
         scraped: list[str] = []
 
         async def cut() -> bool:
@@ -169,13 +137,22 @@ async def test_idle_tls_handshakes_are_counted_capped_and_cut(tmp_path: Path) ->
             return "edge_gateway_local_connections_timed_out_total 8" in scraped[-1]
 
         await wait_until(cut, message="the silent handshakes cut by the header deadline")
-        assert (
-            'edge_gateway_local_connections_refused_total{reason="per_address"} 32' in scraped[-1]
-        )
-    finally:
+        refused = 'edge_gateway_local_connections_refused_total{reason="per_address"} 32'
+        assert refused in scraped[-1]
         for writer in silent:
             writer.close()
-        server.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await server
-        await store.close()
+
+
+async def test_an_idle_keep_alive_connection_is_closed(tmp_path: Path) -> None:
+    port = free_port()
+    local = local_settings(listen=f"127.0.0.1:{port}", keepalive_timeout=0.5)
+    async with served(tmp_path, local):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        # Kept alive, then closed by the server once idle: the read ends without a request.
+        async with asyncio.timeout(10):
+            await reader.read()
+        assert reader.at_eof()
+        writer.close()
