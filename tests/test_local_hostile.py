@@ -132,6 +132,7 @@ async def test_idle_and_slow_sockets_from_one_address_are_capped_and_cut(
     assert samples["edge_gateway_local_connections_timed_out_total"] > 0
     assert gw.terminate() == 0
     assert "Too many open files" not in gw.log_text()
+    assert "out of system resource" not in gw.log_text()
 
 
 async def test_a_thousand_sockets_from_many_addresses_leave_descriptors_for_the_port(
@@ -165,3 +166,4 @@ async def test_a_thousand_sockets_from_many_addresses_leave_descriptors_for_the_
     assert samples["process_open_fds"] < FD_LIMIT
     assert gw.terminate() == 0
     assert "Too many open files" not in gw.log_text()
+    assert "out of system resource" not in gw.log_text()
