@@ -24,6 +24,7 @@ from typing import Any, get_args
 from urllib.parse import urlsplit
 
 from gateway.errors import ConfigError, ConfigProblem
+from gateway.reading import SENSOR_NAME_RULE, SensorNames
 from gateway.settings import (
     DeviceSettings,
     Durability,
@@ -379,6 +380,22 @@ def _strings(value: object) -> tuple[str, ...]:
     return items
 
 
+def _sensor_name(value: object) -> str:
+    # Checked here too, so a configured name is refused now rather than each reading
+    # becoming a dead letter at run time.
+    name = _text(value)
+    if SensorNames(limit=1).refusal(name) is not None:
+        raise _Invalid(f"must be {SENSOR_NAME_RULE} (got {toml_value(name)})")
+    return name
+
+
+def _sensor_names(value: object) -> tuple[str, ...]:
+    names = _strings(value)
+    for name in names:
+        _sensor_name(name)
+    return names
+
+
 def _string_table(value: object) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _Invalid(f"must be a table, not {_kind(value)}")
@@ -649,7 +666,7 @@ class _Parser:
             "parity": _choice(get_args(Parity)),
             "stopbits": _choice((1, 1.5, 2)),
             "format": _choice(get_args(LineFormat)),
-            "columns": _strings,
+            "columns": _sensor_names,
             "units": _string_table,
             "max_line_bytes": _size(16),
             "read_interval": _bounded_duration(0.0, 1.0),
@@ -662,7 +679,7 @@ class _Parser:
             "bounce": _duration(positive=False),
             "mode": _choice(get_args(GpioMode)),
             "sample_interval": _duration(positive=False),
-            "sensor": _text,
+            "sensor": _sensor_name,
         }
         section = self.section(data, path, spec, required=("id", "driver"))
         if not section.ok("id", "driver"):

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from drivers.line_codec import LineDecoder
+from gateway.config import parse_config
+from gateway.errors import ConfigError
 from gateway.ingest import DeviceSink
 from gateway.interfaces import DeviceStatus
 from gateway.reading import (
@@ -80,3 +84,15 @@ def test_an_integer_too_long_for_int_stays_its_digits() -> None:
         LineDecoder("d", "kv", max_line_bytes=8192).feed(f"n={digits}\n".encode(), 1.0).samples
     )
     assert sample.value == digits
+
+
+def test_configured_sensor_names_follow_the_same_rule() -> None:
+    devices = [
+        {"id": "door", "driver": "gpio_input", "pin": 17, "sensor": "door state"},
+        {"id": "meter", "driver": "serial_line", "port": "/dev/x", "format": "csv"}
+        | {"columns": ["voltage", "temp C"]},
+    ]
+    with pytest.raises(ConfigError) as failed:
+        parse_config({"devices": devices}, None)
+    assert [p.path for p in failed.value.problems] == ["devices[0].sensor", "devices[1].columns"]
+    assert all("letters, digits" in p.message for p in failed.value.problems)
