@@ -207,6 +207,10 @@ async def _reload_secrets(app: web.Application, tls: ssl.SSLContext | None) -> N
     except GatewayError as exc:
         logger.error("reload: %s; the local server keeps its previous secrets", exc)
         return
+    if token is None and settings.token_file is not None:
+        # An emptied file (caught mid-write, say) must not lock the API.
+        logger.error("reload: %s is empty; the local server keeps its token", settings.token_file)
+        return
     if app[GUARD].set_token(token):
         logger.info("local server: token replaced; streams opened with the old one are closed")
         await app[HUB].close_all(WSCloseCode.POLICY_VIOLATION, b"token changed")
