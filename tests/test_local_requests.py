@@ -11,7 +11,9 @@ import aiohttp
 import pytest
 
 from gateway.globs import MAX_GLOB_LENGTH, check_device_glob, glob_matcher, sqlite_glob
+from gateway.local.keys import HUB
 from gateway.local.server import CONTENT_SECURITY_POLICY
+from tests.fixtures.common import wait_until
 from tests.fixtures.local import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
 from tests.test_local_api import parse_samples
 
@@ -156,6 +158,8 @@ async def test_deeply_nested_inbound_messages_get_an_error_and_the_stream_goes_o
         msg = await ws.receive(timeout=10)
         assert msg.type is aiohttp.WSMsgType.CLOSE
         assert msg.data == aiohttp.WSCloseCode.MESSAGE_TOO_BIG
+        hub = gw.server.app[HUB]
+        await wait_until(lambda: hub.counters.inbound_errors == 3, message="the close counted")
 
 
 @pytest.mark.parametrize("path", ["/healthz", "/metrics"])

@@ -90,7 +90,7 @@ def render(
     out.metric(
         "edge_gateway_local_inbound_errors_total",
         "counter",
-        "Stream messages from clients that were refused (not JSON, too deep, unknown).",
+        "Stream messages from clients that were refused, or that closed their connection.",
         [({}, counters.inbound_errors)],
     )
     if connections is not None:

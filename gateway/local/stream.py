@@ -375,9 +375,12 @@ class StreamHub:
         bucket = TokenBucket(rate, burst=max(1.0, rate)) if rate > 0 else None
         async for msg in client.ws:
             if msg.type is WSMsgType.ERROR:
-                # aiohttp has closed the connection already (1009 for an oversized message).
+                # aiohttp has closed the connection already (1009 for an oversized message,
+                # 1002 for a broken frame).
+                self.counters.inbound_errors += 1
                 return
             if bucket is not None and not bucket.try_take():
+                self.counters.inbound_errors += 1
                 await client.close(WSCloseCode.POLICY_VIOLATION, b"too many messages")
                 return
             reply = self._answer(msg)
