@@ -1,6 +1,8 @@
 """Bounds on the local server's connections, so neighbours on the LAN cannot exhaust it.
 
-Every accepted connection passes through ``ConnectionGuard`` before aiohttp sees it:
+Every accepted connection passes through ``ConnectionGuard`` before aiohttp sees it,
+and with TLS before the handshake (the guard runs it), so a peer that never sends a
+ClientHello is counted and cut like any other:
 
 - at most ``max_connections`` at once. That bound is lowered further so that the
   process's file descriptor limit keeps ``FD_RESERVE`` descriptors (plus room for a
