@@ -492,6 +492,9 @@ class GatewayConfig:
             f'listen = "127.0.0.1:{self.local_port}"',
             f'token = "{TOKEN}"',
             f"max_clients = {self.max_clients}",
+            # Every client is on loopback: one address, and as many connections.
+            f"max_connections = {self.max_clients + 16}",
+            f"max_connections_per_address = {self.max_clients + 16}",
             "",
         ]
         self.path.write_text("\n".join(lines))

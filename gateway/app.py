@@ -22,6 +22,7 @@ from gateway import systemd_notify
 from gateway.config import load_config
 from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError, GatewayError, StoreError
+from gateway.ingest import DeviceSink
 from gateway.interfaces import Driver, GatewayView, Uplink
 from gateway.local import serve
 from gateway.settings import DeviceSettings, MqttSettings, Settings
@@ -83,6 +84,8 @@ class Gateway:
         self._reload = asyncio.Event()
         # Set by the local server once it listens: readiness waits for it.
         self._local_bound = asyncio.Event()
+        # Set at each reload: the local server reads its token file and certificate again.
+        self._local_reload = asyncio.Event()
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -192,6 +195,7 @@ class Gateway:
         new = replace(new, gateway=self.settings.gateway, store=self.settings.store)
         self.settings = new
         await self._restart_changed(sup, store, view, new)
+        self._local_reload.set()
         self.notifier.notify(ready=True, status=systemd_notify.status_line(view))
         log.info("configuration reloaded from %s", source)
 
@@ -220,7 +224,9 @@ class Gateway:
     ) -> None:
         coro: Coroutine[Any, Any, None]
         if isinstance(child, DeviceSettings):
-            driver = create_driver(child, store)
+            sink = DeviceSink(store, child.id)
+            driver = create_driver(child, sink)
+            sink.status = driver.status
             self.drivers[child.id] = driver
             coro = driver.run()
         elif isinstance(child, MqttSettings):
@@ -229,7 +235,7 @@ class Gateway:
             coro = uplink.run()
         else:
             self._local_bound = asyncio.Event()
-            coro = serve(view, self._local_bound)
+            coro = serve(view, self._local_bound, self._local_reload)
         sup.start(name, child, coro)
 
     async def _report_status(self, view: GatewayView) -> None:

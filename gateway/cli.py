@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import logging
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -18,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway import __version__
-from gateway.config import LOG_LEVELS, device_warnings, load_config
+from gateway.config import LOG_LEVELS, load_config
+from gateway.config_warnings import config_warnings
 from gateway.errors import ConfigError, GatewayError
 from gateway.logs import setup_logging
 from gateway.settings import Settings
@@ -156,6 +158,8 @@ def _run(args: argparse.Namespace) -> int:
     from gateway import app  # noqa: PLC0415
 
     setup_logging(args.log_level or settings.gateway.log_level)
+    for warning in config_warnings(settings):
+        logging.getLogger(__name__).warning("%s", warning)
     return asyncio.run(app.run(settings))
 
 
@@ -165,9 +169,10 @@ def _configure_check(parser: argparse.ArgumentParser) -> None:
 
 def _check(args: argparse.Namespace) -> int:
     settings = load_config(args.config)
-    for warning in device_warnings(settings):
-        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     print(f"{args.config}: valid; {summary(settings)}")
+    # Warnings only: the file is valid and may be meant that way.
+    for warning in config_warnings(settings):
+        print(f"{PROG}: warning: {warning}", file=sys.stderr)
     return 0
 
 

@@ -192,6 +192,19 @@ def _origins(value: object) -> tuple[str, ...]:
     return tuple(origins)
 
 
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}[A-Za-z0-9])?)*\.?"
+)
+
+
+def _host_names(value: object) -> tuple[str, ...]:
+    names = _strings(value)
+    for name in names:
+        if not _HOST_NAME.fullmatch(name):
+            raise _Invalid(f"must be DNS host names without a port (got {toml_value(name)})")
+    return tuple(n.rstrip(".").lower() for n in names)
+
+
 def _token(value: object) -> str:
     token = _string(value)
     if len(token) < MIN_TOKEN_LENGTH or any(c.isspace() for c in token):
@@ -491,6 +504,12 @@ class _Parser:
             "max_inbound_per_second": _number(positive=True),
             "heartbeat": _duration(positive=True),
             "compress": _boolean,
+            "max_connections": _integer(1),
+            "max_connections_per_address": _integer(1),
+            "header_timeout": _bounded_duration(0.5, 300.0),
+            "keepalive_timeout": _bounded_duration(0.5, 3600.0),
+            "allowed_hosts": _host_names,
+            "metrics_require_token": _boolean,
         }
         section = self.section(data, "local", spec)
         self.exclusive(section, "token", "token_file")

@@ -28,6 +28,7 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 from gateway.errors import ConfigProblem
+from gateway.reading import SENSOR_NAME_RULE, SensorNames
 
 # Ids become an MQTT topic level and a URL path segment: no "/", "+", "#",
 # whitespace, "%" or "$" (topics starting with "$" are reserved by brokers).
@@ -240,6 +241,22 @@ def strings(value: object) -> tuple[str, ...]:
     if duplicates:
         raise Invalid(f"names {one_of(duplicates)} more than once")
     return items
+
+
+def sensor_name(value: object) -> str:
+    # Checked here too, so a configured name is refused now rather than each reading
+    # becoming a dead letter at run time.
+    name = text(value)
+    if SensorNames(limit=1).refusal(name) is not None:
+        raise Invalid(f"must be {SENSOR_NAME_RULE} (got {toml_value(name)})")
+    return name
+
+
+def sensor_names(value: object) -> tuple[str, ...]:
+    names = strings(value)
+    for name in names:
+        sensor_name(name)
+    return names
 
 
 def string_table(value: object) -> dict[str, str]:

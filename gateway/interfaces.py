@@ -114,6 +114,7 @@ class DeviceStatus:
     errors: int = 0  # dead letters and read errors
     reconnects: int = 0
     pauses: int = 0  # times reading stopped because the sink was congested
+    refused_names: int = 0  # samples whose sensor name was refused (gateway.ingest)
     last_reading_ts: float | None = None
     last_error: str | None = None
 

@@ -9,9 +9,22 @@ from __future__ import annotations
 import functools
 import json
 import math
+import re
 from dataclasses import dataclass
 
 Value = float | int | str | bool
+
+# The largest integer every JSON consumer reads exactly: one that parses numbers as
+# float64 (JavaScript, many others) would read a larger one as another value. Larger
+# integers go out as strings of their digits.
+MAX_SAFE_INTEGER = 2**53 - 1
+
+# Sensor names come from devices: bounded in length and characters, and in number per
+# device (``SensorNames``), so a device inventing keys cannot grow memory without bound.
+MAX_SENSOR_NAME = 64
+MAX_SENSORS_PER_DEVICE = 512
+_SENSOR_NAME = re.compile(r"[\w.:/+%#()\[\]-]{1," + str(MAX_SENSOR_NAME) + "}")
+SENSOR_NAME_RULE = f"1 to {MAX_SENSOR_NAME} letters, digits and '_.:/+%#()[]-'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +75,8 @@ def _json_value(value: Value) -> str:
         # Non-finite floats are not valid JSON: sent as a string, not lost.
         return _encoder.encode(str(value))
     if kind is int:
-        return int.__repr__(value)
+        text = int.__repr__(value)
+        return text if -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER else f'"{text}"'  # type: ignore[operator]
     return _encoder.encode(value)
 
 
@@ -90,6 +104,8 @@ def reference_encode(seq: int, sample: Sample) -> bytes:
     value: Value = sample.value
     if isinstance(value, float) and not math.isfinite(value):
         value = str(value)
+    if type(value) is int and not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+        value = str(value)
     obj: dict[str, object] = {
         "seq": seq,
         "ts": sample.ts,
@@ -105,3 +121,25 @@ def reference_encode(seq: int, sample: Sample) -> bytes:
 def join_payloads(payloads: list[bytes]) -> bytes:
     """A JSON array of already-encoded readings, without decoding them."""
     return b"[" + b",".join(payloads) + b"]"
+
+
+class SensorNames:
+    """The sensor names one device has used so far, checked once each and bounded.
+
+    ``refusal`` is on the path of every sample: a known name costs one set lookup.
+    """
+
+    def __init__(self, limit: int = MAX_SENSORS_PER_DEVICE) -> None:
+        self._limit = limit
+        self._known: set[str] = set()
+
+    def refusal(self, name: str) -> str | None:
+        """None if ``name`` may be a sensor of this device, else why not."""
+        if name in self._known:
+            return None
+        if not _SENSOR_NAME.fullmatch(name):
+            return f"bad sensor name: must be {SENSOR_NAME_RULE}"
+        if len(self._known) >= self._limit:
+            return f"too many sensor names: at most {self._limit} per device"
+        self._known.add(name)
+        return None

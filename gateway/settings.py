@@ -186,6 +186,18 @@ class LocalSettings:
     max_inbound_per_second: float = 10.0
     heartbeat: float = 20.0
     compress: bool = False
+    # HTTP connections at once (lowered to fit the file descriptor limit), and from
+    # one peer address.
+    max_connections: int = 256
+    max_connections_per_address: int = 32
+    # A request's head must arrive within this long; an idle keep-alive connection
+    # is closed after keepalive_timeout.
+    header_timeout: float = 10.0
+    keepalive_timeout: float = 15.0
+    # Host names (besides the listen address, IP literals and this machine's name)
+    # that /healthz and /metrics answer to; guards against DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
+    metrics_require_token: bool = False
 
 
 @dataclass(frozen=True, slots=True)

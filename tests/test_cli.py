@@ -64,10 +64,16 @@ def bad_config(tmp_path: Path) -> Path:
     return path
 
 
-def test_check_config_accepts_the_example() -> None:
-    result = edge_gateway("check-config", "-c", "examples/gateway.toml")
+def test_check_config_accepts_the_example(tmp_path: Path) -> None:
+    # A copy only its owner reads: the example holds an inline token.
+    example = tmp_path / "gateway.toml"
+    example.write_text((ROOT / "examples" / "gateway.toml").read_text(encoding="utf-8"))
+    example.chmod(0o600)
+    result = edge_gateway("check-config", "-c", example)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""
+    result = edge_gateway("check-config", "-c", "examples/gateway.toml")
+    assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "examples/gateway.toml: valid; gateway gw-001, 2 device(s): thermo-1, "
         "power-meter (disabled); uplinks: mqtt mqtt://127.0.0.1:1883; "

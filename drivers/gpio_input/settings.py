@@ -7,7 +7,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
-from gateway.fields import Given, Invalid, boolean, choice, duration, key, kind_of, text, toml_value
+from gateway.fields import (
+    Given,
+    Invalid,
+    boolean,
+    choice,
+    duration,
+    key,
+    kind_of,
+    sensor_name,
+    toml_value,
+)
 from gateway.settings import DeviceSettings, driver_tag
 
 GpioMode = Literal["level", "counter"]
@@ -108,7 +118,7 @@ class GpioInputSettings(DeviceSettings):
     sensor: str = field(
         default="",
         metadata=key(
-            text,
+            sensor_name,
             "string",
             'The sensor name of the readings. Unset: `state` (`"level"`), or `count` and `rate` '
             '(`"counter"`). Set, e.g. `"water"`: `water` for the state or the count, and '

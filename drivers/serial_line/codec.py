@@ -66,7 +66,9 @@ def parse_value(text: str) -> Value:
         try:
             return int(text)
         except ValueError:
-            pass
+            # More digits than int() takes: kept as the digits, not read as inf.
+            if text.lstrip("+-").isdigit():
+                return text
     try:
         return float(text)
     except ValueError:

@@ -8,7 +8,16 @@ from typing import Literal, get_args
 
 from drivers.serial_line.pattern import MATCH_TIMEOUT, compile_pattern
 from drivers.serial_port import SerialPortSettings
-from gateway.fields import Given, Invalid, bounded_duration, choice, key, size, strings, text
+from gateway.fields import (
+    Given,
+    Invalid,
+    bounded_duration,
+    choice,
+    key,
+    sensor_names,
+    size,
+    text,
+)
 from gateway.settings import driver_tag
 
 LineFormat = Literal["kv", "csv", "json", "regex"]
@@ -43,7 +52,7 @@ class SerialLineSettings(SerialPortSettings):
     columns: tuple[str, ...] = field(
         default=(),
         metadata=key(
-            strings,
+            sensor_names,
             "array of strings",
             'For `format = "csv"` (and required by it): the sensor name of each column, in order.',
         ),

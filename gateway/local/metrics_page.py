@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from gateway import __version__
 from gateway.interfaces import GatewayView
+from gateway.local.connections import ConnectionCounters
 from gateway.local.health import uplink_down_seconds
 from gateway.local.stream import StreamCounters
 from gateway.metrics import Exposition
@@ -59,6 +60,7 @@ def render(
     counters: StreamCounters,
     process: ProcessStats | None,
     now: float,
+    connections: ConnectionCounters | None = None,
 ) -> str:
     out = Exposition()
     out.metric(
@@ -85,6 +87,14 @@ def render(
         "Stream clients closed because they stayed stuck.",
         [({}, counters.closed_slow)],
     )
+    out.metric(
+        "edge_gateway_local_inbound_errors_total",
+        "counter",
+        "Stream messages from clients that were refused, or that closed their connection.",
+        [({}, counters.inbound_errors)],
+    )
+    if connections is not None:
+        _connections(out, connections)
     if process is not None:
         out.metric(
             "process_cpu_seconds_total",
@@ -135,6 +145,12 @@ def _devices(out: Exposition, view: GatewayView) -> None:
         "counter",
         "Port reopenings.",
         [({"device": i}, status[i].reconnects) for i in ids],
+    )
+    out.metric(
+        "edge_gateway_device_refused_names_total",
+        "counter",
+        "Samples whose sensor name was refused (bad, or beyond the per-device bound).",
+        [({"device": i}, status[i].refused_names) for i in ids],
     )
     out.metric(
         "edge_gateway_device_pauses_total",
@@ -291,4 +307,40 @@ def _uplinks(out: Exposition, view: GatewayView, now: float) -> None:
         "edge_gateway_uplink_publish_latency_seconds",
         "Seconds from commit to the peer's acknowledgement.",
         [({"uplink": n}, status[n].publish_latency) for n in names],
+    )
+
+
+def _connections(out: Exposition, counters: ConnectionCounters) -> None:
+    out.metric(
+        "edge_gateway_local_connections", "gauge", "Open HTTP connections.", [({}, counters.open)]
+    )
+    out.metric(
+        "edge_gateway_local_connections_limit",
+        "gauge",
+        "Most HTTP connections at once (max_connections, lowered to fit the fd limit).",
+        [({}, counters.limit)],
+    )
+    out.metric(
+        "edge_gateway_local_connections_refused_total",
+        "counter",
+        "Connections closed at once: every slot busy (limit) or too many from one address.",
+        [({"reason": r}, counters.refused[r]) for r in ("limit", "per_address")],
+    )
+    out.metric(
+        "edge_gateway_local_connections_evicted_total",
+        "counter",
+        "Idle connections closed to make room for a new one.",
+        [({}, counters.evicted)],
+    )
+    out.metric(
+        "edge_gateway_local_connections_timed_out_total",
+        "counter",
+        "Connections closed because a request head did not arrive within header_timeout.",
+        [({}, counters.timed_out)],
+    )
+    out.metric(
+        "edge_gateway_local_requests_refused_total",
+        "counter",
+        "Requests refused, by HTTP status (400 bad parameter, 401 token, 403 origin or host).",
+        [({"code": c}, counters.requests_refused[c]) for c in ("400", "401", "403")],
     )

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from aiohttp import web
 
+from gateway.globs import check_device_glob
 from gateway.interfaces import DeviceStatus
 from gateway.local import health
 from gateway.local.keys import HUB, LATEST, VIEW
 from gateway.local.latest import sensor_of
-from gateway.reading import StoredReading, join_payloads
+from gateway.reading import MAX_SENSOR_NAME, StoredReading, join_payloads
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
@@ -19,6 +21,7 @@ MAX_LIMIT = 1000
 # continues from ``next``.
 MAX_SCAN_PAGES = 20
 SCAN_PAGE = 1000
+_INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
 def _bad_request(text: str) -> web.HTTPBadRequest:
@@ -29,10 +32,11 @@ def _int_param(request: web.Request, name: str, default: int, low: int, high: in
     raw = request.query.get(name, "")
     if raw == "":
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise _bad_request(f"{name} must be an integer") from None
+    # ASCII digits only, and few enough to parse cheaply (int() takes other scripts'
+    # digits, "_" and thousands of digits).
+    if not _INTEGER.fullmatch(raw):
+        raise _bad_request(f"{name} must be an integer")
+    value = int(raw)
     if not low <= value <= high:
         raise _bad_request(f"{name} must be between {low} and {high}")
     return value
@@ -45,6 +49,7 @@ def _device_status(status: DeviceStatus) -> dict[str, object]:
         "errors": status.errors,
         "reconnects": status.reconnects,
         "pauses": status.pauses,
+        "refused_names": status.refused_names,
         "last_reading_ts": status.last_reading_ts,
         "last_error": status.last_error,
     }
@@ -104,6 +109,13 @@ async def readings(request: web.Request) -> web.Response:
     log = request.app[VIEW].log
     device = request.query.get("device") or None
     sensor = request.query.get("sensor") or None
+    if device is not None:
+        try:
+            check_device_glob(device)
+        except ValueError as exc:
+            raise _bad_request(f"device {exc}") from None
+    if sensor is not None and len(sensor) > MAX_SENSOR_NAME:
+        raise _bad_request(f"sensor must be at most {MAX_SENSOR_NAME} characters")
     since = _int_param(request, "since", 0, 0, 2**63 - 1)
     limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     found: list[StoredReading] = []

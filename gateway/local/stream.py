@@ -14,16 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import struct
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
 from aiohttp import WSCloseCode, WSMessage, WSMsgType, web
 
 from gateway.errors import StoreError
+from gateway.globs import check_device_glob, glob_matcher
 from gateway.interfaces import ReadingLog
 from gateway.local.fanout_pace import FanoutPace
 from gateway.rate import TokenBucket
@@ -117,6 +118,10 @@ class StreamClient:
         self._transport = request.transport
         self._peer = request.remote
         self.device_glob = device_glob
+        # Compiled once for this client; None matches every device.
+        self.matches: Callable[[str], bool] | None = (
+            None if device_glob is None else glob_matcher(device_glob)
+        )
         self._limit = max(1, queue_limit)
         self._counters = counters
         self._send_timeout = send_timeout
@@ -288,9 +293,8 @@ class StreamHub:
             glob = client.device_glob
             shared = by_filter.get(glob)
             if shared is None:
-                readings = (
-                    batch if glob is None else [r for r in batch if fnmatchcase(r.device, glob)]
-                )
+                matches = client.matches
+                readings = batch if matches is None else [r for r in batch if matches(r.device)]
                 shared = by_filter[glob] = _messages(readings, not self._settings.compress)
             for message in shared:
                 client.offer(message)
@@ -305,7 +309,7 @@ class StreamHub:
         """
         requested = request.query.get("device", "").strip()
         # "*" matches every device: such clients share the unfiltered messages.
-        device_glob = None if requested in {"", "*"} else requested
+        device_glob = None if requested in {"", "*"} else _device_glob(requested)
         since = _since(request)
         settings = self._settings
         if len(self._clients) + self._opening >= settings.max_clients:
@@ -371,9 +375,12 @@ class StreamHub:
         bucket = TokenBucket(rate, burst=max(1.0, rate)) if rate > 0 else None
         async for msg in client.ws:
             if msg.type is WSMsgType.ERROR:
-                # aiohttp has closed the connection already (1009 for an oversized message).
+                # aiohttp has closed the connection already (1009 for an oversized message,
+                # 1002 for a broken frame).
+                self.counters.inbound_errors += 1
                 return
             if bucket is not None and not bucket.try_take():
+                self.counters.inbound_errors += 1
                 await client.close(WSCloseCode.POLICY_VIOLATION, b"too many messages")
                 return
             reply = self._answer(msg)
@@ -385,6 +392,9 @@ class StreamHub:
                 request = json.loads(msg.data)
             except ValueError:
                 return self._error("not JSON")
+            except RecursionError:
+                # Nesting deeper than the interpreter's stack: refused, not a crash.
+                return self._error("nested too deeply")
             if isinstance(request, dict) and request.get("type") == "ping":
                 return PONG
             return self._error('unknown message; only {"type": "ping"} is accepted')
@@ -394,21 +404,36 @@ class StreamHub:
         self.counters.inbound_errors += 1
         return _json({"type": "error", "error": text})
 
-    async def close_all(self) -> None:
-        """Tell every client the server is going away (on shutdown)."""
+    async def close_all(
+        self, code: int = WSCloseCode.GOING_AWAY, message: bytes = b"server stopping"
+    ) -> None:
+        """Close every client: the server is going away (on shutdown), or the token changed."""
         async with asyncio.TaskGroup() as tg:
             for client in list(self._clients):
-                tg.create_task(client.close(WSCloseCode.GOING_AWAY, b"server stopping"))
+                tg.create_task(client.close(code, message))
+
+
+# The log's seqs are SQLite integers.
+MAX_SEQ = 2**63 - 1
+_SEQ = re.compile(r"-?[0-9]{1,19}")
+
+
+def _bad_request(text: str) -> web.HTTPBadRequest:
+    return web.HTTPBadRequest(text=_json({"error": text}).decode(), content_type="application/json")
+
+
+def _device_glob(requested: str) -> str:
+    try:
+        return check_device_glob(requested)
+    except ValueError as exc:
+        raise _bad_request(f"device {exc}") from None
 
 
 def _since(request: web.Request) -> int | None:
     raw = request.query.get("since")
     if raw is None or raw == "":
         return None
-    try:
-        since = int(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(
-            text='{"error":"since must be an integer seq"}', content_type="application/json"
-        ) from None
-    return max(0, since)
+    if not _SEQ.fullmatch(raw) or int(raw) > MAX_SEQ:
+        raise _bad_request(f"since must be an integer seq up to {MAX_SEQ}")
+    # Before the first reading: the whole log.
+    return max(0, int(raw))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.errors import StoreError
+from gateway.globs import sqlite_glob
 from gateway.reading import StoredReading
 from gateway.settings import Durability
 from gateway.store import schema
@@ -21,15 +22,15 @@ T = TypeVar("T")
 def device_filter(device_glob: str | None) -> tuple[str, tuple[str, ...]]:
     """SQL condition and parameters for a device glob with fnmatch semantics.
 
-    Without brackets, fnmatch and SQLite's GLOB agree (``*``, ``?``, literal
-    characters, case-sensitive), so GLOB runs in C. Bracket sets differ (``[!a]``
-    versus ``[^a]``, unclosed ``[``), so those go through fnmatch itself.
+    Globs of device ids run as SQLite's GLOB, in C (``gateway.globs``); only one
+    that GLOB cannot express (an unclosed ``[``) goes through fnmatch itself.
     """
     if device_glob is None or device_glob == "*":
         return "", ()
-    if "[" in device_glob or "]" in device_glob:
+    pattern = sqlite_glob(device_glob)
+    if pattern is None:
         return " AND fnmatch(device, ?)", (device_glob,)
-    return " AND device GLOB ?", (device_glob,)
+    return " AND device GLOB ?", (pattern,)
 
 
 # Called (from the reader's thread) with the generation of the database a read found
