@@ -33,7 +33,7 @@ from pathlib import Path
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample, StoredReading, encode
 from gateway.settings import StoreSettings
-from gateway.store import schema, trim
+from gateway.store import schema, sql, trim
 from gateway.store.files import fsync_dir
 from gateway.store.ingress import (
     DEAD_LETTER_WEIGHT,
@@ -146,7 +146,7 @@ class Writer:
         self._thread: threading.Thread | None = None
 
         meta = schema.read_meta(conn)
-        max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
+        max_row = sql.highest_seq(conn)
         db_last = max(meta.get(schema.META_LAST_SEQ, 0), max_row)
         reserved = meta.get(schema.META_RESERVED, 0)
         if not floor.found:
@@ -165,8 +165,8 @@ class Writer:
         self.last_seq = base
         epoch = floor.begin_run(settings.durability, base)
         try:
-            conn.executemany(
-                schema.UPSERT_META,
+            sql.write_meta(
+                conn,
                 [
                     (schema.META_LAST_SEQ, base),
                     (schema.META_RESERVED, floor.value),
@@ -195,11 +195,11 @@ class Writer:
         self._moved_aside_path: Path | None = None
         self._closed_conn = False  # the damaged database's connection is closed
         self._moved = False  # and the file moved aside
-        self.cursors: dict[str, int] = dict(conn.execute("SELECT name, seq FROM cursors"))
+        self.cursors = sql.cursors(conn)
         self.active: set[str] = set()
         self.depth = 0
         self.oldest_unsent_ts: float | None = None
-        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self.page_size = sql.pragma(conn, "page_size")
         self.page_count = 0
         # Pages in use (bytes) at the last exact measurement, and an upper bound of what
         # commits since then may have added: max_bytes is checked against their sum and
@@ -239,7 +239,7 @@ class Writer:
         self._last_start = 0.0  # perf_counter when the last transaction began
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
-        self._data_version = self._pragma("data_version")
+        self._data_version = sql.pragma(self._conn, "data_version")
         # Totals as last written to the meta table: unchanged ones are not rewritten.
         self._written_dropped = self.dropped
         self._written_dead_letters = self.dead_letters
@@ -333,7 +333,7 @@ class Writer:
             # Best effort: the totals survive the restart that must follow.
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            self._conn.executemany(schema.UPSERT_META, self._totals())
+            sql.write_meta(self._conn, self._totals())
         except sqlite3.Error as e:
             log.error("store: cannot record what was lost: %s", e)
         self.failure = failure
@@ -391,7 +391,7 @@ class Writer:
             self.dead_letters += lost_dead
             self.dead_letters_lost += lost_dead
             try:
-                self._conn.executemany(schema.UPSERT_META, self._totals())
+                sql.write_meta(self._conn, self._totals())
             except sqlite3.Error as e:
                 log.error("store: cannot record the %d dropped readings: %s", lost, e)
         closed = StoreClosedError("the store is closed")
@@ -406,11 +406,10 @@ class Writer:
         # next start then skips ahead, never back.
         try:
             # The database's copy of the floor first: it stands in for a lost seq.floor.
-            self._conn.execute(schema.UPSERT_META, (schema.META_RESERVED, self.last_seq))
-            # A checkpoint that copies the whole WAL has synced it and the database
-            # (with "normal" too): only then may the floor say where seqs stop.
-            busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
-            if not busy and frames == copied and self._damage is None:
+            sql.write_meta(self._conn, [(schema.META_RESERVED, self.last_seq)])
+            # Only once the WAL and the database are synced may the floor say where
+            # seqs stop.
+            if sql.checkpoint_all(self._conn) and self._damage is None:
                 self._floor.settle(self.last_seq)
         except (sqlite3.Error, OSError) as e:
             log.warning("store: cannot settle the seq floor on close: %s", e)
@@ -607,27 +606,20 @@ class Writer:
         conn = self._conn
         cursors = dict(self.cursors)
         for name in batch.registers:
-            conn.execute("INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, 0)", (name,))
+            sql.register_cursor(conn, name)
             cursors.setdefault(name, 0)
         for name, seq in batch.acks.items():
             if seq > cursors.get(name, 0):
-                conn.execute(
-                    "INSERT INTO cursors (name, seq) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
-                    (name, seq),
-                )
+                sql.advance_cursor(conn, name, seq)
                 cursors[name] = seq
         active = self.active | set(batch.registers)
         old_floor = self._active_floor(self.cursors, self.active)
         new_floor = self._active_floor(cursors, active)
         if active != self.active:
             if new_floor is not None:
-                batch.depth_delta = self._count_after(new_floor) - self.depth
+                batch.depth_delta = sql.count_after(conn, new_floor) - self.depth
         elif old_floor is not None and new_floor is not None and new_floor > old_floor:
-            (acked,) = conn.execute(
-                "SELECT count(*) FROM readings WHERE seq > ? AND seq <= ?", (old_floor, new_floor)
-            ).fetchone()
-            batch.depth_delta = -acked
+            batch.depth_delta = -sql.count_between(conn, old_floor, new_floor)
 
         floors = trim.Floors(new_floor, self._holding_floor(cursors, active))
         if maintenance:
@@ -638,13 +630,8 @@ class Writer:
         else:
             self._insert(batch, new_floor is not None)
         if batch.dead_letters or batch.unencodable:
-            conn.executemany(
-                "INSERT INTO dead_letters (ts, device, reason, raw) VALUES (?, ?, ?, ?)",
-                [(d.ts, d.device, d.reason, d.raw) for d in batch.dead_letters + batch.unencodable],
-            )
-            conn.execute(
-                "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
-                (MAX_DEAD_LETTERS,),
+            sql.insert_dead_letters(
+                conn, batch.dead_letters + batch.unencodable, keep=MAX_DEAD_LETTERS
             )
         if batch.rejected:
             batch.dropped += len(batch.samples)
@@ -662,7 +649,7 @@ class Writer:
         if self._floor.value != self._written_reserved:
             meta.append((schema.META_RESERVED, self._floor.value))
         if meta:
-            conn.executemany(schema.UPSERT_META, meta)
+            sql.write_meta(conn, meta)
 
     def _insert(self, batch: _Batch, counted: bool) -> None:
         # The per-reading loop of the hot path: names bound locally on purpose.
@@ -689,28 +676,24 @@ class Writer:
             add_reading(stored(seq, device, payload))
         if rows:
             self._floor.reserve(seq)
-            self._conn.executemany(
-                "INSERT INTO readings (seq, ts, device, payload) VALUES (?, ?, ?, ?)", rows
-            )
+            sql.insert_readings(self._conn, rows)
             if counted:
                 batch.depth_delta += len(rows)
         batch.last_seq = seq
 
     def _expire(self, batch: _Batch, floors: trim.Floors) -> None:
         """Retention behind every cursor after ``history``, and the ``max_age`` bound."""
-        chunk = max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance)
-        now = time.time()
-        upto = floors.holding if floors.holding is not None else self.last_seq
-        cutoff = now - self.settings.history
-        self._count(
-            batch, trim.expired(self._conn, chunk=chunk, cutoff=cutoff, upto=upto, floors=floors)
+        done = sql.expire(
+            self._conn,
+            chunk=max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance),
+            now=time.time(),
+            history=self.settings.history,
+            max_age=self.settings.max_age,
+            last_seq=self.last_seq,
+            floors=floors,
         )
-        if self.settings.max_age > 0:
-            cutoff = now - self.settings.max_age
-            done = trim.expired(
-                self._conn, chunk=chunk, cutoff=cutoff, upto=self.last_seq, floors=floors
-            )
-            self._count(batch, done)
+        for trimmed in done:
+            self._count(batch, trimmed)
 
     def _make_room(self, batch: _Batch, floors: trim.Floors) -> bool:
         """Delete the oldest rows when over ``max_bytes``; True if there is room."""
@@ -718,25 +701,26 @@ class Writer:
         max_bytes = self.settings.max_bytes
         if not incoming or self._used + self._growth < max_bytes:
             return True
-        if trim.used_bytes(self._conn, self.page_size) < max_bytes:
-            return True
         upto = self.last_seq
         if self.settings.overflow == "reject_new" and floors.holding is not None:
             # Only readings every consumer has may go; unsent ones are kept.
             upto = floors.holding
-        count = max(incoming, 1024)
-        self._count(batch, trim.oldest(self._conn, count=count, upto=upto, floors=floors))
-        return trim.used_bytes(self._conn, self.page_size) < max_bytes
+        room, done = sql.make_room(
+            self._conn,
+            count=max(incoming, 1024),
+            upto=upto,
+            floors=floors,
+            page_size=self.page_size,
+            max_bytes=max_bytes,
+        )
+        self._count(batch, done)
+        return room
 
     @staticmethod
     def _count(batch: _Batch, done: trim.Trimmed) -> None:
         batch.dropped += done.unsent_holding
         batch.depth_delta -= done.unsent_active
         batch.trimmed = batch.trimmed or done.rows > 0
-
-    def _count_after(self, seq: int) -> int:
-        (n,) = self._conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (seq,)).fetchone()
-        return int(n)
 
     @staticmethod
     def _active_floor(cursors: dict[str, int], active: set[str]) -> int | None:
@@ -830,7 +814,7 @@ class Writer:
     def _measure(self) -> None:
         """The file's pages and the pages in use, exactly (at maintenance, not per commit)."""
         try:
-            self.page_count = self._pragma("page_count")
+            self.page_count = sql.pragma(self._conn, "page_count")
             self._used = trim.used_bytes(self._conn, self.page_size)
             self._growth = 0
         except sqlite3.Error as e:
@@ -913,21 +897,13 @@ class Writer:
     def _adopt(self, conn: sqlite3.Connection) -> None:
         """Take up a fresh database: this run's seqs, totals and cursors go into it."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                schema.UPSERT_META,
-                [
-                    (schema.META_LAST_SEQ, self.last_seq),
-                    (schema.META_RESERVED, self._floor.value),
-                    (schema.META_EPOCH, self._floor.epoch),
-                    *self._totals(),
-                ],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, ?)",
-                list(self.cursors.items()),
-            )
-            conn.execute("COMMIT")
+            meta = [
+                (schema.META_LAST_SEQ, self.last_seq),
+                (schema.META_RESERVED, self._floor.value),
+                (schema.META_EPOCH, self._floor.epoch),
+                *self._totals(),
+            ]
+            sql.adopt(conn, meta, self.cursors)
             # The fresh file's name is on disk before anything is acknowledged from it.
             fsync_dir(self.path.parent)
         except (sqlite3.Error, OSError):
@@ -943,8 +919,8 @@ class Writer:
         self._written_reserved = self._floor.value
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
-        self.page_size = self._pragma("page_size")
-        self._data_version = self._pragma("data_version")
+        self.page_size = sql.pragma(self._conn, "page_size")
+        self._data_version = sql.pragma(self._conn, "data_version")
         self._measure()
 
     def _measure_oldest_now(self) -> None:
@@ -952,13 +928,7 @@ class Writer:
         if floor is None:
             self.oldest_unsent_ts = None
         else:
-            row = self._conn.execute(
-                "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", (floor,)
-            ).fetchone()
-            self.oldest_unsent_ts = None if row is None else float(row[0])
-
-    def _pragma(self, name: str) -> int:
-        return int(self._conn.execute(f"PRAGMA {name}").fetchone()[0])
+            self.oldest_unsent_ts = sql.first_ts_after(self._conn, floor)
 
     def _failed(self, error: sqlite3.Error | OSError, pending: int) -> None:
         if schema.is_disk_full(error):
@@ -998,11 +968,11 @@ class Writer:
 
     def _notice_outside_changes(self) -> None:
         """Re-read what the ``queue`` commands may have changed while we run."""
-        version = self._pragma("data_version")
+        version = sql.pragma(self._conn, "data_version")
         if version == self._data_version:
             return
         self._data_version = version
-        on_disk = dict(self._conn.execute("SELECT name, seq FROM cursors"))
+        on_disk = sql.cursors(self._conn)
         for name, seq in on_disk.items():
             if name not in self.cursors:
                 self.cursors[name] = seq
@@ -1014,7 +984,7 @@ class Writer:
                     seq,
                 )
         floor = self._active_floor(self.cursors, self.active)
-        self.depth = self._count_after(floor) if floor is not None else 0
+        self.depth = sql.count_after(self._conn, floor) if floor is not None else 0
         self._measure()
 
     def _hand_over(self, outcome: Outcome) -> None:

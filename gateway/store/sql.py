@@ -1,0 +1,148 @@
+"""The writer's SQL: what one transaction runs on the write connection, and the
+measurements the writer takes between transactions.
+
+Each function runs its statements on the connection it is given and returns what it
+found; transactions (BEGIN, COMMIT, ROLLBACK) are the writer's, apart from
+``adopt``, which sets up a fresh database in one transaction of its own. Deleting
+from the log's tail with bounded work is in ``trim``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable, Sequence
+
+from gateway.reading import DeadLetter
+from gateway.store import schema, trim
+
+INSERT_READINGS = "INSERT INTO readings (seq, ts, device, payload) VALUES (?, ?, ?, ?)"
+INSERT_DEAD_LETTERS = "INSERT INTO dead_letters (ts, device, reason, raw) VALUES (?, ?, ?, ?)"
+# Keeps the newest ``?`` dead letters.
+KEEP_DEAD_LETTERS = "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?"
+REGISTER_CURSOR = "INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, 0)"
+# A cursor only moves forward.
+ADVANCE_CURSOR = (
+    "INSERT INTO cursors (name, seq) VALUES (?, ?) "
+    "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)"
+)
+CARRY_CURSOR = "INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, ?)"
+
+# A row of the readings table: seq, ts, device, payload.
+Row = tuple[int, float, str, bytes]
+
+
+# -- measurements ---------------------------------------------------------------
+
+
+def pragma(conn: sqlite3.Connection, name: str) -> int:
+    return int(conn.execute(f"PRAGMA {name}").fetchone()[0])
+
+
+def highest_seq(conn: sqlite3.Connection) -> int:
+    """The highest seq among the rows (0 in an empty log)."""
+    return int(conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0)
+
+
+def cursors(conn: sqlite3.Connection) -> dict[str, int]:
+    return dict(conn.execute("SELECT name, seq FROM cursors"))
+
+
+def count_after(conn: sqlite3.Connection, seq: int) -> int:
+    (n,) = conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (seq,)).fetchone()
+    return int(n)
+
+
+def count_between(conn: sqlite3.Connection, after: int, upto: int) -> int:
+    (n,) = conn.execute(
+        "SELECT count(*) FROM readings WHERE seq > ? AND seq <= ?", (after, upto)
+    ).fetchone()
+    return int(n)
+
+
+def first_ts_after(conn: sqlite3.Connection, seq: int) -> float | None:
+    """The ts of the first row after ``seq`` (None: there is none)."""
+    row = conn.execute(
+        "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", (seq,)
+    ).fetchone()
+    return None if row is None else float(row[0])
+
+
+# -- within a transaction ---------------------------------------------------------
+
+
+def register_cursor(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(REGISTER_CURSOR, (name,))
+
+
+def advance_cursor(conn: sqlite3.Connection, name: str, seq: int) -> None:
+    conn.execute(ADVANCE_CURSOR, (name, seq))
+
+
+def insert_readings(conn: sqlite3.Connection, rows: Sequence[Row]) -> None:
+    conn.executemany(INSERT_READINGS, rows)
+
+
+def insert_dead_letters(conn: sqlite3.Connection, letters: Iterable[DeadLetter], keep: int) -> None:
+    """Insert ``letters``, then delete all but the newest ``keep`` dead letters."""
+    conn.executemany(INSERT_DEAD_LETTERS, [(d.ts, d.device, d.reason, d.raw) for d in letters])
+    conn.execute(KEEP_DEAD_LETTERS, (keep,))
+
+
+def write_meta(conn: sqlite3.Connection, items: Sequence[tuple[str, int]]) -> None:
+    conn.executemany(schema.UPSERT_META, items)
+
+
+def expire(
+    conn: sqlite3.Connection,
+    *,
+    chunk: int,
+    now: float,
+    history: float,
+    max_age: float,
+    last_seq: int,
+    floors: trim.Floors,
+) -> list[trim.Trimmed]:
+    """Retention behind every cursor after ``history``, and the ``max_age`` bound (0: none)."""
+    upto = floors.holding if floors.holding is not None else last_seq
+    done = [trim.expired(conn, chunk=chunk, cutoff=now - history, upto=upto, floors=floors)]
+    if max_age > 0:
+        cutoff = now - max_age
+        done.append(trim.expired(conn, chunk=chunk, cutoff=cutoff, upto=last_seq, floors=floors))
+    return done
+
+
+def make_room(
+    conn: sqlite3.Connection,
+    *,
+    count: int,
+    upto: int,
+    floors: trim.Floors,
+    page_size: int,
+    max_bytes: int,
+) -> tuple[bool, trim.Trimmed]:
+    """When the pages in use reach ``max_bytes``, delete the oldest ``count`` rows with
+    seq <= ``upto``; whether there is room then, and what went."""
+    if trim.used_bytes(conn, page_size) < max_bytes:
+        return True, trim.Trimmed()
+    done = trim.oldest(conn, count=count, upto=upto, floors=floors)
+    return trim.used_bytes(conn, page_size) < max_bytes, done
+
+
+# -- a fresh database, and a clean close --------------------------------------------
+
+
+def adopt(
+    conn: sqlite3.Connection, meta: Sequence[tuple[str, int]], cursors: dict[str, int]
+) -> None:
+    """Carry this run's totals and every known cursor into a fresh database."""
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(schema.UPSERT_META, meta)
+    conn.executemany(CARRY_CURSOR, list(cursors.items()))
+    conn.execute("COMMIT")
+
+
+def checkpoint_all(conn: sqlite3.Connection) -> bool:
+    """A checkpoint that copies the whole WAL; True if it did (and so synced the WAL and
+    the database, with durability ``normal`` too)."""
+    busy, frames, copied = conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
+    return not busy and frames == copied
