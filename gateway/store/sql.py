@@ -9,11 +9,16 @@ from the log's tail with bounded work is in ``trim``.
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 
 from gateway.reading import DeadLetter
-from gateway.store import schema, trim
+from gateway.settings import StoreSettings
+from gateway.store import planner, schema, trim
+from gateway.store.planner import LogState, Row, TransactionPlan
+from gateway.store.seq_floor import SeqFloor
 
 INSERT_READINGS = "INSERT INTO readings (seq, ts, device, payload) VALUES (?, ?, ?, ?)"
 INSERT_DEAD_LETTERS = "INSERT INTO dead_letters (ts, device, reason, raw) VALUES (?, ?, ?, ?)"
@@ -26,9 +31,6 @@ ADVANCE_CURSOR = (
     "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)"
 )
 CARRY_CURSOR = "INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, ?)"
-
-# A row of the readings table: seq, ts, device, payload.
-Row = tuple[int, float, str, bytes]
 
 
 # -- measurements ---------------------------------------------------------------
@@ -126,6 +128,111 @@ def make_room(
         return True, trim.Trimmed()
     done = trim.oldest(conn, count=count, upto=upto, floors=floors)
     return trim.used_bytes(conn, page_size) < max_bytes, done
+
+
+# -- one transaction ---------------------------------------------------------------
+
+
+def run(
+    conn: sqlite3.Connection,
+    plan: TransactionPlan,
+    log: LogState,
+    settings: StoreSettings,
+    floor: SeqFloor,
+    *,
+    maintenance: bool,
+    keep_dead_letters: int,
+) -> None:
+    """Everything ``plan``'s transaction does, in the open transaction of ``conn``:
+    cursors, retention (with ``maintenance``), the bounds, the rows, the dead letters
+    and the meta table. What it did is filled into ``plan``; the writer's state is
+    changed by the writer once the transaction has committed."""
+    cursors = dict(log.cursors)
+    for name in plan.registers:
+        register_cursor(conn, name)
+        cursors.setdefault(name, 0)
+    for name, seq in plan.acks.items():
+        if seq > cursors.get(name, 0):
+            advance_cursor(conn, name, seq)
+            cursors[name] = seq
+    active = log.active | set(plan.registers)
+    old_floor = planner.active_floor(log.cursors, log.active)
+    new_floor = planner.active_floor(cursors, active)
+    if active != log.active:
+        if new_floor is not None:
+            plan.depth_delta = count_after(conn, new_floor) - log.depth
+    elif old_floor is not None and new_floor is not None and new_floor > old_floor:
+        plan.depth_delta = -count_between(conn, old_floor, new_floor)
+
+    floors = trim.Floors(new_floor, planner.holding_floor(cursors, active, log.in_grace))
+    if maintenance:
+        done = expire(
+            conn,
+            chunk=log.retention_chunk,
+            now=time.time(),
+            history=settings.history,
+            max_age=settings.max_age,
+            last_seq=log.last_seq,
+            floors=floors,
+        )
+        for trimmed in done:
+            _count(plan, trimmed)
+    room = _make_room(conn, plan, log, settings, floors)
+    if not room and settings.overflow == "reject_new":
+        plan.rejected = True
+    else:
+        _insert(conn, plan, log.last_seq, floor, counted=new_floor is not None)
+    if plan.dead_letters or plan.unencodable:
+        insert_dead_letters(conn, plan.dead_letters + plan.unencodable, keep=keep_dead_letters)
+    if plan.rejected:
+        plan.dropped += len(plan.samples)
+    # The floor's value is read now: inserting may have raised it.
+    totals = dataclasses.replace(log.totals, reserved=floor.value)
+    meta = planner.meta_changes(plan, totals, log.written)
+    if meta:
+        write_meta(conn, meta)
+
+
+def _insert(
+    conn: sqlite3.Connection, plan: TransactionPlan, last_seq: int, floor: SeqFloor, counted: bool
+) -> None:
+    seq = planner.encode_samples(plan, last_seq)
+    rows = plan.rows
+    if rows:
+        floor.reserve(seq)
+        insert_readings(conn, rows)
+        if counted:
+            plan.depth_delta += len(rows)
+    plan.last_seq = seq
+
+
+def _make_room(
+    conn: sqlite3.Connection,
+    plan: TransactionPlan,
+    log: LogState,
+    settings: StoreSettings,
+    floors: trim.Floors,
+) -> bool:
+    """Delete the oldest rows when over ``max_bytes``; True if there is room."""
+    incoming = len(plan.samples)
+    if not incoming or log.used_bound < settings.max_bytes:
+        return True
+    room, done = make_room(
+        conn,
+        count=max(incoming, 1024),
+        upto=planner.room_upto(settings.overflow, log.last_seq, floors.holding),
+        floors=floors,
+        page_size=log.page_size,
+        max_bytes=settings.max_bytes,
+    )
+    _count(plan, done)
+    return room
+
+
+def _count(plan: TransactionPlan, done: trim.Trimmed) -> None:
+    plan.dropped += done.unsent_holding
+    plan.depth_delta -= done.unsent_active
+    plan.trimmed = plan.trimmed or done.rows > 0
 
 
 # -- a fresh database, and a clean close --------------------------------------------

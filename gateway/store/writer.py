@@ -19,21 +19,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import StoreClosedError, StoreError
-from gateway.reading import DeadLetter, Sample, StoredReading, encode
+from gateway.reading import DeadLetter, StoredReading
 from gateway.settings import StoreSettings
-from gateway.store import schema, sql, trim
+from gateway.store import planner, schema, sql, trim
 from gateway.store.files import fsync_dir
 from gateway.store.ingress import (
     DEAD_LETTER_WEIGHT,
@@ -47,6 +45,7 @@ from gateway.store.ingress import (
     Stop,
 )
 from gateway.store.lock import DataDirLock
+from gateway.store.planner import LogState, Totals, TransactionPlan, Waiting, growth_bound
 from gateway.store.seq_floor import SeqFloor
 
 log = logging.getLogger(__name__)
@@ -66,11 +65,6 @@ MAX_DEAD_LETTERS = 10_000
 RETENTION_CHUNK = 5_000
 # Bounds and retention are checked at most this often when under the byte bound.
 MAINTENANCE_INTERVAL = 0.25
-# Upper bound of what one inserted row adds to the pages in use beyond its payload and
-# device (ts, seq, cell header and pointer, with slack); doubled, and a few pages per
-# commit for splits, so that between exact measurements the estimate never falls short.
-ROW_OVERHEAD = 64
-COMMIT_PAGES = 4
 # Idle wake-up, so retention and the free-space check run without traffic.
 IDLE_WAKE = 1.0
 RETRY_MIN = 0.05
@@ -93,25 +87,6 @@ class Outcome:
     readings: list[StoredReading]
     last_seq: int
     results: list[Result] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Batch:
-    """What one transaction will do; applied to the writer's state only on success."""
-
-    samples: list[Sample]
-    dead_letters: list[DeadLetter]
-    acks: dict[str, int]
-    registers: list[str]
-    rows: list[tuple[int, float, str, bytes]] = field(default_factory=list)
-    readings: list[StoredReading] = field(default_factory=list)
-    last_seq: int = 0
-    dropped: int = 0  # unsent readings deleted by bounds, or samples refused
-    depth_delta: int = 0
-    rejected: bool = False
-    dropped_total: int = 0  # as written to the meta table
-    trimmed: bool = False  # rows were deleted
-    unencodable: list[DeadLetter] = field(default_factory=list)
 
 
 class Writer:
@@ -179,13 +154,11 @@ class Writer:
             # Without its run's mark the database is not trusted after a crash: the
             # next start skips ahead instead, which is safe.
             log.warning("store: cannot mark the database with this run (%s)", e)
-        self._written_reserved = floor.value
         self._dropped_base = meta.get(schema.META_DROPPED, 0)
         self._dropped_here = 0  # by the writer since open
         self.dead_letters = meta.get(schema.META_DEAD_LETTERS, 0)
         # Dead letters whose raw bytes were lost (counted in dead_letters all the same).
         self.dead_letters_lost = meta.get(schema.META_DEAD_LETTERS_LOST, 0)
-        self._written_dead_letters_lost = self.dead_letters_lost
         # Which database the writer has open: bumped when a damaged one is moved aside.
         self.generation = 1
         self._damage: str | None = None  # found damaged; moved aside at the next turn
@@ -222,27 +195,20 @@ class Writer:
         # wedged writer (a restart cures it) from a degraded one (a restart does not).
         self.heartbeat = time.monotonic()
 
-        self._unsaved: deque[Sample] = deque()
-        self._unsaved_dead: deque[DeadLetter] = deque()
-        self._acks: dict[str, int] = {}
-        # Per ack, the dead letters taken before it: a refused reading's dead letter must
-        # be committed before (or with) the ack that lets the cursor pass the reading.
-        self._ack_after: dict[str, int] = {}
-        self._dead_taken = 0
-        self._dead_settled = 0  # committed, or lost and counted
+        self._waiting = Waiting(
+            max_samples=MAX_UNSAVED,
+            max_dead_letters=MAX_UNSAVED_DEAD_LETTERS,
+            max_batch=MAX_BATCH,
+        )
         self.dead_rejected_seen = 0  # of ingress.dead_rejected, counted in dead_letters
-        self._dead_limit = MAX_UNSAVED_DEAD_LETTERS
-        self._registers: list[str] = []
         self._requests: list[CursorRequest] = []
         self._flushes: list[Flush] = []
-        self._batch_limit = MAX_BATCH
         self._last_start = 0.0  # perf_counter when the last transaction began
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
         self._data_version = sql.pragma(self._conn, "data_version")
         # Totals as last written to the meta table: unchanged ones are not rewritten.
-        self._written_dropped = self.dropped
-        self._written_dead_letters = self.dead_letters
+        self._written = self._counted()
         self._measure()
         self._measure_oldest()
         self._check_free_space()
@@ -308,8 +274,9 @@ class Writer:
         every caller, and say so (health, the watchdog via ``failure``)."""
         self.ingress.closed = True
         failure = f"writer stopped: {error!r}"
-        lost = len(self._unsaved)
-        lost_dead = len(self._unsaved_dead)
+        gone = self._waiting.drain()
+        lost = gone.samples
+        lost_dead = gone.dead_letters
         requests: list[Request] = [*self._requests, *self._flushes]
         for item in self.ingress.take(0):
             if isinstance(item, Request):
@@ -322,8 +289,6 @@ class Writer:
         self.dead_letters += lost_dead
         self.dead_letters_lost += lost_dead
         self.settled = self.ingress.submitted
-        self._unsaved.clear()
-        self._unsaved_dead.clear()
         log.critical(
             "store writer gone: %d readings and %d dead letters lost; nothing more is accepted",
             lost,
@@ -379,8 +344,8 @@ class Writer:
                 return stop
 
     def _finish(self, stop: Stop) -> None:
-        lost = len(self._unsaved)
-        lost_dead = len(self._unsaved_dead)
+        lost = len(self._waiting.samples)
+        lost_dead = len(self._waiting.dead_letters)
         if lost or lost_dead:
             log.error(
                 "store closed with %d readings and %d dead letters that could not be committed",
@@ -427,7 +392,7 @@ class Writer:
         fsync is done) shares transactions instead of paying a transaction, an fsync and
         whole WAL pages per reading. Flushes and cursor requests never wait for it.
         """
-        if not self._unsaved or self._requests or self._flushes or self.failure is not None:
+        if not self._waiting.samples or self._requests or self._flushes or self.failure is not None:
             return 0.0
         spacing = self.settings.commit_spacing
         if self.watched_spacing is not None:
@@ -436,11 +401,7 @@ class Writer:
 
     def _has_work(self) -> bool:
         return bool(
-            self._unsaved
-            or self._unsaved_dead
-            or self._requests
-            or self._flushes
-            or self._damage is not None
+            self._waiting.has_data or self._requests or self._flushes or self._damage is not None
         )
 
     def _take(self, timeout: float | None) -> Stop | None:
@@ -455,8 +416,7 @@ class Writer:
             self.dead_letters_lost += refused
         for item in items:
             if isinstance(item, DeadLetter):
-                self._unsaved_dead.append(item)
-                self._dead_taken += 1
+                self._waiting.add_dead_letter(item)
                 ingress.dead_taken += 1
                 continue
             if isinstance(item, Damaged):
@@ -471,45 +431,31 @@ class Writer:
                     error = StoreError(f"ack of {item.name} to {item.seq} beyond last seq")
                     self._hand_over(Outcome([], self.last_seq, [(item.future, error)]))
                     continue
-                self._acks[item.name] = max(item.seq, self._acks.get(item.name, 0))
-                self._ack_after[item.name] = self._dead_taken
+                self._waiting.add_ack(item.name, item.seq)
                 self._requests.append(item)
             elif isinstance(item, Register):
-                self._registers.append(item.name)
+                self._waiting.add_register(item.name)
                 self._requests.append(item)
             elif isinstance(item, Stop):
                 stop = item
             elif not isinstance(item, Request):
-                self._unsaved.extend(item)
+                self._waiting.add_samples(item)
                 self.ingress.taken += len(item)
-        self._bound_unsaved()
+        overflowed = self._waiting.bound(self.settings.overflow)
+        self._dropped_here += overflowed.samples
+        self.settled += overflowed.samples
+        # A dead letter beyond the bound has lost its raw bytes but still counts
+        # (persisted with the next commit), as those beyond the newest rows kept do.
+        self.dead_letters += overflowed.dead_letters
+        self.dead_letters_lost += overflowed.dead_letters
         return stop
-
-    def _bound_unsaved(self) -> None:
-        excess = len(self._unsaved) - MAX_UNSAVED
-        if excess > 0:
-            if self.settings.overflow == "drop_oldest":
-                for _ in range(excess):
-                    self._unsaved.popleft()
-            else:
-                for _ in range(excess):
-                    self._unsaved.pop()
-            self._dropped_here += excess
-            self.settled += excess
-        while len(self._unsaved_dead) > MAX_UNSAVED_DEAD_LETTERS:
-            # Its raw bytes are lost, but it still counts (persisted with the next commit),
-            # as the dead letters beyond the newest rows kept do.
-            self._unsaved_dead.popleft()
-            self.dead_letters += 1
-            self.dead_letters_lost += 1
-            self._dead_settled += 1
 
     @property
     def pending_weight(self) -> int:
         """Samples and dead letters put and not yet settled, as the congestion marks
         weigh them (read from the event loop)."""
         ingress = self.ingress
-        dead = ingress.dead_submitted - ingress.dead_taken + len(self._unsaved_dead)
+        dead = ingress.dead_submitted - ingress.dead_taken + len(self._waiting.dead_letters)
         return ingress.submitted - self.settled + DEAD_LETTER_WEIGHT * dead
 
     # -- one turn: one transaction --------------------------------------------
@@ -530,44 +476,33 @@ class Writer:
         if maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self._check_free_space()
-        if self.failure is not None and (self._unsaved or self._unsaved_dead):
-            # Commit acks and upkeep on their own first: freeing space must not
-            # depend on the readings that do not fit yet.
-            upkeep = _Batch([], [], self._ready_acks(0), list(self._registers))
-            if not self._attempt(upkeep, maintenance=True):
-                return False
+        # While commits fail, acks and upkeep are committed on their own first.
+        failing = self.failure is not None and self._waiting.has_data
+        if failing and not self._attempt(self._waiting.upkeep(), maintenance=True):
+            return False
         upkeep_due = maintenance or self.failure is not None
         while True:
-            batch = self._form_batch()
-            if self._attempt(batch, upkeep_due):
-                self._batch_limit = min(MAX_BATCH, 2 * self._batch_limit + 1)
-                self._dead_limit = min(MAX_UNSAVED_DEAD_LETTERS, 2 * self._dead_limit + 1)
+            plan = self._waiting.plan()
+            if self._attempt(plan, upkeep_due):
+                self._waiting.grow()
                 return True
-            if self.failure != DISK_FULL:
-                return False
-            # Whatever still fits is committed now (and a bound that is reached then
-            # applies): samples first, dead letters never holding them back; then the
-            # dead letters with the acks that wait for them (retention in the same
-            # transaction may make their room), halved likewise. The limits grow back
-            # with each success.
-            if batch.samples and batch.dead_letters:
-                self._dead_limit = 0
-            elif len(batch.samples) > 1:
-                self._batch_limit = len(batch.samples) // 2
-            elif batch.samples and self._unsaved_dead:
-                self._batch_limit = 0
-                self._dead_limit = len(self._unsaved_dead)
-            elif len(batch.dead_letters) > 1:
-                self._dead_limit = len(batch.dead_letters) // 2
-            else:
+            if self.failure != DISK_FULL or not self._waiting.shrink(plan):
                 return False
 
-    def _attempt(self, batch: _Batch, maintenance: bool) -> bool:
+    def _attempt(self, batch: TransactionPlan, maintenance: bool) -> bool:
         started = self._last_start = time.perf_counter()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._transaction(batch, maintenance)
+                sql.run(
+                    self._conn,
+                    batch,
+                    self._log_state(),
+                    self.settings,
+                    self._floor,
+                    maintenance=maintenance,
+                    keep_dead_letters=MAX_DEAD_LETTERS,
+                )
             except BaseException:
                 # SQLite has already rolled back after some errors (a full disk).
                 if self._conn.in_transaction:
@@ -580,178 +515,29 @@ class Writer:
         self._committed(batch, time.perf_counter() - started, maintenance)
         return True
 
-    def _form_batch(self) -> _Batch:
-        if len(self._unsaved) <= self._batch_limit:
-            samples = list(self._unsaved)
-        else:
-            samples = list(itertools.islice(self._unsaved, self._batch_limit))
-        if len(self._unsaved_dead) <= self._dead_limit:
-            dead_letters = list(self._unsaved_dead)
-        else:
-            dead_letters = list(itertools.islice(self._unsaved_dead, self._dead_limit))
-        return _Batch(
-            samples=samples,
-            dead_letters=dead_letters,
-            acks=self._ready_acks(len(dead_letters)),
-            registers=list(self._registers),
-        )
-
-    def _ready_acks(self, dead_letters: int) -> dict[str, int]:
-        """The acks that may commit with ``dead_letters`` more dead letters: none lets a
-        cursor pass a refused reading whose dead letter would stay in memory only."""
-        settled = self._dead_settled + dead_letters
-        return {n: s for n, s in self._acks.items() if self._ack_after[n] <= settled}
-
-    def _transaction(self, batch: _Batch, maintenance: bool) -> None:
-        conn = self._conn
-        cursors = dict(self.cursors)
-        for name in batch.registers:
-            sql.register_cursor(conn, name)
-            cursors.setdefault(name, 0)
-        for name, seq in batch.acks.items():
-            if seq > cursors.get(name, 0):
-                sql.advance_cursor(conn, name, seq)
-                cursors[name] = seq
-        active = self.active | set(batch.registers)
-        old_floor = self._active_floor(self.cursors, self.active)
-        new_floor = self._active_floor(cursors, active)
-        if active != self.active:
-            if new_floor is not None:
-                batch.depth_delta = sql.count_after(conn, new_floor) - self.depth
-        elif old_floor is not None and new_floor is not None and new_floor > old_floor:
-            batch.depth_delta = -sql.count_between(conn, old_floor, new_floor)
-
-        floors = trim.Floors(new_floor, self._holding_floor(cursors, active))
-        if maintenance:
-            self._expire(batch, floors)
-        room = self._make_room(batch, floors)
-        if not room and self.settings.overflow == "reject_new":
-            batch.rejected = True
-        else:
-            self._insert(batch, new_floor is not None)
-        if batch.dead_letters or batch.unencodable:
-            sql.insert_dead_letters(
-                conn, batch.dead_letters + batch.unencodable, keep=MAX_DEAD_LETTERS
-            )
-        if batch.rejected:
-            batch.dropped += len(batch.samples)
-        meta = []
-        if batch.last_seq:
-            meta.append((schema.META_LAST_SEQ, batch.last_seq))
-        batch.dropped_total = self.dropped + batch.dropped
-        if batch.dropped_total != self._written_dropped:
-            meta.append((schema.META_DROPPED, batch.dropped_total))
-        dead_total = self.dead_letters + len(batch.dead_letters) + len(batch.unencodable)
-        if dead_total != self._written_dead_letters:
-            meta.append((schema.META_DEAD_LETTERS, dead_total))
-        if self.dead_letters_lost != self._written_dead_letters_lost:
-            meta.append((schema.META_DEAD_LETTERS_LOST, self.dead_letters_lost))
-        if self._floor.value != self._written_reserved:
-            meta.append((schema.META_RESERVED, self._floor.value))
-        if meta:
-            sql.write_meta(conn, meta)
-
-    def _insert(self, batch: _Batch, counted: bool) -> None:
-        # The per-reading loop of the hot path: names bound locally on purpose.
-        seq = self.last_seq
-        rows = batch.rows
-        add_row = rows.append
-        add_reading = batch.readings.append
-        encode_one = encode
-        stored = StoredReading
-        for sample in batch.samples:
-            try:
-                payload = encode_one(seq + 1, sample)
-            except (TypeError, ValueError) as e:
-                # JSON cannot carry it (a non-finite ts, an odd value type): keep it as
-                # a dead letter rather than lose it. encode() thus also vouches for ts.
-                reason = f"unencodable sample: {e}"
-                batch.unencodable.append(
-                    DeadLetter(sample.device, reason, repr(sample).encode(), time.time())
-                )
-                continue
-            seq += 1
-            device = sample.device
-            add_row((seq, sample.ts, device, payload))
-            add_reading(stored(seq, device, payload))
-        if rows:
-            self._floor.reserve(seq)
-            sql.insert_readings(self._conn, rows)
-            if counted:
-                batch.depth_delta += len(rows)
-        batch.last_seq = seq
-
-    def _expire(self, batch: _Batch, floors: trim.Floors) -> None:
-        """Retention behind every cursor after ``history``, and the ``max_age`` bound."""
-        done = sql.expire(
-            self._conn,
-            chunk=max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance),
-            now=time.time(),
-            history=self.settings.history,
-            max_age=self.settings.max_age,
+    def _log_state(self) -> LogState:
+        return LogState(
             last_seq=self.last_seq,
-            floors=floors,
-        )
-        for trimmed in done:
-            self._count(batch, trimmed)
-
-    def _make_room(self, batch: _Batch, floors: trim.Floors) -> bool:
-        """Delete the oldest rows when over ``max_bytes``; True if there is room."""
-        incoming = len(batch.samples)
-        max_bytes = self.settings.max_bytes
-        if not incoming or self._used + self._growth < max_bytes:
-            return True
-        upto = self.last_seq
-        if self.settings.overflow == "reject_new" and floors.holding is not None:
-            # Only readings every consumer has may go; unsent ones are kept.
-            upto = floors.holding
-        room, done = sql.make_room(
-            self._conn,
-            count=max(incoming, 1024),
-            upto=upto,
-            floors=floors,
+            cursors=self.cursors,
+            active=self.active,
+            depth=self.depth,
+            in_grace=time.monotonic() < self._grace_until,
             page_size=self.page_size,
-            max_bytes=max_bytes,
+            used_bound=self._used + self._growth,
+            retention_chunk=max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance),
+            totals=self._counted(),
+            written=self._written,
         )
-        self._count(batch, done)
-        return room
 
-    @staticmethod
-    def _count(batch: _Batch, done: trim.Trimmed) -> None:
-        batch.dropped += done.unsent_holding
-        batch.depth_delta -= done.unsent_active
-        batch.trimmed = batch.trimmed or done.rows > 0
-
-    @staticmethod
-    def _active_floor(cursors: dict[str, int], active: set[str]) -> int | None:
-        """The lowest cursor of consumers registered since open (None: no consumer)."""
-        return min((cursors[n] for n in active), default=None)
-
-    def _holding_floor(self, cursors: dict[str, int], active: set[str]) -> int | None:
-        """The cursor retention must not pass.
-
-        Right after a start, uplinks have not registered yet; until the grace period
-        ends, every persisted cursor holds, so a restart never deletes unsent rows.
-        """
-        if time.monotonic() < self._grace_until:
-            return min(cursors.values(), default=None)
-        return self._active_floor(cursors, active)
+    def _counted(self) -> Totals:
+        return Totals(self.dropped, self.dead_letters, self.dead_letters_lost, self._floor.value)
 
     # -- after the transaction -----------------------------------------------
 
-    def _committed(self, batch: _Batch, elapsed: float, maintenance: bool) -> None:
+    def _committed(self, batch: TransactionPlan, elapsed: float, maintenance: bool) -> None:
         results: list[Result] = []
         n = len(batch.samples)
-        if n == len(self._unsaved):
-            self._unsaved.clear()
-        else:
-            for _ in range(n):
-                self._unsaved.popleft()
-        for _ in range(len(batch.dead_letters)):
-            self._unsaved_dead.popleft()
-        self._dead_settled += len(batch.dead_letters)
-        self._written_dead_letters_lost = self.dead_letters_lost
-        self._written_reserved = self._floor.value
+        self._waiting.settle(batch)
         if batch.last_seq:
             self.last_seq = batch.last_seq
         for name in batch.registers:
@@ -759,15 +545,12 @@ class Writer:
             self.active.add(name)
         for name, seq in batch.acks.items():
             self.cursors[name] = max(self.cursors.get(name, 0), seq)
-            if self._acks.get(name) == seq:
-                del self._acks[name]
-                del self._ack_after[name]
-        self._registers = self._registers[len(batch.registers) :]
         self.depth = max(0, self.depth + batch.depth_delta) if self.active else 0
         self._dropped_here += batch.dropped
         self.dead_letters += len(batch.dead_letters) + len(batch.unencodable)
-        self._written_dropped = batch.dropped_total
-        self._written_dead_letters = self.dead_letters
+        self._written = Totals(
+            batch.dropped_total, self.dead_letters, self.dead_letters_lost, self._floor.value
+        )
         if batch.samples:
             self.store_full = batch.rejected
         self.settled += n
@@ -777,13 +560,13 @@ class Writer:
         self._inserted_since_maintenance += len(batch.rows)
         if maintenance:
             self._inserted_since_maintenance = 0
-        if self.failure is not None and not self._unsaved and not self._unsaved_dead:
+        if self.failure is not None and not self._waiting.has_data:
             log.warning("store recovered: commits succeed again (%s)", self.failure)
             self.failure = None
         if maintenance:
             self._measure()
         else:
-            self._growth += _growth_bound(batch, self.page_size)
+            self._growth += growth_bound(batch, self.page_size)
         if maintenance or batch.acks or batch.registers or batch.trimmed:
             # The oldest unsent reading changes only when the floor moves or rows go;
             # a commit that only appends keeps it (or sets it, at depth 0).
@@ -796,7 +579,7 @@ class Writer:
             if isinstance(req, Register):
                 done = req.name in self.active
             else:
-                done = req.name not in self._acks
+                done = req.name not in self._waiting.acks
             if done:
                 results.append((req.future, self.cursors[req.name]))
             else:
@@ -913,10 +696,7 @@ class Writer:
         self.generation += 1
         self.depth = 0
         self.oldest_unsent_ts = None
-        self._written_dropped = self.dropped
-        self._written_dead_letters = self.dead_letters
-        self._written_dead_letters_lost = self.dead_letters_lost
-        self._written_reserved = self._floor.value
+        self._written = self._counted()
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
         self.page_size = sql.pragma(self._conn, "page_size")
@@ -924,7 +704,7 @@ class Writer:
         self._measure()
 
     def _measure_oldest_now(self) -> None:
-        floor = self._active_floor(self.cursors, self.active)
+        floor = planner.active_floor(self.cursors, self.active)
         if floor is None:
             self.oldest_unsent_ts = None
         else:
@@ -983,7 +763,7 @@ class Writer:
                     name,
                     seq,
                 )
-        floor = self._active_floor(self.cursors, self.active)
+        floor = planner.active_floor(self.cursors, self.active)
         self.depth = sql.count_after(self._conn, floor) if floor is not None else 0
         self._measure()
 
@@ -995,12 +775,3 @@ class Writer:
         except RuntimeError:
             # The event loop is gone (the process is exiting without close()).
             log.debug("store: event loop closed; %d readings not announced", len(outcome.readings))
-
-
-def _growth_bound(batch: _Batch, page_size: int) -> int:
-    """More than the pages in use can have grown by in ``batch``'s transaction (bytes)."""
-    rows = sum(len(payload) + len(device) for _, _, device, payload in batch.rows)
-    rows += sum(len(d.raw) + len(d.reason) + len(d.device) for d in batch.dead_letters)
-    count = len(batch.rows) + len(batch.dead_letters) + len(batch.unencodable)
-    rows += sum(len(d.raw) + len(d.reason) for d in batch.unencodable)
-    return 2 * (rows + count * ROW_OVERHEAD) + COMMIT_PAGES * page_size
