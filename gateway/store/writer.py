@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import enum
 import logging
 import os
 import sqlite3
@@ -58,7 +59,6 @@ MAX_UNSAVED_DEAD_LETTERS = 1_000
 # Readings per transaction: keeps one commit's memory and latency bounded when a
 # backlog (after a full disk) is written out.
 MAX_BATCH = 50_000
-DISK_FULL = "disk full"
 # Dead letters kept in the database; the oldest go first.
 MAX_DEAD_LETTERS = 10_000
 # Rows retention may delete per turn, at least; more when more was inserted.
@@ -74,6 +74,26 @@ STOP_ATTEMPTS = 3
 # How long /healthz and the status line say that a damaged database was moved aside
 # (the counter in /metrics stays).
 MOVED_ASIDE_NOTICE = 3600.0
+
+
+class Failing(enum.Enum):
+    """What keeps commits from succeeding."""
+
+    DISK_FULL = "disk full"
+    BUSY = "database busy"
+    WRITE = "write failed"
+    DAMAGED = "database damaged"  # and a fresh one could not be started
+    STOPPED = "writer stopped"  # by a bug: nothing more is accepted
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    kind: Failing
+    message: str  # for health and the status line
+
+    @classmethod
+    def of(cls, kind: Failing, detail: object | None = None) -> Failure:
+        return cls(kind, kind.value if detail is None else f"{kind.value}: {detail}")
 
 
 # A request's future and what to resolve it with (a value or an error).
@@ -184,7 +204,7 @@ class Writer:
         self.commits = 0
         self.committed_readings = 0
         self.commit_seconds = 0.0
-        self.failure: str | None = None
+        self._failure: Failure | None = None
         self.stopped = False  # the thread has ended
         # Set from the event loop: None while nobody watches the live stream; while
         # clients watch, commits are spaced by this instead (see ``_linger``).
@@ -218,6 +238,14 @@ class Writer:
     @property
     def dropped(self) -> int:
         return self._dropped_base + self._dropped_here + self.ingress.rejected
+
+    @property
+    def failure(self) -> str | None:
+        """Why commits fail, or None while they succeed."""
+        return None if self._failure is None else self._failure.message
+
+    def _failing(self, kind: Failing) -> bool:
+        return self._failure is not None and self._failure.kind is kind
 
     @property
     def bytes(self) -> int:
@@ -273,7 +301,7 @@ class Writer:
         """The loop ended by a bug: refuse input from now on, count what is lost, fail
         every caller, and say so (health, the watchdog via ``failure``)."""
         self.ingress.closed = True
-        failure = f"writer stopped: {error!r}"
+        failure = Failure.of(Failing.STOPPED, repr(error))
         gone = self._waiting.drain()
         lost = gone.samples
         lost_dead = gone.dead_letters
@@ -301,9 +329,9 @@ class Writer:
             sql.write_meta(self._conn, self._totals())
         except sqlite3.Error as e:
             log.error("store: cannot record what was lost: %s", e)
-        self.failure = failure
+        self._failure = failure
         self.stopped = True
-        error_out = StoreError(failure)
+        error_out = StoreError(failure.message)
         self._hand_over(Outcome([], self.last_seq, [(r.future, error_out) for r in requests]))
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
@@ -486,7 +514,7 @@ class Writer:
             if self._attempt(plan, upkeep_due):
                 self._waiting.grow()
                 return True
-            if self.failure != DISK_FULL or not self._waiting.shrink(plan):
+            if not self._failing(Failing.DISK_FULL) or not self._waiting.shrink(plan):
                 return False
 
     def _attempt(self, batch: TransactionPlan, maintenance: bool) -> bool:
@@ -562,7 +590,7 @@ class Writer:
             self._inserted_since_maintenance = 0
         if self.failure is not None and not self._waiting.has_data:
             log.warning("store recovered: commits succeed again (%s)", self.failure)
-            self.failure = None
+            self._failure = None
         if maintenance:
             self._measure()
         else:
@@ -642,16 +670,17 @@ class Writer:
                 self._note_moved_aside(aside, reason, unsent=self.depth)
             self._adopt(self._opener())
         except (sqlite3.Error, OSError) as e:
-            failure = f"database damaged ({reason}); cannot start a fresh one: {e}"
-            if failure != self.failure:
-                log.error("store: %s", failure)
-            self.failure = failure
+            message = f"{Failing.DAMAGED.value} ({reason}); cannot start a fresh one: {e}"
+            failure = Failure(Failing.DAMAGED, message)
+            if failure != self._failure:
+                log.error("store: %s", message)
+            self._failure = failure
             return False
         self._damage = None
         self._closed_conn = False
         self._moved = False
-        if self.failure is not None and self.failure.startswith("database damaged"):
-            self.failure = None
+        if self._failing(Failing.DAMAGED):
+            self._failure = None
         return True
 
     def note_moved_aside(self, aside: Path, reason: str) -> None:
@@ -712,23 +741,23 @@ class Writer:
 
     def _failed(self, error: sqlite3.Error | OSError, pending: int) -> None:
         if schema.is_disk_full(error):
-            reason = DISK_FULL
+            reason = Failure.of(Failing.DISK_FULL)
         elif isinstance(error, sqlite3.Error) and schema.is_corruption(error):
             # Moved aside at once (the next turn): nothing to retry on this file.
             self._damage = str(error)
             return
         elif isinstance(error, sqlite3.Error) and schema.is_busy(error):
-            reason = "database busy"
+            reason = Failure.of(Failing.BUSY)
         else:
-            reason = f"write failed: {error}"
-        changed = reason != self.failure
+            reason = Failure.of(Failing.WRITE, error)
+        changed = reason != self._failure
         if changed:
             log.error(
                 "store: commit of %d readings failed: %s; keeping them in memory and retrying",
                 pending,
                 error,
             )
-        self.failure = reason
+        self._failure = reason
         if changed:
             # A failing store is not congested: drivers paused before the failure must
             # hear of it now, not at the next commit that succeeds.
