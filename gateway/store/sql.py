@@ -10,15 +10,19 @@ from the log's tail with bounded work is in ``trim``.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 from gateway.reading import DeadLetter
-from gateway.settings import StoreSettings
+from gateway.settings import Durability, StoreSettings
 from gateway.store import planner, schema, trim
 from gateway.store.planner import LogState, Row, TransactionPlan
 from gateway.store.seq_floor import SeqFloor
+
+log = logging.getLogger(__name__)
 
 INSERT_READINGS = "INSERT INTO readings (seq, ts, device, payload) VALUES (?, ?, ?, ?)"
 INSERT_DEAD_LETTERS = "INSERT INTO dead_letters (ts, device, reason, raw) VALUES (?, ?, ?, ?)"
@@ -235,7 +239,53 @@ def _count(plan: TransactionPlan, done: trim.Trimmed) -> None:
     plan.trimmed = plan.trimmed or done.rows > 0
 
 
-# -- a fresh database, and a clean close --------------------------------------------
+# -- a run's start, a fresh database, a clean close -----------------------------------
+
+
+def begin_run(
+    conn: sqlite3.Connection,
+    path: Path,
+    meta: dict[str, int],
+    floor: SeqFloor,
+    *,
+    durability: Durability,
+    wal_lost: bool,
+) -> int:
+    """Begin this run on the database at ``path`` (``meta``: its meta table): returns the
+    seq to count as the last handed out, so that the next one is new (see
+    ``SeqFloor.base``), and marks the database with the run."""
+    db_last = max(meta.get(schema.META_LAST_SEQ, 0), highest_seq(conn))
+    reserved = meta.get(schema.META_RESERVED, 0)
+    if not floor.found:
+        # seq.floor is lost: the databases moved aside remember how far seqs went.
+        for aside in schema.moved_aside(path):
+            reserved = max(reserved, schema.highest_seq_in(aside))
+    base = floor.base(db_last, reserved, meta.get(schema.META_EPOCH, 0), wal_lost)
+    if base > db_last and schema.META_LAST_SEQ in meta:
+        log.warning(
+            "store: the last stop was not clean or %s is not the database last written "
+            "(its last seq %d); new seqs continue above %d so that none is reused",
+            path.name,
+            db_last,
+            base,
+        )
+    epoch = floor.begin_run(durability, base)
+    try:
+        write_meta(
+            conn,
+            [
+                (schema.META_LAST_SEQ, base),
+                (schema.META_RESERVED, floor.value),
+                (schema.META_EPOCH, epoch),
+            ],
+        )
+    except sqlite3.Error as e:
+        if not schema.is_disk_full(e):
+            raise
+        # Without its run's mark the database is not trusted after a crash: the next
+        # start skips ahead instead, which is safe.
+        log.warning("store: cannot mark the database with this run (%s)", e)
+    return base
 
 
 def adopt(

@@ -13,6 +13,16 @@ and the writer retries with backoff until the disk has room. A damaged database,
 wherever it shows (a commit, retention, a read, the background check), is moved
 aside and the writer carries on with a fresh one, its buffered samples and seqs
 intact (see ``_start_afresh``).
+
+This module is the thread loop: taking from the ingress, the linger, retries and
+backoff, failures and damage, and handing outcomes to the event loop. What one
+transaction will do is planned in ``planner`` (no I/O); its SQL is in ``sql``.
+
+Why it is longer than 500 lines: ``Writer`` owns every piece of state a commit
+changes, and only its thread assigns them, after COMMIT; the event loop reads them
+as plain attributes. Keeping that state and the code that assigns it in one class
+is what makes those reads safe without locks; what could be moved out without
+sharing that state (planning, SQL) has been.
 """
 
 from __future__ import annotations
@@ -141,39 +151,9 @@ class Writer:
         self._thread: threading.Thread | None = None
 
         meta = schema.read_meta(conn)
-        max_row = sql.highest_seq(conn)
-        db_last = max(meta.get(schema.META_LAST_SEQ, 0), max_row)
-        reserved = meta.get(schema.META_RESERVED, 0)
-        if not floor.found:
-            # seq.floor is lost: the databases moved aside remember how far seqs went.
-            for aside in schema.moved_aside(path):
-                reserved = max(reserved, schema.highest_seq_in(aside))
-        base = floor.base(db_last, reserved, meta.get(schema.META_EPOCH, 0), wal_lost)
-        if base > db_last and schema.META_LAST_SEQ in meta:
-            log.warning(
-                "store: the last stop was not clean or %s is not the database last written "
-                "(its last seq %d); new seqs continue above %d so that none is reused",
-                path.name,
-                db_last,
-                base,
-            )
-        self.last_seq = base
-        epoch = floor.begin_run(settings.durability, base)
-        try:
-            sql.write_meta(
-                conn,
-                [
-                    (schema.META_LAST_SEQ, base),
-                    (schema.META_RESERVED, floor.value),
-                    (schema.META_EPOCH, epoch),
-                ],
-            )
-        except sqlite3.Error as e:
-            if not schema.is_disk_full(e):
-                raise
-            # Without its run's mark the database is not trusted after a crash: the
-            # next start skips ahead instead, which is safe.
-            log.warning("store: cannot mark the database with this run (%s)", e)
+        self.last_seq = sql.begin_run(
+            conn, path, meta, floor, durability=settings.durability, wal_lost=wal_lost
+        )
         self._dropped_base = meta.get(schema.META_DROPPED, 0)
         self._dropped_here = 0  # by the writer since open
         self.dead_letters = meta.get(schema.META_DEAD_LETTERS, 0)
@@ -517,14 +497,14 @@ class Writer:
             if not self._failing(Failing.DISK_FULL) or not self._waiting.shrink(plan):
                 return False
 
-    def _attempt(self, batch: TransactionPlan, maintenance: bool) -> bool:
+    def _attempt(self, plan: TransactionPlan, maintenance: bool) -> bool:
         started = self._last_start = time.perf_counter()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 sql.run(
                     self._conn,
-                    batch,
+                    plan,
                     self._log_state(),
                     self.settings,
                     self._floor,
@@ -538,9 +518,9 @@ class Writer:
                 raise
             self._conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:
-            self._failed(e, len(batch.samples))
+            self._failed(e, len(plan.samples))
             return False
-        self._committed(batch, time.perf_counter() - started, maintenance)
+        self._committed(plan, time.perf_counter() - started, maintenance)
         return True
 
     def _log_state(self) -> LogState:
@@ -562,30 +542,30 @@ class Writer:
 
     # -- after the transaction -----------------------------------------------
 
-    def _committed(self, batch: TransactionPlan, elapsed: float, maintenance: bool) -> None:
+    def _committed(self, plan: TransactionPlan, elapsed: float, maintenance: bool) -> None:
         results: list[Result] = []
-        n = len(batch.samples)
-        self._waiting.settle(batch)
-        if batch.last_seq:
-            self.last_seq = batch.last_seq
-        for name in batch.registers:
+        n = len(plan.samples)
+        self._waiting.settle(plan)
+        if plan.last_seq:
+            self.last_seq = plan.last_seq
+        for name in plan.registers:
             self.cursors.setdefault(name, 0)
             self.active.add(name)
-        for name, seq in batch.acks.items():
+        for name, seq in plan.acks.items():
             self.cursors[name] = max(self.cursors.get(name, 0), seq)
-        self.depth = max(0, self.depth + batch.depth_delta) if self.active else 0
-        self._dropped_here += batch.dropped
-        self.dead_letters += len(batch.dead_letters) + len(batch.unencodable)
+        self.depth = max(0, self.depth + plan.depth_delta) if self.active else 0
+        self._dropped_here += plan.dropped
+        self.dead_letters += len(plan.dead_letters) + len(plan.unencodable)
         self._written = Totals(
-            batch.dropped_total, self.dead_letters, self.dead_letters_lost, self._floor.value
+            plan.dropped_total, self.dead_letters, self.dead_letters_lost, self._floor.value
         )
-        if batch.samples:
-            self.store_full = batch.rejected
+        if plan.samples:
+            self.store_full = plan.rejected
         self.settled += n
         self.commits += 1
-        self.committed_readings += len(batch.rows)
+        self.committed_readings += len(plan.rows)
         self.commit_seconds += elapsed
-        self._inserted_since_maintenance += len(batch.rows)
+        self._inserted_since_maintenance += len(plan.rows)
         if maintenance:
             self._inserted_since_maintenance = 0
         if self.failure is not None and not self._waiting.has_data:
@@ -594,13 +574,13 @@ class Writer:
         if maintenance:
             self._measure()
         else:
-            self._growth += growth_bound(batch, self.page_size)
-        if maintenance or batch.acks or batch.registers or batch.trimmed:
+            self._growth += growth_bound(plan, self.page_size)
+        if maintenance or plan.acks or plan.registers or plan.trimmed:
             # The oldest unsent reading changes only when the floor moves or rows go;
             # a commit that only appends keeps it (or sets it, at depth 0).
             self._measure_oldest()
-        elif self.oldest_unsent_ts is None and batch.rows and self.active:
-            self.oldest_unsent_ts = batch.rows[0][1]
+        elif self.oldest_unsent_ts is None and plan.rows and self.active:
+            self.oldest_unsent_ts = plan.rows[0][1]
 
         remaining: list[CursorRequest] = []
         for req in self._requests:
@@ -620,7 +600,7 @@ class Writer:
             else:
                 still.append(flush)
         self._flushes = still
-        self._hand_over(Outcome(batch.readings, self.last_seq, results))
+        self._hand_over(Outcome(plan.readings, self.last_seq, results))
 
     def _measure(self) -> None:
         """The file's pages and the pages in use, exactly (at maintenance, not per commit)."""
