@@ -18,11 +18,12 @@ This module is the thread loop: taking from the ingress, the linger, retries and
 backoff, failures and damage, and handing outcomes to the event loop. What one
 transaction will do is planned in ``planner`` (no I/O); its SQL is in ``sql``.
 
-Why it is longer than 500 lines: ``Writer`` owns every piece of state a commit
-changes, and only its thread assigns them, after COMMIT; the event loop reads them
-as plain attributes. Keeping that state and the code that assigns it in one class
-is what makes those reads safe without locks; what could be moved out without
-sharing that state (planning, SQL) has been.
+Why it is longer than 500 lines: the loop's parts (taking, committing and settling,
+retrying, moving a damaged database aside, closing, dying) all change the same state
+(seqs, cursors, depth, totals, measurements), which only this thread assigns and the
+event loop reads as plain attributes of ``Writer``. Split across modules, each part
+would reach into the others' state. What does not need that state (planning, SQL)
+lives in ``planner`` and ``sql``.
 """
 
 from __future__ import annotations
