@@ -7,7 +7,7 @@ from pathlib import Path
 
 from gateway.reading import DeadLetter
 from gateway.store import Store, schema, trim
-from gateway.store.writer import _Batch, _growth_bound
+from gateway.store.planner import TransactionPlan, growth_bound
 from tests.fixtures.common import wait_until
 from tests.test_store_support import opened, sample
 
@@ -108,6 +108,6 @@ def test_growth_estimate_between_measurements_never_falls_short(tmp_path: Path) 
         )
         conn.execute("COMMIT")
         grown = trim.used_bytes(conn, page) - before
-        batch = _Batch([], letters, {}, [], rows=rows)
-        assert grown <= _growth_bound(batch, page), (count, size)
+        batch = TransactionPlan([], letters, {}, [], rows=rows)
+        assert grown <= growth_bound(batch, page), (count, size)
     conn.close()

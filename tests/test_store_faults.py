@@ -18,7 +18,7 @@ import pytest
 from gateway.errors import StoreError
 from gateway.reading import DeadLetter, Sample, encode
 from gateway.settings import StoreSettings
-from gateway.store import Store, writer
+from gateway.store import Store, planner, writer
 from tests.fixtures.common import wait_until
 from tests.test_store_support import opened, sample
 
@@ -297,7 +297,7 @@ async def test_a_writer_bug_fails_callers_instead_of_hanging_them(
         raise RuntimeError("a bug")
 
     async with opened(tmp_path) as store:
-        monkeypatch.setattr(writer, "encode", broken_encode)
+        monkeypatch.setattr(planner, "encode", broken_encode)
         store.put_samples([sample(1)])
         with pytest.raises(StoreError, match="writer stopped"):
             await store.flush()

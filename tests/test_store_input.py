@@ -23,7 +23,7 @@ from gateway.config import parse_config
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample
 from gateway.settings import StoreSettings
-from gateway.store import Store, writer
+from gateway.store import Store, planner
 from gateway.store.ingress import (
     MAX_DEAD_LETTER_RAW,
     MAX_PENDING_DEAD_LETTERS,
@@ -157,7 +157,7 @@ async def test_a_dead_writer_refuses_input_counts_it_and_says_so(
         raise RuntimeError("a bug")
 
     async with opened(tmp_path) as store:
-        monkeypatch.setattr(writer, "encode", broken_encode)
+        monkeypatch.setattr(planner, "encode", broken_encode)
         store.put_samples([sample(1)])
         reason = await asyncio.wait_for(store.wait_failed(), timeout=30)
         assert "a bug" in reason
@@ -188,7 +188,7 @@ async def test_a_gateway_whose_store_writer_dies_ends_with_an_error(
     try:
         await wait_until(lambda: gateway.store is not None, message="store open")
         assert gateway.store is not None
-        monkeypatch.setattr(writer, "encode", broken_encode)
+        monkeypatch.setattr(planner, "encode", broken_encode)
         gateway.store.put_samples([sample(1)])
         # Ended at once (exit code 1 from the command line), not left running without
         # a store until the watchdog notices.

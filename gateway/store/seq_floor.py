@@ -20,10 +20,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from gateway.settings import Durability
 from gateway.store.files import remove_durably, write_durably
 
 BLOCK = 100_000
 RUN_NAME = "seq.run"
+# What a run file may say; anything else is read as not known.
+_DURABILITIES: dict[str, Durability] = {"full": "full", "normal": "normal"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +34,7 @@ class Run:
     """A run of the store that ended without a clean close."""
 
     epoch: int
-    durability: str
+    durability: Durability | None  # None: the file does not say (torn or damaged)
 
 
 class SeqFloor:
@@ -68,11 +71,11 @@ class SeqFloor:
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError):
-            return Run(0, "unknown")
+            return Run(0, None)
         fields = text.split()
         if len(fields) != 2 or not fields[0].isdigit():
-            return Run(0, "unknown")
-        return Run(int(fields[0]), fields[1])
+            return Run(0, None)
+        return Run(int(fields[0]), _DURABILITIES.get(fields[1]))
 
     def base(self, db_last: int, db_reserved: int, db_epoch: int, wal_lost: bool) -> int:
         """The highest seq to count as handed out, so that the next one is new.
@@ -92,7 +95,7 @@ class SeqFloor:
             return db_last
         return max(db_last, db_reserved, self.value)
 
-    def begin_run(self, durability: str, at_least: int) -> int:
+    def begin_run(self, durability: Durability, at_least: int) -> int:
         """Mark the directory open by a new run (fsynced); returns the run's epoch."""
         if at_least > self.value:
             self._write(at_least)

@@ -13,27 +13,37 @@ and the writer retries with backoff until the disk has room. A damaged database,
 wherever it shows (a commit, retention, a read, the background check), is moved
 aside and the writer carries on with a fresh one, its buffered samples and seqs
 intact (see ``_start_afresh``).
+
+This module is the thread loop: taking from the ingress, the linger, retries and
+backoff, failures and damage, and handing outcomes to the event loop. What one
+transaction will do is planned in ``planner`` (no I/O); its SQL is in ``sql``.
+
+Why it is longer than 500 lines: the loop's parts (taking, committing and settling,
+retrying, moving a damaged database aside, closing, dying) all change the same state
+(seqs, cursors, depth, totals, measurements), which only this thread assigns and the
+event loop reads as plain attributes of ``Writer``. Split across modules, each part
+would reach into the others' state. What does not need that state (planning, SQL)
+lives in ``planner`` and ``sql``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
+import enum
 import logging
 import os
 import sqlite3
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.errors import StoreClosedError, StoreError
-from gateway.reading import DeadLetter, Sample, StoredReading, encode
+from gateway.reading import DeadLetter, StoredReading
 from gateway.settings import StoreSettings
-from gateway.store import schema, trim
+from gateway.store import planner, schema, sql, trim
 from gateway.store.files import fsync_dir
 from gateway.store.ingress import (
     DEAD_LETTER_WEIGHT,
@@ -47,6 +57,7 @@ from gateway.store.ingress import (
     Stop,
 )
 from gateway.store.lock import DataDirLock
+from gateway.store.planner import LogState, Totals, TransactionPlan, Waiting, growth_bound
 from gateway.store.seq_floor import SeqFloor
 
 log = logging.getLogger(__name__)
@@ -59,18 +70,12 @@ MAX_UNSAVED_DEAD_LETTERS = 1_000
 # Readings per transaction: keeps one commit's memory and latency bounded when a
 # backlog (after a full disk) is written out.
 MAX_BATCH = 50_000
-DISK_FULL = "disk full"
 # Dead letters kept in the database; the oldest go first.
 MAX_DEAD_LETTERS = 10_000
 # Rows retention may delete per turn, at least; more when more was inserted.
 RETENTION_CHUNK = 5_000
 # Bounds and retention are checked at most this often when under the byte bound.
 MAINTENANCE_INTERVAL = 0.25
-# Upper bound of what one inserted row adds to the pages in use beyond its payload and
-# device (ts, seq, cell header and pointer, with slack); doubled, and a few pages per
-# commit for splits, so that between exact measurements the estimate never falls short.
-ROW_OVERHEAD = 64
-COMMIT_PAGES = 4
 # Idle wake-up, so retention and the free-space check run without traffic.
 IDLE_WAKE = 1.0
 RETRY_MIN = 0.05
@@ -80,6 +85,26 @@ STOP_ATTEMPTS = 3
 # How long /healthz and the status line say that a damaged database was moved aside
 # (the counter in /metrics stays).
 MOVED_ASIDE_NOTICE = 3600.0
+
+
+class Failing(enum.Enum):
+    """What keeps commits from succeeding."""
+
+    DISK_FULL = "disk full"
+    BUSY = "database busy"
+    WRITE = "write failed"
+    DAMAGED = "database damaged"  # and a fresh one could not be started
+    STOPPED = "writer stopped"  # by a bug: nothing more is accepted
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    kind: Failing
+    message: str  # for health and the status line
+
+    @classmethod
+    def of(cls, kind: Failing, detail: object | None = None) -> Failure:
+        return cls(kind, kind.value if detail is None else f"{kind.value}: {detail}")
 
 
 # A request's future and what to resolve it with (a value or an error).
@@ -93,25 +118,6 @@ class Outcome:
     readings: list[StoredReading]
     last_seq: int
     results: list[Result] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class _Batch:
-    """What one transaction will do; applied to the writer's state only on success."""
-
-    samples: list[Sample]
-    dead_letters: list[DeadLetter]
-    acks: dict[str, int]
-    registers: list[str]
-    rows: list[tuple[int, float, str, bytes]] = field(default_factory=list)
-    readings: list[StoredReading] = field(default_factory=list)
-    last_seq: int = 0
-    dropped: int = 0  # unsent readings deleted by bounds, or samples refused
-    depth_delta: int = 0
-    rejected: bool = False
-    dropped_total: int = 0  # as written to the meta table
-    trimmed: bool = False  # rows were deleted
-    unencodable: list[DeadLetter] = field(default_factory=list)
 
 
 class Writer:
@@ -146,46 +152,14 @@ class Writer:
         self._thread: threading.Thread | None = None
 
         meta = schema.read_meta(conn)
-        max_row = conn.execute("SELECT max(seq) FROM readings").fetchone()[0] or 0
-        db_last = max(meta.get(schema.META_LAST_SEQ, 0), max_row)
-        reserved = meta.get(schema.META_RESERVED, 0)
-        if not floor.found:
-            # seq.floor is lost: the databases moved aside remember how far seqs went.
-            for aside in schema.moved_aside(path):
-                reserved = max(reserved, schema.highest_seq_in(aside))
-        base = floor.base(db_last, reserved, meta.get(schema.META_EPOCH, 0), wal_lost)
-        if base > db_last and schema.META_LAST_SEQ in meta:
-            log.warning(
-                "store: the last stop was not clean or %s is not the database last written "
-                "(its last seq %d); new seqs continue above %d so that none is reused",
-                path.name,
-                db_last,
-                base,
-            )
-        self.last_seq = base
-        epoch = floor.begin_run(settings.durability, base)
-        try:
-            conn.executemany(
-                schema.UPSERT_META,
-                [
-                    (schema.META_LAST_SEQ, base),
-                    (schema.META_RESERVED, floor.value),
-                    (schema.META_EPOCH, epoch),
-                ],
-            )
-        except sqlite3.Error as e:
-            if not schema.is_disk_full(e):
-                raise
-            # Without its run's mark the database is not trusted after a crash: the
-            # next start skips ahead instead, which is safe.
-            log.warning("store: cannot mark the database with this run (%s)", e)
-        self._written_reserved = floor.value
+        self.last_seq = sql.begin_run(
+            conn, path, meta, floor, durability=settings.durability, wal_lost=wal_lost
+        )
         self._dropped_base = meta.get(schema.META_DROPPED, 0)
         self._dropped_here = 0  # by the writer since open
         self.dead_letters = meta.get(schema.META_DEAD_LETTERS, 0)
         # Dead letters whose raw bytes were lost (counted in dead_letters all the same).
         self.dead_letters_lost = meta.get(schema.META_DEAD_LETTERS_LOST, 0)
-        self._written_dead_letters_lost = self.dead_letters_lost
         # Which database the writer has open: bumped when a damaged one is moved aside.
         self.generation = 1
         self._damage: str | None = None  # found damaged; moved aside at the next turn
@@ -195,11 +169,11 @@ class Writer:
         self._moved_aside_path: Path | None = None
         self._closed_conn = False  # the damaged database's connection is closed
         self._moved = False  # and the file moved aside
-        self.cursors: dict[str, int] = dict(conn.execute("SELECT name, seq FROM cursors"))
+        self.cursors = sql.cursors(conn)
         self.active: set[str] = set()
         self.depth = 0
         self.oldest_unsent_ts: float | None = None
-        self.page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        self.page_size = sql.pragma(conn, "page_size")
         self.page_count = 0
         # Pages in use (bytes) at the last exact measurement, and an upper bound of what
         # commits since then may have added: max_bytes is checked against their sum and
@@ -211,7 +185,7 @@ class Writer:
         self.commits = 0
         self.committed_readings = 0
         self.commit_seconds = 0.0
-        self.failure: str | None = None
+        self._failure: Failure | None = None
         self.stopped = False  # the thread has ended
         # Set from the event loop: None while nobody watches the live stream; while
         # clients watch, commits are spaced by this instead (see ``_linger``).
@@ -222,27 +196,20 @@ class Writer:
         # wedged writer (a restart cures it) from a degraded one (a restart does not).
         self.heartbeat = time.monotonic()
 
-        self._unsaved: deque[Sample] = deque()
-        self._unsaved_dead: deque[DeadLetter] = deque()
-        self._acks: dict[str, int] = {}
-        # Per ack, the dead letters taken before it: a refused reading's dead letter must
-        # be committed before (or with) the ack that lets the cursor pass the reading.
-        self._ack_after: dict[str, int] = {}
-        self._dead_taken = 0
-        self._dead_settled = 0  # committed, or lost and counted
+        self._waiting = Waiting(
+            max_samples=MAX_UNSAVED,
+            max_dead_letters=MAX_UNSAVED_DEAD_LETTERS,
+            max_batch=MAX_BATCH,
+        )
         self.dead_rejected_seen = 0  # of ingress.dead_rejected, counted in dead_letters
-        self._dead_limit = MAX_UNSAVED_DEAD_LETTERS
-        self._registers: list[str] = []
         self._requests: list[CursorRequest] = []
         self._flushes: list[Flush] = []
-        self._batch_limit = MAX_BATCH
         self._last_start = 0.0  # perf_counter when the last transaction began
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
-        self._data_version = self._pragma("data_version")
+        self._data_version = sql.pragma(self._conn, "data_version")
         # Totals as last written to the meta table: unchanged ones are not rewritten.
-        self._written_dropped = self.dropped
-        self._written_dead_letters = self.dead_letters
+        self._written = self._counted()
         self._measure()
         self._measure_oldest()
         self._check_free_space()
@@ -252,6 +219,14 @@ class Writer:
     @property
     def dropped(self) -> int:
         return self._dropped_base + self._dropped_here + self.ingress.rejected
+
+    @property
+    def failure(self) -> str | None:
+        """Why commits fail, or None while they succeed."""
+        return None if self._failure is None else self._failure.message
+
+    def _failing(self, kind: Failing) -> bool:
+        return self._failure is not None and self._failure.kind is kind
 
     @property
     def bytes(self) -> int:
@@ -307,9 +282,10 @@ class Writer:
         """The loop ended by a bug: refuse input from now on, count what is lost, fail
         every caller, and say so (health, the watchdog via ``failure``)."""
         self.ingress.closed = True
-        failure = f"writer stopped: {error!r}"
-        lost = len(self._unsaved)
-        lost_dead = len(self._unsaved_dead)
+        failure = Failure.of(Failing.STOPPED, repr(error))
+        gone = self._waiting.drain()
+        lost = gone.samples
+        lost_dead = gone.dead_letters
         requests: list[Request] = [*self._requests, *self._flushes]
         for item in self.ingress.take(0):
             if isinstance(item, Request):
@@ -322,8 +298,6 @@ class Writer:
         self.dead_letters += lost_dead
         self.dead_letters_lost += lost_dead
         self.settled = self.ingress.submitted
-        self._unsaved.clear()
-        self._unsaved_dead.clear()
         log.critical(
             "store writer gone: %d readings and %d dead letters lost; nothing more is accepted",
             lost,
@@ -333,12 +307,12 @@ class Writer:
             # Best effort: the totals survive the restart that must follow.
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
-            self._conn.executemany(schema.UPSERT_META, self._totals())
+            sql.write_meta(self._conn, self._totals())
         except sqlite3.Error as e:
             log.error("store: cannot record what was lost: %s", e)
-        self.failure = failure
+        self._failure = failure
         self.stopped = True
-        error_out = StoreError(failure)
+        error_out = StoreError(failure.message)
         self._hand_over(Outcome([], self.last_seq, [(r.future, error_out) for r in requests]))
         with contextlib.suppress(sqlite3.Error):
             self._conn.close()
@@ -379,8 +353,8 @@ class Writer:
                 return stop
 
     def _finish(self, stop: Stop) -> None:
-        lost = len(self._unsaved)
-        lost_dead = len(self._unsaved_dead)
+        lost = len(self._waiting.samples)
+        lost_dead = len(self._waiting.dead_letters)
         if lost or lost_dead:
             log.error(
                 "store closed with %d readings and %d dead letters that could not be committed",
@@ -391,7 +365,7 @@ class Writer:
             self.dead_letters += lost_dead
             self.dead_letters_lost += lost_dead
             try:
-                self._conn.executemany(schema.UPSERT_META, self._totals())
+                sql.write_meta(self._conn, self._totals())
             except sqlite3.Error as e:
                 log.error("store: cannot record the %d dropped readings: %s", lost, e)
         closed = StoreClosedError("the store is closed")
@@ -406,11 +380,10 @@ class Writer:
         # next start then skips ahead, never back.
         try:
             # The database's copy of the floor first: it stands in for a lost seq.floor.
-            self._conn.execute(schema.UPSERT_META, (schema.META_RESERVED, self.last_seq))
-            # A checkpoint that copies the whole WAL has synced it and the database
-            # (with "normal" too): only then may the floor say where seqs stop.
-            busy, frames, copied = self._conn.execute("PRAGMA wal_checkpoint(FULL)").fetchone()
-            if not busy and frames == copied and self._damage is None:
+            sql.write_meta(self._conn, [(schema.META_RESERVED, self.last_seq)])
+            # Only once the WAL and the database are synced may the floor say where
+            # seqs stop.
+            if sql.checkpoint_all(self._conn) and self._damage is None:
                 self._floor.settle(self.last_seq)
         except (sqlite3.Error, OSError) as e:
             log.warning("store: cannot settle the seq floor on close: %s", e)
@@ -428,7 +401,7 @@ class Writer:
         fsync is done) shares transactions instead of paying a transaction, an fsync and
         whole WAL pages per reading. Flushes and cursor requests never wait for it.
         """
-        if not self._unsaved or self._requests or self._flushes or self.failure is not None:
+        if not self._waiting.samples or self._requests or self._flushes or self.failure is not None:
             return 0.0
         spacing = self.settings.commit_spacing
         if self.watched_spacing is not None:
@@ -437,11 +410,7 @@ class Writer:
 
     def _has_work(self) -> bool:
         return bool(
-            self._unsaved
-            or self._unsaved_dead
-            or self._requests
-            or self._flushes
-            or self._damage is not None
+            self._waiting.has_data or self._requests or self._flushes or self._damage is not None
         )
 
     def _take(self, timeout: float | None) -> Stop | None:
@@ -456,8 +425,7 @@ class Writer:
             self.dead_letters_lost += refused
         for item in items:
             if isinstance(item, DeadLetter):
-                self._unsaved_dead.append(item)
-                self._dead_taken += 1
+                self._waiting.add_dead_letter(item)
                 ingress.dead_taken += 1
                 continue
             if isinstance(item, Damaged):
@@ -472,45 +440,31 @@ class Writer:
                     error = StoreError(f"ack of {item.name} to {item.seq} beyond last seq")
                     self._hand_over(Outcome([], self.last_seq, [(item.future, error)]))
                     continue
-                self._acks[item.name] = max(item.seq, self._acks.get(item.name, 0))
-                self._ack_after[item.name] = self._dead_taken
+                self._waiting.add_ack(item.name, item.seq)
                 self._requests.append(item)
             elif isinstance(item, Register):
-                self._registers.append(item.name)
+                self._waiting.add_register(item.name)
                 self._requests.append(item)
             elif isinstance(item, Stop):
                 stop = item
             elif not isinstance(item, Request):
-                self._unsaved.extend(item)
+                self._waiting.add_samples(item)
                 self.ingress.taken += len(item)
-        self._bound_unsaved()
+        overflowed = self._waiting.bound(self.settings.overflow)
+        self._dropped_here += overflowed.samples
+        self.settled += overflowed.samples
+        # A dead letter beyond the bound has lost its raw bytes but still counts
+        # (persisted with the next commit), as those beyond the newest rows kept do.
+        self.dead_letters += overflowed.dead_letters
+        self.dead_letters_lost += overflowed.dead_letters
         return stop
-
-    def _bound_unsaved(self) -> None:
-        excess = len(self._unsaved) - MAX_UNSAVED
-        if excess > 0:
-            if self.settings.overflow == "drop_oldest":
-                for _ in range(excess):
-                    self._unsaved.popleft()
-            else:
-                for _ in range(excess):
-                    self._unsaved.pop()
-            self._dropped_here += excess
-            self.settled += excess
-        while len(self._unsaved_dead) > MAX_UNSAVED_DEAD_LETTERS:
-            # Its raw bytes are lost, but it still counts (persisted with the next commit),
-            # as the dead letters beyond the newest rows kept do.
-            self._unsaved_dead.popleft()
-            self.dead_letters += 1
-            self.dead_letters_lost += 1
-            self._dead_settled += 1
 
     @property
     def pending_weight(self) -> int:
         """Samples and dead letters put and not yet settled, as the congestion marks
         weigh them (read from the event loop)."""
         ingress = self.ingress
-        dead = ingress.dead_submitted - ingress.dead_taken + len(self._unsaved_dead)
+        dead = ingress.dead_submitted - ingress.dead_taken + len(self._waiting.dead_letters)
         return ingress.submitted - self.settled + DEAD_LETTER_WEIGHT * dead
 
     # -- one turn: one transaction --------------------------------------------
@@ -531,44 +485,33 @@ class Writer:
         if maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self._check_free_space()
-        if self.failure is not None and (self._unsaved or self._unsaved_dead):
-            # Commit acks and upkeep on their own first: freeing space must not
-            # depend on the readings that do not fit yet.
-            upkeep = _Batch([], [], self._ready_acks(0), list(self._registers))
-            if not self._attempt(upkeep, maintenance=True):
-                return False
+        # While commits fail, acks and upkeep are committed on their own first.
+        failing = self.failure is not None and self._waiting.has_data
+        if failing and not self._attempt(self._waiting.upkeep(), maintenance=True):
+            return False
         upkeep_due = maintenance or self.failure is not None
         while True:
-            batch = self._form_batch()
-            if self._attempt(batch, upkeep_due):
-                self._batch_limit = min(MAX_BATCH, 2 * self._batch_limit + 1)
-                self._dead_limit = min(MAX_UNSAVED_DEAD_LETTERS, 2 * self._dead_limit + 1)
+            plan = self._waiting.plan()
+            if self._attempt(plan, upkeep_due):
+                self._waiting.grow()
                 return True
-            if self.failure != DISK_FULL:
-                return False
-            # Whatever still fits is committed now (and a bound that is reached then
-            # applies): samples first, dead letters never holding them back; then the
-            # dead letters with the acks that wait for them (retention in the same
-            # transaction may make their room), halved likewise. The limits grow back
-            # with each success.
-            if batch.samples and batch.dead_letters:
-                self._dead_limit = 0
-            elif len(batch.samples) > 1:
-                self._batch_limit = len(batch.samples) // 2
-            elif batch.samples and self._unsaved_dead:
-                self._batch_limit = 0
-                self._dead_limit = len(self._unsaved_dead)
-            elif len(batch.dead_letters) > 1:
-                self._dead_limit = len(batch.dead_letters) // 2
-            else:
+            if not self._failing(Failing.DISK_FULL) or not self._waiting.shrink(plan):
                 return False
 
-    def _attempt(self, batch: _Batch, maintenance: bool) -> bool:
+    def _attempt(self, plan: TransactionPlan, maintenance: bool) -> bool:
         started = self._last_start = time.perf_counter()
         try:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._transaction(batch, maintenance)
+                sql.run(
+                    self._conn,
+                    plan,
+                    self._log_state(),
+                    self.settings,
+                    self._floor,
+                    maintenance=maintenance,
+                    keep_dead_letters=MAX_DEAD_LETTERS,
+                )
             except BaseException:
                 # SQLite has already rolled back after some errors (a full disk).
                 if self._conn.in_transaction:
@@ -576,243 +519,76 @@ class Writer:
                 raise
             self._conn.execute("COMMIT")
         except (sqlite3.Error, OSError) as e:
-            self._failed(e, len(batch.samples))
+            self._failed(e, len(plan.samples))
             return False
-        self._committed(batch, time.perf_counter() - started, maintenance)
+        self._committed(plan, time.perf_counter() - started, maintenance)
         return True
 
-    def _form_batch(self) -> _Batch:
-        if len(self._unsaved) <= self._batch_limit:
-            samples = list(self._unsaved)
-        else:
-            samples = list(itertools.islice(self._unsaved, self._batch_limit))
-        if len(self._unsaved_dead) <= self._dead_limit:
-            dead_letters = list(self._unsaved_dead)
-        else:
-            dead_letters = list(itertools.islice(self._unsaved_dead, self._dead_limit))
-        return _Batch(
-            samples=samples,
-            dead_letters=dead_letters,
-            acks=self._ready_acks(len(dead_letters)),
-            registers=list(self._registers),
+    def _log_state(self) -> LogState:
+        return LogState(
+            last_seq=self.last_seq,
+            cursors=self.cursors,
+            active=self.active,
+            depth=self.depth,
+            in_grace=time.monotonic() < self._grace_until,
+            page_size=self.page_size,
+            used_bound=self._used + self._growth,
+            retention_chunk=max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance),
+            totals=self._counted(),
+            written=self._written,
         )
 
-    def _ready_acks(self, dead_letters: int) -> dict[str, int]:
-        """The acks that may commit with ``dead_letters`` more dead letters: none lets a
-        cursor pass a refused reading whose dead letter would stay in memory only."""
-        settled = self._dead_settled + dead_letters
-        return {n: s for n, s in self._acks.items() if self._ack_after[n] <= settled}
-
-    def _transaction(self, batch: _Batch, maintenance: bool) -> None:
-        conn = self._conn
-        cursors = dict(self.cursors)
-        for name in batch.registers:
-            conn.execute("INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, 0)", (name,))
-            cursors.setdefault(name, 0)
-        for name, seq in batch.acks.items():
-            if seq > cursors.get(name, 0):
-                conn.execute(
-                    "INSERT INTO cursors (name, seq) VALUES (?, ?) "
-                    "ON CONFLICT (name) DO UPDATE SET seq = max(seq, excluded.seq)",
-                    (name, seq),
-                )
-                cursors[name] = seq
-        active = self.active | set(batch.registers)
-        old_floor = self._active_floor(self.cursors, self.active)
-        new_floor = self._active_floor(cursors, active)
-        if active != self.active:
-            if new_floor is not None:
-                batch.depth_delta = self._count_after(new_floor) - self.depth
-        elif old_floor is not None and new_floor is not None and new_floor > old_floor:
-            (acked,) = conn.execute(
-                "SELECT count(*) FROM readings WHERE seq > ? AND seq <= ?", (old_floor, new_floor)
-            ).fetchone()
-            batch.depth_delta = -acked
-
-        floors = trim.Floors(new_floor, self._holding_floor(cursors, active))
-        if maintenance:
-            self._expire(batch, floors)
-        room = self._make_room(batch, floors)
-        if not room and self.settings.overflow == "reject_new":
-            batch.rejected = True
-        else:
-            self._insert(batch, new_floor is not None)
-        if batch.dead_letters or batch.unencodable:
-            conn.executemany(
-                "INSERT INTO dead_letters (ts, device, reason, raw) VALUES (?, ?, ?, ?)",
-                [(d.ts, d.device, d.reason, d.raw) for d in batch.dead_letters + batch.unencodable],
-            )
-            conn.execute(
-                "DELETE FROM dead_letters WHERE id <= (SELECT max(id) FROM dead_letters) - ?",
-                (MAX_DEAD_LETTERS,),
-            )
-        if batch.rejected:
-            batch.dropped += len(batch.samples)
-        meta = []
-        if batch.last_seq:
-            meta.append((schema.META_LAST_SEQ, batch.last_seq))
-        batch.dropped_total = self.dropped + batch.dropped
-        if batch.dropped_total != self._written_dropped:
-            meta.append((schema.META_DROPPED, batch.dropped_total))
-        dead_total = self.dead_letters + len(batch.dead_letters) + len(batch.unencodable)
-        if dead_total != self._written_dead_letters:
-            meta.append((schema.META_DEAD_LETTERS, dead_total))
-        if self.dead_letters_lost != self._written_dead_letters_lost:
-            meta.append((schema.META_DEAD_LETTERS_LOST, self.dead_letters_lost))
-        if self._floor.value != self._written_reserved:
-            meta.append((schema.META_RESERVED, self._floor.value))
-        if meta:
-            conn.executemany(schema.UPSERT_META, meta)
-
-    def _insert(self, batch: _Batch, counted: bool) -> None:
-        # The per-reading loop of the hot path: names bound locally on purpose.
-        seq = self.last_seq
-        rows = batch.rows
-        add_row = rows.append
-        add_reading = batch.readings.append
-        encode_one = encode
-        stored = StoredReading
-        for sample in batch.samples:
-            try:
-                payload = encode_one(seq + 1, sample)
-            except (TypeError, ValueError) as e:
-                # JSON cannot carry it (a non-finite ts, an odd value type): keep it as
-                # a dead letter rather than lose it. encode() thus also vouches for ts.
-                reason = f"unencodable sample: {e}"
-                batch.unencodable.append(
-                    DeadLetter(sample.device, reason, repr(sample).encode(), time.time())
-                )
-                continue
-            seq += 1
-            device = sample.device
-            add_row((seq, sample.ts, device, payload))
-            add_reading(stored(seq, device, payload))
-        if rows:
-            self._floor.reserve(seq)
-            self._conn.executemany(
-                "INSERT INTO readings (seq, ts, device, payload) VALUES (?, ?, ?, ?)", rows
-            )
-            if counted:
-                batch.depth_delta += len(rows)
-        batch.last_seq = seq
-
-    def _expire(self, batch: _Batch, floors: trim.Floors) -> None:
-        """Retention behind every cursor after ``history``, and the ``max_age`` bound."""
-        chunk = max(RETENTION_CHUNK, 2 * self._inserted_since_maintenance)
-        now = time.time()
-        upto = floors.holding if floors.holding is not None else self.last_seq
-        cutoff = now - self.settings.history
-        self._count(
-            batch, trim.expired(self._conn, chunk=chunk, cutoff=cutoff, upto=upto, floors=floors)
-        )
-        if self.settings.max_age > 0:
-            cutoff = now - self.settings.max_age
-            done = trim.expired(
-                self._conn, chunk=chunk, cutoff=cutoff, upto=self.last_seq, floors=floors
-            )
-            self._count(batch, done)
-
-    def _make_room(self, batch: _Batch, floors: trim.Floors) -> bool:
-        """Delete the oldest rows when over ``max_bytes``; True if there is room."""
-        incoming = len(batch.samples)
-        max_bytes = self.settings.max_bytes
-        if not incoming or self._used + self._growth < max_bytes:
-            return True
-        if trim.used_bytes(self._conn, self.page_size) < max_bytes:
-            return True
-        upto = self.last_seq
-        if self.settings.overflow == "reject_new" and floors.holding is not None:
-            # Only readings every consumer has may go; unsent ones are kept.
-            upto = floors.holding
-        count = max(incoming, 1024)
-        self._count(batch, trim.oldest(self._conn, count=count, upto=upto, floors=floors))
-        return trim.used_bytes(self._conn, self.page_size) < max_bytes
-
-    @staticmethod
-    def _count(batch: _Batch, done: trim.Trimmed) -> None:
-        batch.dropped += done.unsent_holding
-        batch.depth_delta -= done.unsent_active
-        batch.trimmed = batch.trimmed or done.rows > 0
-
-    def _count_after(self, seq: int) -> int:
-        (n,) = self._conn.execute("SELECT count(*) FROM readings WHERE seq > ?", (seq,)).fetchone()
-        return int(n)
-
-    @staticmethod
-    def _active_floor(cursors: dict[str, int], active: set[str]) -> int | None:
-        """The lowest cursor of consumers registered since open (None: no consumer)."""
-        return min((cursors[n] for n in active), default=None)
-
-    def _holding_floor(self, cursors: dict[str, int], active: set[str]) -> int | None:
-        """The cursor retention must not pass.
-
-        Right after a start, uplinks have not registered yet; until the grace period
-        ends, every persisted cursor holds, so a restart never deletes unsent rows.
-        """
-        if time.monotonic() < self._grace_until:
-            return min(cursors.values(), default=None)
-        return self._active_floor(cursors, active)
+    def _counted(self) -> Totals:
+        return Totals(self.dropped, self.dead_letters, self.dead_letters_lost, self._floor.value)
 
     # -- after the transaction -----------------------------------------------
 
-    def _committed(self, batch: _Batch, elapsed: float, maintenance: bool) -> None:
+    def _committed(self, plan: TransactionPlan, elapsed: float, maintenance: bool) -> None:
         results: list[Result] = []
-        n = len(batch.samples)
-        if n == len(self._unsaved):
-            self._unsaved.clear()
-        else:
-            for _ in range(n):
-                self._unsaved.popleft()
-        for _ in range(len(batch.dead_letters)):
-            self._unsaved_dead.popleft()
-        self._dead_settled += len(batch.dead_letters)
-        self._written_dead_letters_lost = self.dead_letters_lost
-        self._written_reserved = self._floor.value
-        if batch.last_seq:
-            self.last_seq = batch.last_seq
-        for name in batch.registers:
+        n = len(plan.samples)
+        self._waiting.settle(plan)
+        if plan.last_seq:
+            self.last_seq = plan.last_seq
+        for name in plan.registers:
             self.cursors.setdefault(name, 0)
             self.active.add(name)
-        for name, seq in batch.acks.items():
+        for name, seq in plan.acks.items():
             self.cursors[name] = max(self.cursors.get(name, 0), seq)
-            if self._acks.get(name) == seq:
-                del self._acks[name]
-                del self._ack_after[name]
-        self._registers = self._registers[len(batch.registers) :]
-        self.depth = max(0, self.depth + batch.depth_delta) if self.active else 0
-        self._dropped_here += batch.dropped
-        self.dead_letters += len(batch.dead_letters) + len(batch.unencodable)
-        self._written_dropped = batch.dropped_total
-        self._written_dead_letters = self.dead_letters
-        if batch.samples:
-            self.store_full = batch.rejected
+        self.depth = max(0, self.depth + plan.depth_delta) if self.active else 0
+        self._dropped_here += plan.dropped
+        self.dead_letters += len(plan.dead_letters) + len(plan.unencodable)
+        self._written = Totals(
+            plan.dropped_total, self.dead_letters, self.dead_letters_lost, self._floor.value
+        )
+        if plan.samples:
+            self.store_full = plan.rejected
         self.settled += n
         self.commits += 1
-        self.committed_readings += len(batch.rows)
+        self.committed_readings += len(plan.rows)
         self.commit_seconds += elapsed
-        self._inserted_since_maintenance += len(batch.rows)
+        self._inserted_since_maintenance += len(plan.rows)
         if maintenance:
             self._inserted_since_maintenance = 0
-        if self.failure is not None and not self._unsaved and not self._unsaved_dead:
+        if self.failure is not None and not self._waiting.has_data:
             log.warning("store recovered: commits succeed again (%s)", self.failure)
-            self.failure = None
+            self._failure = None
         if maintenance:
             self._measure()
         else:
-            self._growth += _growth_bound(batch, self.page_size)
-        if maintenance or batch.acks or batch.registers or batch.trimmed:
+            self._growth += growth_bound(plan, self.page_size)
+        if maintenance or plan.acks or plan.registers or plan.trimmed:
             # The oldest unsent reading changes only when the floor moves or rows go;
             # a commit that only appends keeps it (or sets it, at depth 0).
             self._measure_oldest()
-        elif self.oldest_unsent_ts is None and batch.rows and self.active:
-            self.oldest_unsent_ts = batch.rows[0][1]
+        elif self.oldest_unsent_ts is None and plan.rows and self.active:
+            self.oldest_unsent_ts = plan.rows[0][1]
 
         remaining: list[CursorRequest] = []
         for req in self._requests:
             if isinstance(req, Register):
                 done = req.name in self.active
             else:
-                done = req.name not in self._acks
+                done = req.name not in self._waiting.acks
             if done:
                 results.append((req.future, self.cursors[req.name]))
             else:
@@ -825,12 +601,12 @@ class Writer:
             else:
                 still.append(flush)
         self._flushes = still
-        self._hand_over(Outcome(batch.readings, self.last_seq, results))
+        self._hand_over(Outcome(plan.readings, self.last_seq, results))
 
     def _measure(self) -> None:
         """The file's pages and the pages in use, exactly (at maintenance, not per commit)."""
         try:
-            self.page_count = self._pragma("page_count")
+            self.page_count = sql.pragma(self._conn, "page_count")
             self._used = trim.used_bytes(self._conn, self.page_size)
             self._growth = 0
         except sqlite3.Error as e:
@@ -875,16 +651,17 @@ class Writer:
                 self._note_moved_aside(aside, reason, unsent=self.depth)
             self._adopt(self._opener())
         except (sqlite3.Error, OSError) as e:
-            failure = f"database damaged ({reason}); cannot start a fresh one: {e}"
-            if failure != self.failure:
-                log.error("store: %s", failure)
-            self.failure = failure
+            message = f"{Failing.DAMAGED.value} ({reason}); cannot start a fresh one: {e}"
+            failure = Failure(Failing.DAMAGED, message)
+            if failure != self._failure:
+                log.error("store: %s", message)
+            self._failure = failure
             return False
         self._damage = None
         self._closed_conn = False
         self._moved = False
-        if self.failure is not None and self.failure.startswith("database damaged"):
-            self.failure = None
+        if self._failing(Failing.DAMAGED):
+            self._failure = None
         return True
 
     def note_moved_aside(self, aside: Path, reason: str) -> None:
@@ -913,21 +690,13 @@ class Writer:
     def _adopt(self, conn: sqlite3.Connection) -> None:
         """Take up a fresh database: this run's seqs, totals and cursors go into it."""
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(
-                schema.UPSERT_META,
-                [
-                    (schema.META_LAST_SEQ, self.last_seq),
-                    (schema.META_RESERVED, self._floor.value),
-                    (schema.META_EPOCH, self._floor.epoch),
-                    *self._totals(),
-                ],
-            )
-            conn.executemany(
-                "INSERT OR IGNORE INTO cursors (name, seq) VALUES (?, ?)",
-                list(self.cursors.items()),
-            )
-            conn.execute("COMMIT")
+            meta = [
+                (schema.META_LAST_SEQ, self.last_seq),
+                (schema.META_RESERVED, self._floor.value),
+                (schema.META_EPOCH, self._floor.epoch),
+                *self._totals(),
+            ]
+            sql.adopt(conn, meta, self.cursors)
             # The fresh file's name is on disk before anything is acknowledged from it.
             fsync_dir(self.path.parent)
         except (sqlite3.Error, OSError):
@@ -937,48 +706,39 @@ class Writer:
         self.generation += 1
         self.depth = 0
         self.oldest_unsent_ts = None
-        self._written_dropped = self.dropped
-        self._written_dead_letters = self.dead_letters
-        self._written_dead_letters_lost = self.dead_letters_lost
-        self._written_reserved = self._floor.value
+        self._written = self._counted()
         self._inserted_since_maintenance = 0
         self._next_maintenance = 0.0
-        self.page_size = self._pragma("page_size")
-        self._data_version = self._pragma("data_version")
+        self.page_size = sql.pragma(self._conn, "page_size")
+        self._data_version = sql.pragma(self._conn, "data_version")
         self._measure()
 
     def _measure_oldest_now(self) -> None:
-        floor = self._active_floor(self.cursors, self.active)
+        floor = planner.active_floor(self.cursors, self.active)
         if floor is None:
             self.oldest_unsent_ts = None
         else:
-            row = self._conn.execute(
-                "SELECT ts FROM readings WHERE seq > ? ORDER BY seq LIMIT 1", (floor,)
-            ).fetchone()
-            self.oldest_unsent_ts = None if row is None else float(row[0])
-
-    def _pragma(self, name: str) -> int:
-        return int(self._conn.execute(f"PRAGMA {name}").fetchone()[0])
+            self.oldest_unsent_ts = sql.first_ts_after(self._conn, floor)
 
     def _failed(self, error: sqlite3.Error | OSError, pending: int) -> None:
         if schema.is_disk_full(error):
-            reason = DISK_FULL
+            reason = Failure.of(Failing.DISK_FULL)
         elif isinstance(error, sqlite3.Error) and schema.is_corruption(error):
             # Moved aside at once (the next turn): nothing to retry on this file.
             self._damage = str(error)
             return
         elif isinstance(error, sqlite3.Error) and schema.is_busy(error):
-            reason = "database busy"
+            reason = Failure.of(Failing.BUSY)
         else:
-            reason = f"write failed: {error}"
-        changed = reason != self.failure
+            reason = Failure.of(Failing.WRITE, error)
+        changed = reason != self._failure
         if changed:
             log.error(
                 "store: commit of %d readings failed: %s; keeping them in memory and retrying",
                 pending,
                 error,
             )
-        self.failure = reason
+        self._failure = reason
         if changed:
             # A failing store is not congested: drivers paused before the failure must
             # hear of it now, not at the next commit that succeeds.
@@ -998,11 +758,11 @@ class Writer:
 
     def _notice_outside_changes(self) -> None:
         """Re-read what the ``queue`` commands may have changed while we run."""
-        version = self._pragma("data_version")
+        version = sql.pragma(self._conn, "data_version")
         if version == self._data_version:
             return
         self._data_version = version
-        on_disk = dict(self._conn.execute("SELECT name, seq FROM cursors"))
+        on_disk = sql.cursors(self._conn)
         for name, seq in on_disk.items():
             if name not in self.cursors:
                 self.cursors[name] = seq
@@ -1013,8 +773,8 @@ class Writer:
                     name,
                     seq,
                 )
-        floor = self._active_floor(self.cursors, self.active)
-        self.depth = self._count_after(floor) if floor is not None else 0
+        floor = planner.active_floor(self.cursors, self.active)
+        self.depth = sql.count_after(self._conn, floor) if floor is not None else 0
         self._measure()
 
     def _hand_over(self, outcome: Outcome) -> None:
@@ -1025,12 +785,3 @@ class Writer:
         except RuntimeError:
             # The event loop is gone (the process is exiting without close()).
             log.debug("store: event loop closed; %d readings not announced", len(outcome.readings))
-
-
-def _growth_bound(batch: _Batch, page_size: int) -> int:
-    """More than the pages in use can have grown by in ``batch``'s transaction (bytes)."""
-    rows = sum(len(payload) + len(device) for _, _, device, payload in batch.rows)
-    rows += sum(len(d.raw) + len(d.reason) + len(d.device) for d in batch.dead_letters)
-    count = len(batch.rows) + len(batch.dead_letters) + len(batch.unencodable)
-    rows += sum(len(d.raw) + len(d.reason) for d in batch.unencodable)
-    return 2 * (rows + count * ROW_OVERHEAD) + COMMIT_PAGES * page_size
