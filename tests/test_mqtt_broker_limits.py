@@ -69,6 +69,27 @@ async def test_receive_maximum_of_1_holds_status_and_telemetry_together(
     assert_complete_and_ordered(subscriber, await stored_payloads(store), set(DEVICES))
 
 
+async def test_a_stop_keeps_the_offline_status_behind_a_message_in_flight(
+    mosquitto_factory: Callable[..., Mosquitto], store: Store
+) -> None:
+    broker = mosquitto_factory(extra_config=["max_inflight_messages 1"])
+    async with MqttWireProxy(broker.port) as wire:
+        uplink = MqttUplink(settings_for(wire.url()), GATEWAY, store)
+        async with running(uplink):
+            await wait_until(
+                lambda: uplink.status.state == "connected" and uplink.status.in_flight == 0,
+                message="online status acknowledged",
+            )
+            wire.hold_from_broker()
+            await put(store, 5)
+            await wait_until(lambda: bool(wire.unacknowledged), message="telemetry in flight")
+        # The stop found the slot taken and no PUBACK coming: the offline status stayed
+        # back (the broker's will says offline instead) rather than exceed the limit.
+        assert wire.publishes == 2  # the online status and the telemetry
+        assert wire.most_unacknowledged == 1
+        assert uplink.status.state == "stopped"
+
+
 async def test_the_wire_count_sees_a_window_where_the_broker_allows_one(
     mosquitto: Mosquitto, store: Store
 ) -> None:
