@@ -47,3 +47,10 @@ soak: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .mypy_cache .ruff_cache .pytest_cache
+
+# The exact versions releases install (the Ansible role's pip install -c): regenerate
+# after changing dependencies, and commit constraints.txt. TARGET_PYTHON: the
+# gateways' Python version (python3.11 for Debian 12).
+.PHONY: constraints
+constraints:
+	PYTHON=$(or $(TARGET_PYTHON),python3) tools/freeze-constraints constraints.txt

@@ -39,11 +39,16 @@ import yaml
 from tests.fixtures.common import free_port, wait_until_sync
 from tests.test_systemd_unit import add_host_units, verify
 
+# The first play builds a wheel and installs a release from the package index (also
+# the upgrade test): minutes on a loaded 2-core machine, more than the default bound.
+pytestmark = pytest.mark.timeout(600)
+
 REPO = Path(__file__).resolve().parent.parent
 ANSIBLE_DIR = REPO / "ansible"
 VENV_BIN = Path(sys.executable).parent
 TOKEN = "ansible-test-token-0123456789"
 HEALTH_TASK = "Wait for /healthz of this gateway"
+SECRETS_TASK = "Write the local API token"
 CONFIG_TASK = "Write the configuration, refused unless check-config accepts it"
 
 RECAP = re.compile(
@@ -137,6 +142,8 @@ def _host_vars(site_root: Path, source: Path, wheels: Path, port: int) -> dict[s
         "edge_gateway_healthcheck_delay": 1,
         "edge_gateway_source_dir": str(source),
         "edge_gateway_wheel_dir": str(wheels),
+        # With the extra, the release installs every package the constraints pin.
+        "edge_gateway_pip_extras": ["gpio"],
         # The configuration, with every secret the role knows how to place.
         "edge_gateway_id": "gw-ansible",
         "edge_gateway_local_listen": f"127.0.0.1:{port}",
@@ -221,6 +228,15 @@ def test_first_run_installs_the_release_config_secrets_and_unit(
     assert 'ATTRS{serial}=="A10K3XYZ", SYMLINK+="edge-gateway/thermo-1"' in rules
     unit = site.root / "etc/systemd/system/edge-gateway.service"
     assert unit.read_bytes() == (REPO / "systemd/edge-gateway.service").read_bytes()
+    drop_ins = site.root / "etc/systemd/system/edge-gateway.service.d"
+    site_conf = (drop_ins / "10-site.conf").read_text()
+    for line in ("LimitNOFILE=4096", "MemoryMax=256M", "TasksMax=64"):
+        assert f"\n{line}\n" in site_conf
+    # What the installed release prints for the installed configuration.
+    devices = (drop_ins / "20-devices.conf").read_text()
+    assert f"\nSocketBindAllow=tcp:{site.local_port}\n" in devices
+    assert "\nDeviceAllow=/dev/edge-gateway/thermo-1 rw\n" in devices
+    assert "gpio" not in devices.replace("# Generated", "")
 
 
 def test_the_installed_gateway_accepts_the_rendered_config(
@@ -249,8 +265,42 @@ def test_installed_unit_and_drop_in_pass_systemd_analyze_verify(
         shutil.rmtree(site.root / "usr")
         (site.root / "bin").unlink()
     assert (result.returncode, result.stdout, result.stderr) == (0, "", "")
-    drop_in = site.root / "etc/systemd/system/edge-gateway.service.d/10-site.conf"
-    assert "SupplementaryGroups=dialout gpio" in drop_in.read_text()
+
+
+def _pins(text: str) -> dict[str, str]:
+    """``name==version`` lines by normalized name (PEP 503)."""
+    pins = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            pins[re.sub(r"[-_.]+", "-", name).lower()] = version
+    return pins
+
+
+def test_the_release_installs_exactly_the_constrained_versions(
+    site: Site, first_run: PlayResult
+) -> None:
+    assert first_run.returncode == 0, first_run.output
+    shipped = site.install_dir / "wheels/edge_gateway-0.1.0-constraints.txt"
+    assert shipped.read_bytes() == (REPO / "constraints.txt").read_bytes()
+    freeze = subprocess.run(
+        [
+            str(site.install_dir / "venv/bin/python"),
+            "-m",
+            "pip",
+            "freeze",
+            "--all",  # setuptools too, as tools/freeze-constraints writes it
+            "--exclude",
+            "pip",
+            "--exclude",
+            "edge-gateway",
+            "--disable-pip-version-check",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert _pins(freeze.stdout) == _pins(shipped.read_text())
 
 
 def test_second_run_changes_nothing(site: Site, first_run: PlayResult) -> None:
@@ -258,6 +308,38 @@ def test_second_run_changes_nothing(site: Site, first_run: PlayResult) -> None:
     second = site.play("site.yml", "--limit", "gw-ansible")
     assert second.returncode == 0, second.output
     assert second.recap["gw-ansible"]["changed"] == 0, second.output
+
+
+def test_secrets_stay_out_of_the_output_also_with_diff(site: Site, first_run: PlayResult) -> None:
+    # The tests after this one need no particular secrets (the upgrade test's full run
+    # puts the original ones back).
+    assert first_run.returncode == 0, first_run.output
+    changes = {
+        # A secret in a file of its own, rotated.
+        "edge_gateway_local_token": "rotated-local-token-0123456789",
+        # A password inline in the configuration: its task hides it too.
+        "edge_gateway_mqtt_password": "",
+        "edge_gateway_mqtt_options": {"keepalive": "20s", "password": "inline-mqtt-secret"},
+        # Not a secret: its diff shows that --diff is on and printing.
+        "edge_gateway_watchdog_sec": 31,
+    }
+    result = site.play(
+        "site.yml",
+        "--limit",
+        "gw-ansible",
+        # The release is in place: from the secrets on is enough, and much faster.
+        "--start-at-task",
+        SECRETS_TASK,
+        "--diff",
+        "-e",
+        json.dumps(changes),
+    )
+    assert result.returncode == 0, result.output
+    assert "+WatchdogSec=31" in result.output
+    assert (site.config_dir / "token").read_text().strip() == changes["edge_gateway_local_token"]
+    assert 'password = "inline-mqtt-secret"' in (site.config_dir / "gateway.toml").read_text()
+    for secret in ("rotated-local-token", "inline-mqtt-secret", "PRIVATE KEY"):
+        assert secret not in result.output, secret
 
 
 def test_a_config_check_config_refuses_never_lands(site: Site, first_run: PlayResult) -> None:

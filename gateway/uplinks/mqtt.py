@@ -182,17 +182,20 @@ class MqttUplink:
         log.info("%s: connected to %s", self.name, self.settings.url)
         limit = self.settings.max_inflight
         if connection.receive_maximum is not None:
-            limit = min(limit, max(1, connection.receive_maximum - 1))
+            limit = min(limit, connection.receive_maximum)
         self._planner.max_packet = connection.maximum_packet_size or MQTT_MAX_PACKET
         window = InFlightWindow(self._confirmed, limit)
         self._refusal = None
         self._acknowledged_on_connection = False
         failure: MqttFailure | None = None
         try:
+            # The status message holds a slot of the window until its PUBACK: the
+            # broker's Receive Maximum counts it like any telemetry message.
             status = connection.publish(
                 self.status_topic, self._status_payload("online"), retain=True
             )
-            status.add_done_callback(self._on_status_ack)
+            window.take_slot()
+            status.add_done_callback(functools.partial(self._on_status_ack, window))
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(connection.run(), name=f"{self.name}-keepalive")
@@ -263,7 +266,7 @@ class MqttUplink:
                 self._confirm(window.acks.confirmed)
             for index, message in enumerate(messages):
                 if index:
-                    await window.wait_for_room()
+                    await window.wait_for_slot()
                     if self._rate is not None:
                         await self._rate.acquire()
                 window.in_flight += 1
@@ -297,6 +300,11 @@ class MqttUplink:
     ) -> None:
         if future.cancelled() or window.closed:
             return  # connection lost: everything unresolved is re-read from the cursor
+        error = future.exception()
+        if error is not None:
+            # paho refused it when it left the queue of the broker's Receive Maximum.
+            self._failed(window, message, f"cannot publish to {message.topic!r}: {error}", True)
+            return
         reason = future.result()
         if not reason.is_failure:
             self._acknowledged_on_connection = True
@@ -385,9 +393,11 @@ class MqttUplink:
             body["ts"] = time.time()
         return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
-    def _on_status_ack(self, future: asyncio.Future[ReasonCode]) -> None:
-        if future.cancelled():
+    def _on_status_ack(self, window: InFlightWindow, future: asyncio.Future[ReasonCode]) -> None:
+        if future.cancelled() or window.closed:
             return
+        window.free_slot()
+        self.status.in_flight = window.in_flight
         reason = future.result()
         if not reason.is_failure:
             self._acknowledged_on_connection = True

@@ -10,13 +10,22 @@ loop is installed, so paho never calls into asyncio from that thread.
 A ``MqttConnection`` lives for one network connection: after it is lost a new
 one is opened with a fresh paho client, so nothing paho queued for the old
 connection is ever re-sent behind the uplink's back.
+
+Two promises of an MQTT 5 broker's CONNACK are kept here, whoever publishes:
+its *Receive Maximum* (never more unacknowledged QoS 1 publishes on the wire; more
+wait here, in order, for a PUBACK to free a slot) and its *Server Keep Alive*
+(used instead of ours; 0 means no PINGREQ at all, and the kernel's TCP keepalive
+then notices a dead peer instead).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import contextlib
+import os
+import socket
 import ssl
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +44,8 @@ from gateway.uplinks.broker import BrokerAddress
 REJECTING_CODES = frozenset({0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C, 0x8E})
 # How long a clean close waits for the last PUBACK and the socket to close.
 CLOSE_TIMEOUT = 2.0
+# TCP keepalive probes before the kernel gives up on a silent peer.
+TCP_KEEPALIVE_PROBES = 3
 
 
 class MqttFailure(UplinkError):
@@ -98,6 +109,8 @@ class MqttConnection:
         # From the broker's CONNACK (MQTT 5); None when it sets no limit.
         self.receive_maximum: int | None = None
         self.maximum_packet_size: int | None = None
+        # Publishes beyond the broker's Receive Maximum, sent as PUBACKs free slots.
+        self._held: collections.deque[_Held] = collections.deque()
 
     @classmethod
     async def open(
@@ -180,7 +193,13 @@ class MqttConnection:
             return
         self.receive_maximum = getattr(properties, "ReceiveMaximum", None)
         self.maximum_packet_size = getattr(properties, "MaximumPacketSize", None)
-        self.keepalive = getattr(properties, "ServerKeepAlive", self.keepalive)
+        # paho adopts a Server Keep Alive for its pings by itself; the housekeeping
+        # interval follows it here.
+        server_keepalive: int | None = getattr(properties, "ServerKeepAlive", None)
+        if server_keepalive == 0 and self.keepalive > 0:
+            self._tcp_keepalive(self.keepalive)
+        if server_keepalive is not None:
+            self.keepalive = server_keepalive
         if not self._connack.done():
             self._connack.set_result(None)
 
@@ -195,6 +214,10 @@ class MqttConnection:
         future = self._acks.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(reason)
+        if self._held:
+            # Not from inside paho's PUBACK handling: paho frees its own slot after
+            # this callback returns.
+            self._loop.call_soon(self._send_held)
 
     def _on_disconnect(
         self,
@@ -241,17 +264,38 @@ class MqttConnection:
         """Publish at QoS 1; the future gets the PUBACK's reason code (Success for MQTT 3.1.1).
 
         If the connection is lost first, the future is cancelled. Raises
-        ``ValueError`` for a topic or payload paho refuses to send.
+        ``ValueError`` for a topic or payload paho refuses to send; a publish held
+        back by the broker's Receive Maximum gets that error in its future instead.
         """
         if self._lost.done():
             raise self._lost.result()
+        future: asyncio.Future[ReasonCode] = self._loop.create_future()
+        if self._held or self._window_full():
+            self._held.append(_Held(topic, payload, retain, future))
+        else:
+            self._send(topic, payload, retain, future)
+        return future
+
+    def _window_full(self) -> bool:
+        return self.receive_maximum is not None and len(self._acks) >= self.receive_maximum
+
+    def _send_held(self) -> None:
+        while self._held and not self._window_full() and not self._lost.done():
+            held = self._held.popleft()
+            try:
+                self._send(held.topic, held.payload, held.retain, held.future)
+            except ValueError as err:
+                held.future.set_exception(err)
+
+    def _send(
+        self, topic: str, payload: bytes, retain: bool, future: asyncio.Future[ReasonCode]
+    ) -> None:
         client = self._client
         self._publishing = True
         try:
             info = client.publish(topic, payload, qos=1, retain=retain)
         finally:
             self._publishing = False
-        future: asyncio.Future[ReasonCode] = self._loop.create_future()
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             future.cancel()
         else:
@@ -263,10 +307,13 @@ class MqttConnection:
             client.loop_write()
             if client.want_write() and self._fd >= 0:
                 self._loop.add_writer(self._fd, self._on_writable)
-        return future
 
     async def run(self) -> None:
         """Keepalive housekeeping until the connection is lost; then raises ``MqttFailure``."""
+        if self.keepalive == 0:
+            # The broker switched keep alive off: nothing to ping, only wait.
+            await asyncio.shield(self._lost)
+            raise self._lost.result()
         interval = min(1.0, self.keepalive / 4)
         while not self._lost.done():
             self._client.loop_misc()
@@ -310,6 +357,27 @@ class MqttConnection:
         for future in self._acks.values():
             future.cancel()
         self._acks.clear()
+        for held in self._held:
+            held.future.cancel()
+        self._held.clear()
+
+    def _tcp_keepalive(self, seconds: int) -> None:
+        """Let the kernel probe the peer after ``seconds`` of silence.
+
+        Without MQTT keep alive nothing else would notice a broker that vanished
+        without closing the connection (power cut, dead route), and unacknowledged
+        messages would wait for ever. Works on a duplicate of the descriptor, so TLS
+        and WebSocket wrappers need not expose the socket.
+        """
+        if self._fd < 0:
+            return
+        with socket.socket(fileno=os.dup(self._fd)) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, seconds)
+            sock.setsockopt(
+                socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, max(1, seconds // TCP_KEEPALIVE_PROBES)
+            )
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, TCP_KEEPALIVE_PROBES)
 
     def _unwatch(self) -> None:
         if self._fd >= 0:
@@ -328,6 +396,14 @@ class MqttConnection:
         sock = self._client.socket()
         if sock is not None:
             sock.close()
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    topic: str
+    payload: bytes
+    retain: bool
+    future: asyncio.Future[ReasonCode]
 
 
 def _pending(sock: object) -> bool:

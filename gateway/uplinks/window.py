@@ -31,15 +31,34 @@ class InFlightWindow:
         return min(self.limit - self.in_flight, self.limit - self.acks.open_batches)
 
     async def wait_for_room(self) -> None:
+        """Until another read of the log may start."""
         while self.room <= 0:
             self._changed.clear()
             await self._changed.wait()
 
+    async def wait_for_slot(self) -> None:
+        """Until the next message of a read already made may go out.
+
+        Only the messages in flight count here: the read's own batch is open until
+        all of its messages are resolved, so counting it would never let a window
+        of one send a read's second message.
+        """
+        while self.in_flight >= self.limit:
+            self._changed.clear()
+            await self._changed.wait()
+
+    def take_slot(self) -> None:
+        """A message outside the log (the status) is published on the connection."""
+        self.in_flight += 1
+
+    def free_slot(self) -> None:
+        self.in_flight -= 1
+        self._changed.set()
+
     def resolved(self, message: TelemetryMessage) -> bool:
         """``message`` is resolved; True when ``acks.confirmed`` moved."""
-        self.in_flight -= 1
         moved = self.acks.resolve(message)
-        self._changed.set()
+        self.free_slot()
         return moved
 
     def retry_later(self, delay: float, message: TelemetryMessage) -> None:
