@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 TOKEN = "bench-token-0123456789"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
@@ -456,45 +458,41 @@ class GatewayConfig:
         return self.work / "gateway.toml"
 
     def write(self) -> Path:
-        lines = [
-            "[gateway]",
-            f'id = "{self.gateway_id}"',
-            f'data_dir = "{self.data_dir}"',
-            'log_level = "WARNING"',
-            "",
-            "[store]",
-            f'durability = "{self.durability}"',
-            "",
-        ]
-        for device_id, port in self.devices:
-            lines += [
-                "[[devices]]",
-                f'id = "{device_id}"',
-                'driver = "serial_line"',
-                f'port = "{port}"',
-                "baudrate = 115200",
-                'format = "kv"',
-                "reconnect_min = 0.05",
-                "reconnect_max = 0.5",
-                "",
-            ]
+        config: dict[str, object] = {
+            "gateway": {
+                "id": self.gateway_id,
+                "data_dir": str(self.data_dir),
+                "log_level": "WARNING",
+            },
+            "store": {"durability": self.durability},
+            "devices": [
+                {
+                    "id": device_id,
+                    "driver": "serial_line",
+                    "port": str(port),
+                    "baudrate": 115200,
+                    "format": "kv",
+                    "reconnect_min": 0.05,
+                    "reconnect_max": 0.5,
+                }
+                for device_id, port in self.devices
+            ],
+        }
         if self.mqtt_url:
-            lines += [
-                "[uplink.mqtt]",
-                f'url = "{self.mqtt_url}"',
-                'topic_prefix = "edge"',
-                "reconnect_min = 0.1",
-                "reconnect_max = 0.5",
-                "",
-            ]
-        lines += [
-            "[local]",
-            f'listen = "127.0.0.1:{self.local_port}"',
-            f'token = "{TOKEN}"',
-            f"max_clients = {self.max_clients}",
-            "",
-        ]
-        self.path.write_text("\n".join(lines))
+            config["uplink"] = {
+                "mqtt": {
+                    "url": self.mqtt_url,
+                    "topic_prefix": "edge",
+                    "reconnect_min": 0.1,
+                    "reconnect_max": 0.5,
+                }
+            }
+        config["local"] = {
+            "listen": f"127.0.0.1:{self.local_port}",
+            "token": TOKEN,
+            "max_clients": self.max_clients,
+        }
+        self.path.write_text(tomli_w.dumps(config), encoding="utf-8")
         return self.path
 
 
