@@ -7,6 +7,7 @@ import time
 
 from aiohttp import web
 
+from gateway import __version__
 from gateway.interfaces import DeviceStatus
 from gateway.local import health
 from gateway.local.keys import HUB, LATEST, VIEW
@@ -58,6 +59,7 @@ async def status(request: web.Request) -> web.Response:
     stats = view.log.stats()
     body = {
         "gateway": view.gateway_id,
+        "version": __version__,
         "time": now,
         "uptime": now - view.started,
         "health": {"status": "degraded" if reasons else "ok", "reasons": reasons},
