@@ -26,6 +26,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -45,6 +46,11 @@ VENV_BIN = Path(sys.executable).parent
 TOKEN = "ansible-test-token-0123456789"
 HEALTH_TASK = "Wait for /healthz of this gateway"
 CONFIG_TASK = "Write the configuration, refused unless check-config accepts it"
+# The release the checkout builds, and a later one to upgrade to: read, not written
+# here, so that bumping the version for a release leaves these tests as they are.
+RELEASE = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+_MAJOR_MINOR, _, _PATCH = RELEASE.rpartition(".")
+NEXT_RELEASE = f"{_MAJOR_MINOR}.{int(_PATCH) + 1}"
 
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
@@ -199,8 +205,8 @@ def test_first_run_installs_the_release_config_secrets_and_unit(
     assert first_run.recap["gw-ansible"]["failed"] == 0
 
     venv = site.install_dir / "venv"
-    assert os.readlink(venv) == "releases/0.1.0"
-    assert (site.install_dir / "releases/0.1.0/bin/python").exists()
+    assert os.readlink(venv) == f"releases/{RELEASE}"
+    assert (site.install_dir / f"releases/{RELEASE}/bin/python").exists()
     config = site.config_dir / "gateway.toml"
     assert _mode(site.config_dir) == 0o750
     assert _mode(config) == 0o640
@@ -342,29 +348,31 @@ def test_upgrade_keeps_the_previous_release_rollback_restores_it_prune_spares_it
 ) -> None:
     assert first_run.returncode == 0, first_run.output
     pyproject = site.source / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.1.1"'))
+    pyproject.write_text(
+        pyproject.read_text().replace(f'version = "{RELEASE}"', f'version = "{NEXT_RELEASE}"')
+    )
     venv = site.install_dir / "venv"
 
     upgrade = site.play("site.yml", "--limit", "gw-ansible")
     assert upgrade.returncode == 0, upgrade.output
-    assert os.readlink(venv) == "releases/0.1.1"
-    assert (site.install_dir / "releases/0.1.0/bin/edge-gateway").exists()
-    assert _installed_version(site) == "0.1.1"
+    assert os.readlink(venv) == f"releases/{NEXT_RELEASE}"
+    assert (site.install_dir / f"releases/{RELEASE}/bin/edge-gateway").exists()
+    assert _installed_version(site) == NEXT_RELEASE
 
     rollback = site.play(
-        "rollback.yml", "--limit", "gw-ansible", "-e", "edge_gateway_rollback_to=0.1.0"
+        "rollback.yml", "--limit", "gw-ansible", "-e", f"edge_gateway_rollback_to={RELEASE}"
     )
     assert rollback.returncode == 0, rollback.output
-    assert os.readlink(venv) == "releases/0.1.0"
-    assert _installed_version(site) == "0.1.0"
+    assert os.readlink(venv) == f"releases/{RELEASE}"
+    assert _installed_version(site) == RELEASE
 
     missing = site.play(
         "rollback.yml", "--limit", "gw-ansible", "-e", "edge_gateway_rollback_to=0.0.1"
     )
     assert missing.returncode != 0
-    assert os.readlink(venv) == "releases/0.1.0"
+    assert os.readlink(venv) == f"releases/{RELEASE}"
 
-    # Keeping one release keeps the active one, though 0.1.1 is newer.
+    # Keeping one release keeps the active one, though the other is newer.
     pruned = site.play(
         "site.yml",
         "--limit",
@@ -375,8 +383,8 @@ def test_upgrade_keeps_the_previous_release_rollback_restores_it_prune_spares_it
         json.dumps({"edge_gateway_keep_releases": 1}),
     )
     assert pruned.returncode == 0, pruned.output
-    assert sorted(p.name for p in (site.install_dir / "releases").iterdir()) == ["0.1.0"]
-    assert _installed_version(site) == "0.1.0"
+    assert sorted(p.name for p in (site.install_dir / "releases").iterdir()) == [RELEASE]
+    assert _installed_version(site) == RELEASE
 
 
 def _installed_version(site: Site) -> str:
