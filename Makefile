@@ -31,7 +31,7 @@ demo: $(RUNTIME_STAMP)
 test: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
 		systemd-analyze=systemd
-	$(PY) -m pytest --cov $(PYTEST_ARGS)
+	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck
 
