@@ -52,6 +52,11 @@ RELEASE = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["versi
 _MAJOR_MINOR, _, _PATCH = RELEASE.rpartition(".")
 NEXT_RELEASE = f"{_MAJOR_MINOR}.{int(_PATCH) + 1}"
 
+# The first play builds a wheel and a virtual environment and installs into it: about
+# 90 s on a loaded 2-core machine, too close to the suite's 120 s, and the upgrade test
+# runs four plays. Each play has its own 300 s deadline (Site.play).
+pytestmark = pytest.mark.timeout(600)
+
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
     r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
