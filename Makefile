@@ -2,29 +2,36 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+RUNTIME_STAMP := $(VENV)/.runtime-stamp
 PYTEST_ARGS ?=
 
 .PHONY: all venv demo test check lint typecheck bench soak clean
 
 all: check test
 
-$(STAMP): pyproject.toml
+# The runtime alone, which is all `make demo` needs on a Pi; the development
+# tools (test, lint and type-check extras) go on top of it for the other targets.
+$(RUNTIME_STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $(RUNTIME_STAMP)
+
+$(STAMP): $(RUNTIME_STAMP) pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
 venv: $(STAMP)
 
 # The demo wants a broker to play the cloud; without one it runs offline.
-demo: $(STAMP)
+demo: $(RUNTIME_STAMP)
 	tools/ensure-packages mosquitto=mosquitto || echo "no mosquitto: the demo runs offline"
 	$(VENV)/bin/edge-gateway demo
 
 test: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
 		systemd-analyze=systemd
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck
 

@@ -2,7 +2,7 @@
 
 A private mosquitto on a free port, the gateway as a subprocess with a generated
 configuration, pseudo-terminals fed by a paced line writer, helper processes that
-report progress as JSON lines, and /proc sampling (CPU, RSS, bytes written).
+report progress as JSON lines, and process sampling (CPU, RSS, bytes written).
 Everything binds to 127.0.0.1 and is stopped by whoever started it.
 """
 
@@ -28,8 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+import tomli_w
+
 TOKEN = "bench-token-0123456789"
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,7 +84,7 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-# ---------------------------------------------------------------- /proc sampling
+# ---------------------------------------------------------------- process sampling
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,28 +96,20 @@ class ProcSnapshot:
 
 
 def snapshot(pid: int) -> ProcSnapshot:
+    """CPU, RSS and bytes written, as /proc/PID/stat, statm and io give them."""
     t = time.monotonic()
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        # The command name may contain spaces; fields resume after its closing ')'.
-        fields = f.read().rsplit(")", 1)[1].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    rss = 0
-    with open(f"/proc/{pid}/status", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1]) * 1024
-                break
-    write_bytes = 0
-    with open(f"/proc/{pid}/io", encoding="ascii") as f:
-        for line in f:
-            if line.startswith("write_bytes:"):
-                write_bytes = int(line.split()[1])
-                break
-    return ProcSnapshot(t, (utime + stime) / CLK_TCK, rss, write_bytes)
+    proc = psutil.Process(pid)
+    with proc.oneshot():
+        cpu = proc.cpu_times()
+        rss = proc.memory_info().rss
+        write_bytes = proc.io_counters().write_bytes
+    return ProcSnapshot(t, cpu.user + cpu.system, rss, write_bytes)
 
 
 def memory_breakdown(pid: int) -> dict[str, int]:
     """RSS split by kind (anonymous, file-backed, shared memory) from smaps_rollup, bytes."""
+    # Read by hand: psutil takes only USS, PSS and swap from this file, not the lines
+    # that split RSS by kind (Anonymous, Shmem, clean and dirty pages).
     out: dict[str, int] = {}
     wanted = {"Rss", "Anonymous", "Shared_Clean", "Private_Clean", "Private_Dirty", "Shmem"}
     try:
@@ -131,15 +125,7 @@ def memory_breakdown(pid: int) -> dict[str, int]:
 
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds (utime + stime) of each thread of ``pid``, by thread id."""
-    out: dict[int, float] = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{tid}/stat", encoding="ascii") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except FileNotFoundError:
-            continue
-        out[int(tid)] = (int(fields[11]) + int(fields[12])) / CLK_TCK
-    return out
+    return {t.id: t.user_time + t.system_time for t in psutil.Process(pid).threads()}
 
 
 def thread_percent(
@@ -159,17 +145,15 @@ def thread_percent(
 
 
 def system_cpu() -> tuple[float, float]:
-    """(busy, total) CPU seconds of the whole machine since boot, from /proc/stat."""
-    with open("/proc/stat", encoding="ascii") as f:
-        values = [int(v) for v in f.readline().split()[1:]]
-    idle = values[3] + values[4]  # idle + iowait
-    total = sum(values[:8])  # guest time is already counted in user
-    return (total - idle) / CLK_TCK, total / CLK_TCK
+    """(busy, total) CPU seconds of the whole machine since boot (/proc/stat)."""
+    times = psutil.cpu_times()
+    # Guest time is already counted in user, so it is left out of the total.
+    total = sum(times[:8])
+    return total - times.idle - times.iowait, total
 
 
 def load_average() -> float:
-    with open("/proc/loadavg", encoding="ascii") as f:
-        return float(f.read().split()[0])
+    return os.getloadavg()[0]
 
 
 def cpu_percent(a: ProcSnapshot, b: ProcSnapshot) -> float:
@@ -211,7 +195,7 @@ class RssSampler:
         while not self._stop.is_set():
             try:
                 s = snapshot(self.pid)
-            except (FileNotFoundError, ProcessLookupError):
+            except psutil.NoSuchProcess:
                 return
             self.samples.append((s.t, s.rss_bytes))
             self._stop.wait(self.interval)
@@ -456,48 +440,44 @@ class GatewayConfig:
         return self.work / "gateway.toml"
 
     def write(self) -> Path:
-        lines = [
-            "[gateway]",
-            f'id = "{self.gateway_id}"',
-            f'data_dir = "{self.data_dir}"',
-            'log_level = "WARNING"',
-            "",
-            "[store]",
-            f'durability = "{self.durability}"',
-            "",
-        ]
-        for device_id, port in self.devices:
-            lines += [
-                "[[devices]]",
-                f'id = "{device_id}"',
-                'driver = "serial_line"',
-                f'port = "{port}"',
-                "baudrate = 115200",
-                'format = "kv"',
-                "reconnect_min = 0.05",
-                "reconnect_max = 0.5",
-                "",
-            ]
+        config: dict[str, object] = {
+            "gateway": {
+                "id": self.gateway_id,
+                "data_dir": str(self.data_dir),
+                "log_level": "WARNING",
+            },
+            "store": {"durability": self.durability},
+            "devices": [
+                {
+                    "id": device_id,
+                    "driver": "serial_line",
+                    "port": str(port),
+                    "baudrate": 115200,
+                    "format": "kv",
+                    "reconnect_min": 0.05,
+                    "reconnect_max": 0.5,
+                }
+                for device_id, port in self.devices
+            ],
+        }
         if self.mqtt_url:
-            lines += [
-                "[uplink.mqtt]",
-                f'url = "{self.mqtt_url}"',
-                'topic_prefix = "edge"',
-                "reconnect_min = 0.1",
-                "reconnect_max = 0.5",
-                "",
-            ]
-        lines += [
-            "[local]",
-            f'listen = "127.0.0.1:{self.local_port}"',
-            f'token = "{TOKEN}"',
-            f"max_clients = {self.max_clients}",
+            config["uplink"] = {
+                "mqtt": {
+                    "url": self.mqtt_url,
+                    "topic_prefix": "edge",
+                    "reconnect_min": 0.1,
+                    "reconnect_max": 0.5,
+                }
+            }
+        config["local"] = {
+            "listen": f"127.0.0.1:{self.local_port}",
+            "token": TOKEN,
+            "max_clients": self.max_clients,
             # Every client is on loopback: one address, and as many connections.
-            f"max_connections = {self.max_clients + 16}",
-            f"max_connections_per_address = {self.max_clients + 16}",
-            "",
-        ]
-        self.path.write_text("\n".join(lines))
+            "max_connections": self.max_clients + 16,
+            "max_connections_per_address": self.max_clients + 16,
+        }
+        self.path.write_text(tomli_w.dumps(config), encoding="utf-8")
         return self.path
 
 

@@ -115,6 +115,7 @@ def table(results: list[BenchResult]) -> str:
 
 def machine() -> dict[str, Any]:
     model = ""
+    # Read by hand: neither psutil nor platform names the CPU model on Linux.
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:

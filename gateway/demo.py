@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
+import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.app import Gateway, signals_handled
-from gateway.config import load_config, toml_value
+from gateway.config import load_config
 from gateway.logs import setup_logging
 from simulators import PtyDevice
 
@@ -150,36 +151,32 @@ async def _devices(root: Path) -> AsyncIterator[list[tuple[str, Path]]]:
 def _write_config(
     root: Path, links: list[tuple[str, Path]], port: int, token: str, broker: int | None
 ) -> Path:
-    parts = [
-        "# Written by `edge-gateway demo`: a real configuration you can copy.",
-        "[gateway]",
-        'id = "demo-gw"',
-        f"data_dir = {toml_value(str(root / 'data'))}",
-        "",
-    ]
+    devices: list[dict[str, object]] = []
     for device_id, link in links:
-        units = 'units = { t = "°C", h = "%" }' if device_id.startswith("thermo") else ""
-        parts += [
-            "[[devices]]",
-            f"id = {toml_value(device_id)}",
-            'driver = "serial_line"',
-            f"port = {toml_value(str(link))}",
-            "baudrate = 9600",
-            'format = "kv"',
-            units,
-            "expected_interval = 2.0",
-            "",
-        ]
+        device: dict[str, object] = {
+            "id": device_id,
+            "driver": "serial_line",
+            "port": str(link),
+            "baudrate": 9600,
+            "format": "kv",
+            "expected_interval": 2.0,
+        }
+        if device_id.startswith("thermo"):
+            device["units"] = {"t": "°C", "h": "%"}
+        devices.append(device)
+    config: dict[str, object] = {
+        "gateway": {"id": "demo-gw", "data_dir": str(root / "data")},
+        "devices": devices,
+    }
     if broker is not None:
-        parts += [
-            "[uplink.mqtt]",
-            f'url = "mqtt://127.0.0.1:{broker}"',
-            'topic_prefix = "edge"',
-            "",
-        ]
-    parts += ["[local]", f'listen = "127.0.0.1:{port}"', f"token = {toml_value(token)}", ""]
+        config["uplink"] = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker}", "topic_prefix": "edge"}}
+    config["local"] = {"listen": f"127.0.0.1:{port}", "token": token}
     path = root / "gateway.toml"
-    path.write_text("\n".join(parts))
+    path.write_text(
+        "# Written by `edge-gateway demo`: a real configuration you can copy.\n"
+        + tomli_w.dumps(config),
+        encoding="utf-8",
+    )
     return path
 
 

@@ -26,6 +26,7 @@ import signal
 import stat
 import subprocess
 import sys
+import tomllib
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -50,6 +51,16 @@ TOKEN = "ansible-test-token-0123456789"
 HEALTH_TASK = "Wait for /healthz of this gateway"
 SECRETS_TASK = "Write the local API token"
 CONFIG_TASK = "Write the configuration, refused unless check-config accepts it"
+# The release the checkout builds, and a later one to upgrade to: read, not written
+# here, so that bumping the version for a release leaves these tests as they are.
+RELEASE = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"]
+_MAJOR_MINOR, _, _PATCH = RELEASE.rpartition(".")
+NEXT_RELEASE = f"{_MAJOR_MINOR}.{int(_PATCH) + 1}"
+
+# The first play builds a wheel and a virtual environment and installs into it: about
+# 90 s on a loaded 2-core machine, too close to the suite's 120 s, and the upgrade test
+# runs four plays. Each play has its own 300 s deadline (Site.play).
+pytestmark = pytest.mark.timeout(600)
 
 RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
@@ -89,7 +100,7 @@ class Site:
 
     def play(self, playbook: str, *args: str) -> PlayResult:
         env = {
-            **os.environ,
+            **_unmeasured_environ(),
             "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
             "ANSIBLE_HOME": str(self.base / "ansible-home"),
             "ANSIBLE_LOCAL_TEMP": str(self.base / "ansible-tmp"),
@@ -206,8 +217,8 @@ def test_first_run_installs_the_release_config_secrets_and_unit(
     assert first_run.recap["gw-ansible"]["failed"] == 0
 
     venv = site.install_dir / "venv"
-    assert os.readlink(venv) == "releases/0.1.0"
-    assert (site.install_dir / "releases/0.1.0/bin/python").exists()
+    assert os.readlink(venv) == f"releases/{RELEASE}"
+    assert (site.install_dir / f"releases/{RELEASE}/bin/python").exists()
     config = site.config_dir / "gateway.toml"
     assert _mode(site.config_dir) == 0o750
     assert _mode(config) == 0o640
@@ -424,29 +435,31 @@ def test_upgrade_keeps_the_previous_release_rollback_restores_it_prune_spares_it
 ) -> None:
     assert first_run.returncode == 0, first_run.output
     pyproject = site.source / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('version = "0.1.0"', 'version = "0.1.1"'))
+    pyproject.write_text(
+        pyproject.read_text().replace(f'version = "{RELEASE}"', f'version = "{NEXT_RELEASE}"')
+    )
     venv = site.install_dir / "venv"
 
     upgrade = site.play("site.yml", "--limit", "gw-ansible")
     assert upgrade.returncode == 0, upgrade.output
-    assert os.readlink(venv) == "releases/0.1.1"
-    assert (site.install_dir / "releases/0.1.0/bin/edge-gateway").exists()
-    assert _installed_version(site) == "0.1.1"
+    assert os.readlink(venv) == f"releases/{NEXT_RELEASE}"
+    assert (site.install_dir / f"releases/{RELEASE}/bin/edge-gateway").exists()
+    assert _installed_version(site) == NEXT_RELEASE
 
     rollback = site.play(
-        "rollback.yml", "--limit", "gw-ansible", "-e", "edge_gateway_rollback_to=0.1.0"
+        "rollback.yml", "--limit", "gw-ansible", "-e", f"edge_gateway_rollback_to={RELEASE}"
     )
     assert rollback.returncode == 0, rollback.output
-    assert os.readlink(venv) == "releases/0.1.0"
-    assert _installed_version(site) == "0.1.0"
+    assert os.readlink(venv) == f"releases/{RELEASE}"
+    assert _installed_version(site) == RELEASE
 
     missing = site.play(
         "rollback.yml", "--limit", "gw-ansible", "-e", "edge_gateway_rollback_to=0.0.1"
     )
     assert missing.returncode != 0
-    assert os.readlink(venv) == "releases/0.1.0"
+    assert os.readlink(venv) == f"releases/{RELEASE}"
 
-    # Keeping one release keeps the active one, though 0.1.1 is newer.
+    # Keeping one release keeps the active one, though the other is newer.
     pruned = site.play(
         "site.yml",
         "--limit",
@@ -457,8 +470,18 @@ def test_upgrade_keeps_the_previous_release_rollback_restores_it_prune_spares_it
         json.dumps({"edge_gateway_keep_releases": 1}),
     )
     assert pruned.returncode == 0, pruned.output
-    assert sorted(p.name for p in (site.install_dir / "releases").iterdir()) == ["0.1.0"]
-    assert _installed_version(site) == "0.1.0"
+    assert sorted(p.name for p in (site.install_dir / "releases").iterdir()) == [RELEASE]
+    assert _installed_version(site) == RELEASE
+
+
+def _unmeasured_environ() -> dict[str, str]:
+    """This process's environment without coverage's hook for subprocesses.
+
+    Ansible's own processes run no code of this checkout (the gateway it starts runs
+    from the release's environment), and measuring them under `make test` made a play
+    several times slower.
+    """
+    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
 
 
 def _installed_version(site: Site) -> str:
@@ -479,7 +502,7 @@ def _installed_version(site: Site) -> str:
 
 def test_ansible_lint_and_syntax_check_are_clean(tmp_path: Path) -> None:
     env = {
-        **os.environ,
+        **_unmeasured_environ(),
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
         "NO_COLOR": "1",

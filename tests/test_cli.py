@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from drivers.serial_port import BAUDRATES
 from gateway import __version__, cli
@@ -131,11 +132,11 @@ def test_a_taken_local_port_is_one_line_and_exit_1(tmp_path: Path) -> None:
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "gateway.toml"
-        config.write_text(
-            f'[gateway]\nid = "gw-cli"\ndata_dir = "data"\n'
-            f'[local]\nlisten = "127.0.0.1:{port}"\ntoken = "{"t" * 24}"\n',
-            encoding="utf-8",
-        )
+        settings = {
+            "gateway": {"id": "gw-cli", "data_dir": "data"},
+            "local": {"listen": f"127.0.0.1:{port}", "token": "t" * 24},
+        }
+        config.write_text(tomli_w.dumps(settings), encoding="utf-8")
         done = edge_gateway("run", "-c", config)
     assert done.returncode == 1
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("edge-gateway:")]

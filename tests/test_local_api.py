@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 import trustme
 
+from gateway import __version__
 from gateway.errors import ConfigError, StoreError
 from gateway.interfaces import GatewayView
 from gateway.local import serve
@@ -153,6 +154,7 @@ async def test_status_has_the_contract_shape(tmp_path: Path) -> None:
         gw.devices["thermo-1"].status.state = "open"
         body = await gw.get_json("/api/v1/status")
     assert body["gateway"] == "gw-test"
+    assert body["version"] == __version__
     store = body["store"]
     assert {"depth", "bytes", "last_seq", "dropped", "dead_letters"} <= store.keys()
     assert store["last_seq"] == 3
@@ -180,7 +182,7 @@ async def test_metrics_expose_every_family(tmp_path: Path) -> None:
     declared = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
     assert sorted(declared) == sorted(METRIC_NAMES)
     samples = parse_samples(text)
-    assert samples['edge_gateway_info{gateway="gw-test",version="0.1.0"}'] == 1
+    assert samples[f'edge_gateway_info{{gateway="gw-test",version="{__version__}"}}'] == 1
     assert samples['edge_gateway_device_up{device="thermo-1"}'] == 1
     assert samples['edge_gateway_device_up{device="counter-1"}'] == 0
     assert samples['edge_gateway_device_readings_total{device="thermo-1"}'] == 2

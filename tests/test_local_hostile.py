@@ -109,7 +109,7 @@ async def test_idle_and_slow_sockets_from_one_address_are_capped_and_cut(
 ) -> None:
     gw = gateway_process
     gw.fd_limit = FD_LIMIT
-    gw.local_extra = ['header_timeout = "2s"']
+    gw.local_extra = {"header_timeout": "2s"}
     async with PtyDevice("counter", tmp_path / "dev-a", rate=50) as dev:
         gw.devices = [DeviceSpec("dev-a", dev.link)]
         gw.start()
@@ -141,11 +141,11 @@ async def test_a_thousand_sockets_from_many_addresses_leave_descriptors_for_the_
     gw = gateway_process
     gw.fd_limit = FD_LIMIT
     # Only the descriptor limit bounds these peers, and they stay until the test ends.
-    gw.local_extra = [
-        "max_connections_per_address = 5000",
-        'header_timeout = "5m"',
-        'keepalive_timeout = "1h"',
-    ]
+    gw.local_extra = {
+        "max_connections_per_address": 5000,
+        "header_timeout": "5m",
+        "keepalive_timeout": "1h",
+    }
     sources = [f"127.0.0.{n}" for n in range(2, 22)]
     async with PtyDevice("counter", tmp_path / "dev-a", rate=50) as dev:
         gw.devices = [DeviceSpec("dev-a", dev.link)]

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from gateway.errors import StoreError
 from gateway.reading import DeadLetter
@@ -69,7 +70,7 @@ async def test_stats_reads_the_data_dir_from_the_configuration(
     data_dir = tmp_path / "data"
     await _prepare(data_dir)
     config = tmp_path / "gateway.toml"
-    config.write_text(f'[gateway]\nid = "gw-test"\ndata_dir = "{data_dir}"\n')
+    config.write_text(tomli_w.dumps({"gateway": {"id": "gw-test", "data_dir": str(data_dir)}}))
     assert queue("stats", "-c", str(config), "--json") == 0
     assert json.loads(capsys.readouterr().out)["last_seq"] == 100
 

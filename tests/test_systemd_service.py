@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import tomli_w
 
 from tests.fixtures.common import free_port, wait_until_sync
 from tests.test_systemd_unit import UNIT, service_section
@@ -76,18 +77,14 @@ def manager(tmp_path: Path) -> Iterator[Manager]:
 
 def _start(tmp_path: Path, manager: Manager, port: int) -> subprocess.Popen[bytes]:
     config = tmp_path / "gateway.toml"
-    config.write_text(
-        "[gateway]\n"
-        'id = "gw-unit"\n'
-        f'data_dir = "{tmp_path / "data"}"\n'
-        "[[devices]]\n"
-        'id = "thermo-1"\n'
-        'driver = "serial_line"\n'
-        f'port = "{tmp_path / "no-such-port"}"\n'
-        "[local]\n"
-        f'listen = "127.0.0.1:{port}"\n'
-        'token = "systemd-test-token-0123456789"\n'
-    )
+    settings = {
+        "gateway": {"id": "gw-unit", "data_dir": str(tmp_path / "data")},
+        "devices": [
+            {"id": "thermo-1", "driver": "serial_line", "port": str(tmp_path / "no-such-port")}
+        ],
+        "local": {"listen": f"127.0.0.1:{port}", "token": "systemd-test-token-0123456789"},
+    }
+    config.write_text(tomli_w.dumps(settings))
     unit_environment, umask = _unit_conditions()
     env = {
         **os.environ,

@@ -8,6 +8,7 @@ import time
 
 from aiohttp import web
 
+from gateway import __version__
 from gateway.globs import check_device_glob
 from gateway.interfaces import DeviceStatus
 from gateway.local import health
@@ -63,6 +64,7 @@ async def status(request: web.Request) -> web.Response:
     stats = view.log.stats()
     body = {
         "gateway": view.gateway_id,
+        "version": __version__,
         "time": now,
         "uptime": now - view.started,
         "health": {"status": "degraded" if reasons else "ok", "reasons": reasons},

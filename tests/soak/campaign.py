@@ -187,7 +187,7 @@ async def run(
             gw.devices = [DeviceSpec(i, d.link) for i, d in devices.items()]
             gw.mqtt_url = proxy.url()
             # Every reading stays in the log for the whole run: the ledger reads them back.
-            gw.store_options = {"history": '"3650d"', "min_free_bytes": "0"}
+            gw.store_options = {"history": "3650d", "min_free_bytes": 0}
             rig = Rig(
                 gw,
                 proxy,
