@@ -1,5 +1,8 @@
 """The ``serial_line`` driver: a serial port feeding the line codec, reopened when it fails.
 
+``SerialStreamDriver`` is the transport of any device that streams on a serial port
+(``nmea`` uses it with its own codec); ``SerialLineDriver`` is it with the line codec.
+
 The port is opened and closed in an executor (pyserial-asyncio-fast reads it on the
 loop without blocking). Each chunk read becomes one ``put_samples`` call. The
 connection is a small state machine::
@@ -27,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import serial
 from serial_asyncio_fast import SerialTransport, connection_for_serial
@@ -34,8 +38,9 @@ from serial_asyncio_fast import SerialTransport, connection_for_serial
 from drivers.backoff import Backoff, Fault, classify_loss, classify_open_error
 from drivers.fault_log import FaultLog
 from drivers.off_loop import open_off_loop
-from drivers.serial_line.codec import LineDecoder
+from drivers.serial_line.codec import Decoded, LineDecoder
 from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_port import Parity
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import DeadLetter
@@ -59,23 +64,65 @@ class _LineProtocol(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-class SerialLineDriver:
-    """Reads a line-oriented device on a serial port into a ``SampleSink``."""
+class StreamCodec(Protocol):
+    """A sans-io codec of a byte stream: what ``SerialStreamDriver`` feeds."""
+
+    def feed(self, data: bytes, ts: float) -> Decoded: ...
+
+    def reset(self, ts: float) -> DeadLetter | None:
+        """Forget a partial record (the port closed); it is returned as a dead letter."""
+
+
+class StreamPortSettings(Protocol):
+    """The keys a streaming serial driver reads: a port, and how often to read it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def driver(self) -> str: ...
+    @property
+    def port(self) -> str: ...
+    @property
+    def baudrate(self) -> int: ...
+    @property
+    def bytesize(self) -> int: ...
+    @property
+    def parity(self) -> Parity: ...
+    @property
+    def stopbits(self) -> float: ...
+    @property
+    def reconnect_min(self) -> float: ...
+    @property
+    def reconnect_max(self) -> float: ...
+    @property
+    def read_interval(self) -> float: ...
+
+
+CodecT = TypeVar("CodecT", bound=StreamCodec)
+
+
+class SerialStreamDriver(Generic[CodecT]):
+    """Reads a device that streams records on a serial port into a ``SampleSink``.
+
+    The codec turns bytes into records; this class owns the port, pacing,
+    backpressure and reconnects. ``serial_line`` and ``nmea`` are such devices.
+    """
 
     def __init__(
         self,
-        settings: SerialLineSettings,
+        settings: StreamPortSettings,
         sink: SampleSink,
+        codec: CodecT,
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not settings.port:
-            raise DriverError(settings.id, "serial_line needs a port")
+            raise DriverError(settings.id, f"{settings.driver} needs a port")
         self.device_id = settings.id
         self.settings = settings
         self.status = DeviceStatus()
-        self.codec = LineDecoder.from_settings(settings)
+        self.codec = codec
         # The device path the port was last opened on (the symlink resolved).
         self.opened_path: str | None = None
         self._sink = sink
@@ -253,3 +300,19 @@ class SerialLineDriver:
         self.status.errors += 1
         self.status.last_error = message
         self._faults.report(logging.ERROR if fault is Fault.DENIED else logging.WARNING, message)
+
+
+class SerialLineDriver(SerialStreamDriver[LineDecoder]):
+    """Reads a line-oriented device on a serial port into a ``SampleSink``."""
+
+    def __init__(
+        self,
+        settings: SerialLineSettings,
+        sink: SampleSink,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            settings, sink, LineDecoder.from_settings(settings), backoff=backoff, clock=clock
+        )
