@@ -633,6 +633,7 @@ def documented_keys() -> dict[str, dict[str, str]]:
 DEVICES: dict[str, dict[str, Any]] = {
     "serial_line": {"id": "d", "driver": "serial_line", "port": "/dev/x"},
     "gpio_input": {"id": "d", "driver": "gpio_input", "pin": 17},
+    "nmea": {"id": "d", "driver": "nmea", "port": "/dev/x"},
 }
 
 
