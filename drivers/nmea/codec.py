@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 
+from drivers.delimited import Splitter
 from drivers.serial_line.codec import Decoded
 from gateway.errors import DriverError
 from gateway.reading import DeadLetter, Sample, Value
@@ -377,47 +378,27 @@ class NmeaDecoder:
         self.max_sentence_bytes = max_sentence_bytes
         # Valid sentences that gave no readings: types not read, or proprietary ones.
         self.skipped = 0
-        self._tail = b""
-        # True after an overlong line until its end is seen.
-        self._discarding = False
+        self._lines = Splitter(_NL, max_sentence_bytes)
 
     @property
     def buffered(self) -> int:
         """Bytes of an unfinished sentence held between feeds (at most max_sentence_bytes)."""
-        return len(self._tail)
+        return self._lines.buffered
 
     def feed(self, data: bytes, ts: float) -> Decoded:
         """Decode a chunk read at time ``ts``; sentences it completes get that timestamp."""
         out = Decoded()
-        if not data:
-            return out
-        data = data.replace(_CR, _NL)
-        if self._discarding:
-            end = data.find(_NL)
-            if end < 0:
-                return out
-            self._discarding = False
-            data = data[end + 1 :]
-        lines = (self._tail + data).split(_NL)
-        tail = lines.pop()
-        limit = self.max_sentence_bytes
-        for line in lines:
-            if line:
-                if len(line) > limit:
-                    out.dead_letters.append(self._dead(REASON_TOO_LONG, line[:limit], ts))
-                else:
-                    self._decode(line, ts, out)
-        if len(tail) > limit:
-            out.dead_letters.append(self._dead(REASON_TOO_LONG, tail[:limit], ts))
-            tail = b""
-            self._discarding = True
-        self._tail = tail
+        # \r, \n and \r\n all end a line; \r\n then yields an empty line, which is skipped.
+        for line in self._lines.feed(data.replace(_CR, _NL)):
+            if line.complete:
+                self._decode(line.data, ts, out)
+            else:
+                out.dead_letters.append(self._dead(REASON_TOO_LONG, line.data, ts))
         return out
 
     def reset(self, ts: float) -> DeadLetter | None:
         """Forget the unfinished sentence (the port closed); returned as a dead letter."""
-        tail, self._tail = self._tail, b""
-        self._discarding = False
+        tail = self._lines.reset()
         return self._dead(REASON_DISCONNECT, tail, ts) if tail else None
 
     def _dead(self, reason: str, raw: bytes, ts: float) -> DeadLetter:
