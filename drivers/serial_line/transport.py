@@ -45,8 +45,8 @@ from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import DeadLetter
 
-# The name the driver logged under before it became a package: log filters rely on it.
-log = logging.getLogger("drivers.serial_line")
+# Each driver logs under ``drivers.<name>``; ``drivers.serial_line`` is the name the line
+# driver logged under before it became a package, and log filters rely on it.
 
 
 class _LineProtocol(asyncio.Protocol):
@@ -128,7 +128,8 @@ class SerialStreamDriver(Generic[CodecT]):
         self._sink = sink
         self._backoff = backoff or Backoff(settings.reconnect_min, settings.reconnect_max)
         self._clock = clock
-        self._faults = FaultLog(settings.id, log)
+        self._log = logging.getLogger(f"drivers.{settings.driver}")
+        self._faults = FaultLog(settings.id, self._log)
         # Dead letters per reason since the port opened; the first of each is logged.
         self._dead_counts: dict[str, int] = {}
         # The open port's transport, and the task that resumes it while reading is paused.
@@ -157,7 +158,7 @@ class SerialStreamDriver(Generic[CodecT]):
                 was_open = True
                 self._faults.clear()
                 self.status.state = "open"
-                log.info("%s: port open on %s", self.device_id, self.opened_path)
+                self._log.info("%s: port open on %s", self.device_id, self.opened_path)
                 opened_at = time.monotonic()
                 error = await self._read_until_closed(transport, protocol)
                 fault = classify_loss(time.monotonic() - opened_at)
@@ -220,7 +221,7 @@ class SerialStreamDriver(Generic[CodecT]):
             return
         transport.pause_reading()
         self.status.pauses += 1
-        log.debug("%s: store congested; reading paused", self.device_id)
+        self._log.debug("%s: store congested; reading paused", self.device_id)
         self._resume = asyncio.create_task(
             self._resume_when_room(transport), name=f"{self.device_id}-resume"
         )
@@ -274,7 +275,7 @@ class SerialStreamDriver(Generic[CodecT]):
         seen = self._dead_counts.get(dead.reason, 0)
         self._dead_counts[dead.reason] = seen + 1
         if not seen:
-            log.warning(
+            self._log.warning(
                 "%s: dead letter (%s), kept with its raw bytes; more are counted",
                 self.device_id,
                 dead.reason,
@@ -286,7 +287,7 @@ class SerialStreamDriver(Generic[CodecT]):
             self._dead_letter(tail)
         if self._dead_counts:
             summary = ", ".join(f"{n} {reason}" for reason, n in self._dead_counts.items())
-            log.info("%s: dead letters while open: %s", self.device_id, summary)
+            self._log.info("%s: dead letters while open: %s", self.device_id, summary)
             self._dead_counts.clear()
         message = f"connection lost on {self.opened_path}: {error}"
         self.status.errors += 1
