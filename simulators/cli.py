@@ -8,8 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
-from drivers.serial_line.device import KINDS
 from simulators.pty_device import PtyDevice
+from simulators.sources import KINDS
 
 
 def _positive(text: str) -> float:
@@ -36,7 +36,8 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         choices=KINDS,
         help=(
             "thermo: t and h drifting; counter: n=1, 2, 3…; arduino: the thermo as free text "
-            '("Temperature: 21.5 C, Humidity: 40.2 %%", for format = "regex")'
+            '("Temperature: 21.5 C, Humidity: 40.2 %%", for format = "regex"); gps: an NMEA '
+            "receiver on a moving track, one fix (GGA, RMC, VTG, GSA, GSV) per line of --rate"
         ),
     )
     p.add_argument("--link", type=Path, required=True, help="symlink to create for the device")
@@ -49,7 +50,10 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         type=_count,
         default=0,
         metavar="N",
-        help="after every N lines, write one line of binary garbage",
+        help=(
+            "after every N lines, write one line of binary garbage (gps: a sentence with "
+            "a bad checksum)"
+        ),
     )
     p.add_argument(
         "--unplug-every",

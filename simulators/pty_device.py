@@ -36,7 +36,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-from drivers.serial_line.device import garbage_line, make_source
+from simulators.sources import bad_line, make_source
 
 log = logging.getLogger(__name__)
 
@@ -264,7 +264,10 @@ class PtyDevice:
             lines.append(self._source.line())
             self.lines_generated += 1
             if self.garbage_every and self.lines_generated % self.garbage_every == 0:
-                segments += [(b"".join(lines), "lines"), (garbage_line(self._rng), "garbage")]
+                segments += [
+                    (b"".join(lines), "lines"),
+                    (bad_line(self._source, self._rng), "garbage"),
+                ]
                 lines = []
         if lines:
             segments.append((b"".join(lines), "lines"))

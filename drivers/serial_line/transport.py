@@ -1,5 +1,8 @@
 """The ``serial_line`` driver: a serial port feeding the line codec, reopened when it fails.
 
+``SerialStreamDriver`` is the transport of any device that streams on a serial port
+(``nmea`` uses it with its own codec); ``SerialLineDriver`` is it with the line codec.
+
 The port is opened and closed in an executor (pyserial-asyncio-fast reads it on the
 loop without blocking). Each chunk read becomes one ``put_samples`` call. The
 connection is a small state machine::
@@ -27,6 +30,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
+from typing import Generic, Protocol, TypeVar
 
 import serial
 from serial_asyncio_fast import SerialTransport, connection_for_serial
@@ -34,14 +38,15 @@ from serial_asyncio_fast import SerialTransport, connection_for_serial
 from drivers.backoff import Backoff, Fault, classify_loss, classify_open_error
 from drivers.fault_log import FaultLog
 from drivers.off_loop import open_off_loop
-from drivers.serial_line.codec import LineDecoder
+from drivers.serial_line.codec import Decoded, LineDecoder
 from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_port import Parity
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import DeadLetter
 
-# The name the driver logged under before it became a package: log filters rely on it.
-log = logging.getLogger("drivers.serial_line")
+# Each driver logs under ``drivers.<name>``; ``drivers.serial_line`` is the name the line
+# driver logged under before it became a package, and log filters rely on it.
 
 
 class _LineProtocol(asyncio.Protocol):
@@ -59,29 +64,72 @@ class _LineProtocol(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
-class SerialLineDriver:
-    """Reads a line-oriented device on a serial port into a ``SampleSink``."""
+class StreamCodec(Protocol):
+    """A sans-io codec of a byte stream: what ``SerialStreamDriver`` feeds."""
+
+    def feed(self, data: bytes, ts: float) -> Decoded: ...
+
+    def reset(self, ts: float) -> DeadLetter | None:
+        """Forget a partial record (the port closed); it is returned as a dead letter."""
+
+
+class StreamPortSettings(Protocol):
+    """The keys a streaming serial driver reads: a port, and how often to read it."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def driver(self) -> str: ...
+    @property
+    def port(self) -> str: ...
+    @property
+    def baudrate(self) -> int: ...
+    @property
+    def bytesize(self) -> int: ...
+    @property
+    def parity(self) -> Parity: ...
+    @property
+    def stopbits(self) -> float: ...
+    @property
+    def reconnect_min(self) -> float: ...
+    @property
+    def reconnect_max(self) -> float: ...
+    @property
+    def read_interval(self) -> float: ...
+
+
+CodecT = TypeVar("CodecT", bound=StreamCodec)
+
+
+class SerialStreamDriver(Generic[CodecT]):
+    """Reads a device that streams records on a serial port into a ``SampleSink``.
+
+    The codec turns bytes into records; this class owns the port, pacing,
+    backpressure and reconnects. ``serial_line`` and ``nmea`` are such devices.
+    """
 
     def __init__(
         self,
-        settings: SerialLineSettings,
+        settings: StreamPortSettings,
         sink: SampleSink,
+        codec: CodecT,
         *,
         backoff: Backoff | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if not settings.port:
-            raise DriverError(settings.id, "serial_line needs a port")
+            raise DriverError(settings.id, f"{settings.driver} needs a port")
         self.device_id = settings.id
         self.settings = settings
         self.status = DeviceStatus()
-        self.codec = LineDecoder.from_settings(settings)
+        self.codec = codec
         # The device path the port was last opened on (the symlink resolved).
         self.opened_path: str | None = None
         self._sink = sink
         self._backoff = backoff or Backoff(settings.reconnect_min, settings.reconnect_max)
         self._clock = clock
-        self._faults = FaultLog(settings.id, log)
+        self._log = logging.getLogger(f"drivers.{settings.driver}")
+        self._faults = FaultLog(settings.id, self._log)
         # Dead letters per reason since the port opened; the first of each is logged.
         self._dead_counts: dict[str, int] = {}
         # The open port's transport, and the task that resumes it while reading is paused.
@@ -110,7 +158,7 @@ class SerialLineDriver:
                 was_open = True
                 self._faults.clear()
                 self.status.state = "open"
-                log.info("%s: port open on %s", self.device_id, self.opened_path)
+                self._log.info("%s: port open on %s", self.device_id, self.opened_path)
                 opened_at = time.monotonic()
                 error = await self._read_until_closed(transport, protocol)
                 fault = classify_loss(time.monotonic() - opened_at)
@@ -173,7 +221,7 @@ class SerialLineDriver:
             return
         transport.pause_reading()
         self.status.pauses += 1
-        log.debug("%s: store congested; reading paused", self.device_id)
+        self._log.debug("%s: store congested; reading paused", self.device_id)
         self._resume = asyncio.create_task(
             self._resume_when_room(transport), name=f"{self.device_id}-resume"
         )
@@ -227,7 +275,7 @@ class SerialLineDriver:
         seen = self._dead_counts.get(dead.reason, 0)
         self._dead_counts[dead.reason] = seen + 1
         if not seen:
-            log.warning(
+            self._log.warning(
                 "%s: dead letter (%s), kept with its raw bytes; more are counted",
                 self.device_id,
                 dead.reason,
@@ -239,7 +287,7 @@ class SerialLineDriver:
             self._dead_letter(tail)
         if self._dead_counts:
             summary = ", ".join(f"{n} {reason}" for reason, n in self._dead_counts.items())
-            log.info("%s: dead letters while open: %s", self.device_id, summary)
+            self._log.info("%s: dead letters while open: %s", self.device_id, summary)
             self._dead_counts.clear()
         message = f"connection lost on {self.opened_path}: {error}"
         self.status.errors += 1
@@ -253,3 +301,19 @@ class SerialLineDriver:
         self.status.errors += 1
         self.status.last_error = message
         self._faults.report(logging.ERROR if fault is Fault.DENIED else logging.WARNING, message)
+
+
+class SerialLineDriver(SerialStreamDriver[LineDecoder]):
+    """Reads a line-oriented device on a serial port into a ``SampleSink``."""
+
+    def __init__(
+        self,
+        settings: SerialLineSettings,
+        sink: SampleSink,
+        *,
+        backoff: Backoff | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(
+            settings, sink, LineDecoder.from_settings(settings), backoff=backoff, clock=clock
+        )
