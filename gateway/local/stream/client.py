@@ -27,7 +27,7 @@ from gateway.local.stream.frames import (
     readings_message,
 )
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # A send that makes no progress for this long means the client is stuck.
 SEND_TIMEOUT = 10.0
@@ -127,33 +127,33 @@ class StreamClient:
             self._control.append(message)
             self._wake.set()
 
-    async def run(self, hello: bytes, log: ReadingLog, since: int | None) -> None:
+    async def run(self, hello: bytes, readings: ReadingLog, since: int | None) -> None:
         """Send hello, the replay, then live messages until the client goes or gets stuck."""
         try:
             await self._send(hello)
             if since is not None:
-                await self._replay(log, since)
+                await self._replay(readings, since)
             await self._live()
         except TimeoutError:
             self._counters.closed_slow += 1
-            logger.warning("closing stuck stream client %s", self._peer)
+            log.warning("closing stuck stream client %s", self._peer)
             await self.close(WSCloseCode.TRY_AGAIN_LATER, b"client too slow")
         except ConnectionError:
             # The peer went away mid-send; the reader side ends the connection.
             return
         except StoreError as exc:
-            logger.error("stream replay failed: %s", exc)
+            log.error("stream replay failed: %s", exc)
             await self.close(WSCloseCode.INTERNAL_ERROR, b"the log cannot be read")
 
     async def _send(self, message: bytes) -> None:
         async with asyncio.timeout(self._send_timeout):
             await self.ws.send_frame(message, WSMsgType.TEXT)
 
-    async def _replay(self, log: ReadingLog, since: int) -> None:
+    async def _replay(self, readings: ReadingLog, since: int) -> None:
         self._replaying = True
         cursor = since
         while True:
-            page = await log.read_after(cursor, MESSAGE_READINGS, self.device_glob)
+            page = await readings.read_after(cursor, MESSAGE_READINGS, self.device_glob)
             # What the live queue holds from here on needs no replay.
             live_from = self._queue[0].first if self._queue else None
             reached_live = live_from is not None and bool(page) and page[-1].seq >= live_from

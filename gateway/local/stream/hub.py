@@ -30,10 +30,10 @@ class StreamHub:
     """Every connected client, fed by the store's commit listener."""
 
     def __init__(
-        self, gateway_id: str, log: ReadingLog, settings: LocalSettings, send_timeout: float
+        self, gateway_id: str, readings: ReadingLog, settings: LocalSettings, send_timeout: float
     ) -> None:
         self._gateway_id = gateway_id
-        self._log = log
+        self._readings = readings
         self._settings = settings
         self._send_timeout = send_timeout
         self._clients: set[StreamClient] = set()
@@ -58,7 +58,7 @@ class StreamHub:
                 client.offer(message)
         clients = len(self._clients)
         self.pace.timed(time.perf_counter() - started, clients)
-        self._log.set_watched(self.pace.spacing(clients))
+        self._readings.set_watched(self.pace.spacing(clients))
 
     async def handle(self, request: web.Request) -> web.WebSocketResponse:
         """Refuse beyond ``max_clients``, else upgrade and serve one client until it goes.
@@ -103,12 +103,12 @@ class StreamHub:
         self._clients.add(client)
         self._count_clients()
         hello = json_message(
-            {"type": "hello", "gateway": self._gateway_id, "last_seq": self._log.last_seq}
+            {"type": "hello", "gateway": self._gateway_id, "last_seq": self._readings.last_seq}
         )
         try:
             async with asyncio.TaskGroup() as tg:
                 sender = tg.create_task(
-                    client.run(hello, self._log, since), name=f"stream-send-{id(client)}"
+                    client.run(hello, self._readings, since), name=f"stream-send-{id(client)}"
                 )
                 reader = tg.create_task(
                     self._read_inbound(client), name=f"stream-read-{id(client)}"
@@ -125,7 +125,7 @@ class StreamHub:
 
     def _count_clients(self) -> None:
         clients = self.counters.clients = len(self._clients)
-        self._log.set_watched(self.pace.spacing(clients))
+        self._readings.set_watched(self.pace.spacing(clients))
 
     async def _read_inbound(self, client: StreamClient) -> None:
         rate = self._settings.max_inbound_per_second
