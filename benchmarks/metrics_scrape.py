@@ -52,11 +52,11 @@ class _Families:
         self.built: list[Metric] = []
 
     def metric(self, name: str, kind: str, help_text: str, samples: Samples) -> None:
-        family: Metric | None = None
+        family: CounterMetricFamily | GaugeMetricFamily | None = None
         for labels, value in samples:
             if family is None:
                 family = _family(name, kind, help_text, list(labels))
-            family.add_metric(list(labels.values()), value)  # type: ignore[attr-defined]
+            family.add_metric(list(labels.values()), value)
         self.built.append(family or _family(name, kind, help_text, []))
 
     def histogram(
@@ -71,7 +71,9 @@ class _Families:
         self.built.append(family or HistogramMetricFamily(name, help_text, labels=[]))
 
 
-def _family(name: str, kind: str, help_text: str, labels: list[str]) -> Metric:
+def _family(
+    name: str, kind: str, help_text: str, labels: list[str]
+) -> CounterMetricFamily | GaugeMetricFamily:
     if kind == "counter":
         return CounterMetricFamily(name, help_text, labels=labels)
     return GaugeMetricFamily(name, help_text, labels=labels)
@@ -99,6 +101,8 @@ class _GatewayCollector(Collector):
 
 
 class _Part:
+    """A device or an uplink as the page sees it: its status, nothing else."""
+
     def __init__(self, status: DeviceStatus | UplinkStatus) -> None:
         self.status = status
 
@@ -114,6 +118,8 @@ def _view(store: Store, devices: int) -> GatewayView:
     uplink = UplinkStatus(state="connected", published_messages=10_000, connected_since=1.0)
     for n in range(1_000):
         uplink.publish_latency.observe(0.0005 * (n % 40))
+    # The page reads only each part's status, so a holder of one stands in for drivers
+    # and uplinks (hence the ignores).
     return GatewayView(
         settings=settings,
         log=store,
