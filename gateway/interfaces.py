@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
 
 from gateway.metrics import Histogram
 from gateway.reading import DeadLetter, Sample, StoredReading
@@ -105,11 +105,17 @@ class ReadingLog(Protocol):
     def stats(self) -> StoreStats: ...
 
 
+# The states /api/v1/status and /metrics show, spelled as they are there; as Literals so
+# that every assignment and comparison is checked against them.
+DeviceState = Literal["starting", "open", "waiting", "stopped"]
+UplinkState = Literal["starting", "connecting", "connected", "backoff", "stopped"]
+
+
 @dataclass(slots=True)
 class DeviceStatus:
     """Live state of one device, read by the status API and /metrics."""
 
-    state: str = "starting"  # starting | open | waiting | stopped
+    state: DeviceState = "starting"
     readings: int = 0
     errors: int = 0  # dead letters and read errors
     reconnects: int = 0
@@ -129,7 +135,7 @@ class Driver(Protocol):
 
 @dataclass(slots=True)
 class UplinkStatus:
-    state: str = "starting"  # starting | connecting | connected | backoff | stopped
+    state: UplinkState = "starting"
     acked_seq: int = 0
     in_flight: int = 0
     published_messages: int = 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Protocol
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.0005,
@@ -72,6 +73,19 @@ def _number(value: float) -> str:
     return repr(value) if isinstance(value, float) else str(value)
 
 
+Samples = Iterable[tuple[Mapping[str, str], float]]
+
+
+class Families(Protocol):
+    """Where a scrape's families are declared (``Exposition`` writes them as text)."""
+
+    def metric(self, name: str, kind: str, help_text: str, samples: Samples) -> None: ...
+
+    def histogram(
+        self, name: str, help_text: str, series: Iterable[tuple[Mapping[str, str], Histogram]]
+    ) -> None: ...
+
+
 class Exposition:
     """Builds one scrape: declare a family once, then add its samples."""
 
@@ -90,7 +104,7 @@ class Exposition:
         name: str,
         kind: str,
         help_text: str,
-        samples: Iterable[tuple[Mapping[str, str], float]],
+        samples: Samples,
     ) -> None:
         self.family(name, kind, help_text)
         for labels, value in samples:

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from drivers.backoff import Backoff
 from drivers.serial_line.settings import SerialLineSettings
 from drivers.serial_line.transport import SerialLineDriver
 from gateway.reading import Sample, StoredReading
+from gateway.retry import Backoff
 from gateway.settings import StoreSettings
 from gateway.store import Store
 from gateway.store.ingress import Congestion

@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from drivers.backoff import Backoff
 from drivers.serial_line.settings import SerialLineSettings
 from drivers.serial_line.transport import SerialLineDriver
 from drivers.serial_port import BAUDRATES
 from gateway.config import device_warnings, parse_config
 from gateway.errors import ConfigError
 from gateway.reading import Sample
+from gateway.retry import Backoff
 from simulators import PtyDevice
 from tests.fixtures.common import wait_until
 from tests.fixtures.drivers import RecordingSink, running, wait_open

@@ -21,13 +21,13 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.backoff import Backoff
 from drivers.gpio_input.codec import Change, InputTracker, RateMeter
 from drivers.gpio_input.settings import GpioInputSettings
 from drivers.gpio_input.transport import MAX_PENDING_CHANGES, GpioInputDriver
 from gateway.driver_registry import create_driver, drivers
 from gateway.errors import DriverError
 from gateway.reading import Sample
+from gateway.retry import Backoff
 from tests.fixtures.common import wait_until
 from tests.fixtures.drivers import RecordingSink, running, wait_open
 

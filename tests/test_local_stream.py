@@ -16,7 +16,8 @@ from pytest_mock import MockerFixture
 
 from gateway.local.fanout_pace import INITIAL_COST
 from gateway.local.keys import HUB
-from gateway.local.stream import StreamClient, StreamCounters, _messages, text_frame
+from gateway.local.stream import StreamClient, StreamCounters, text_frame
+from gateway.local.stream.frames import commit_messages as _messages
 from gateway.reading import StoredReading
 from gateway.store import Store
 from tests.fixtures.common import wait_for_value, wait_until

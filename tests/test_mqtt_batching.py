@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.rate import TokenBucket
 from gateway.reading import Sample, StoredReading, encode
-from gateway.uplinks.backoff import Backoff, FailureKind, retry_delay
+from gateway.retry import Backoff, Failure, retry_delay
 from gateway.uplinks.batching import AckOrder, Batch, TelemetryPlanner
 
 
@@ -108,17 +108,17 @@ def test_ack_order_never_passes_an_unresolved_reading(
 
 
 def test_network_backoff_grows_to_the_cap_and_resets() -> None:
-    backoff = Backoff(0.5, 8.0, random.Random(1))
-    delays = [backoff.next_delay(FailureKind.NETWORK) for _ in range(10)]
+    backoff = Backoff(0.5, 8.0, rng=random.Random(1))
+    delays = [backoff.delay(Failure.TRANSIENT) for _ in range(10)]
     ceilings = [min(8.0, 0.5 * 2**n) for n in range(10)]
     assert all(0.5 <= d <= c for d, c in zip(delays, ceilings, strict=True))
     backoff.reset()
-    assert backoff.next_delay(FailureKind.NETWORK) == 0.5
+    assert backoff.delay(Failure.TRANSIENT) == 0.5
 
 
 def test_rejections_wait_near_the_cap_from_the_first_try() -> None:
     rng = random.Random(2)
-    delays = [retry_delay(FailureKind.REJECTED, 0, 0.5, 60.0, rng) for _ in range(50)]
+    delays = [retry_delay(Failure.REJECTED, 0, 0.5, 60.0, rng) for _ in range(50)]
     assert all(30.0 <= d <= 60.0 for d in delays)
 
 

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from drivers.backoff import Backoff
 from drivers.nmea.codec import REASON_CHECKSUM, NmeaDecoder
 from drivers.nmea.settings import NmeaSettings
 from drivers.nmea.transport import NmeaDriver
@@ -18,6 +17,7 @@ from gateway.config import load_config
 from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError
 from gateway.reading import Sample
+from gateway.retry import Backoff
 from simulators import PtyDevice
 from tests.fixtures.common import wait_until
 from tests.fixtures.drivers import RecordingSink, running, wait_open

@@ -9,7 +9,9 @@ import serial
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.backoff import STABLE_OPEN, Backoff, Fault, classify_loss, classify_open_error
+from drivers.open_faults import STABLE_OPEN, classify_loss, classify_open_error
+from gateway.retry import Backoff
+from gateway.retry import Failure as Fault
 
 
 def test_classify_open_errors() -> None:
@@ -21,9 +23,11 @@ def test_classify_open_errors() -> None:
     assert fault(errno.ENXIO) is Fault.MISSING
     assert fault(errno.EACCES) is Fault.DENIED
     assert fault(errno.EPERM) is Fault.DENIED
-    assert fault(errno.EBUSY) is Fault.FAILED
-    assert classify_open_error(serial.SerialException("Could not configure port")) is Fault.FAILED
-    assert classify_open_error(ValueError("Not a valid baudrate")) is Fault.FAILED
+    assert fault(errno.EBUSY) is Fault.TRANSIENT
+    assert (
+        classify_open_error(serial.SerialException("Could not configure port")) is Fault.TRANSIENT
+    )
+    assert classify_open_error(ValueError("Not a valid baudrate")) is Fault.TRANSIENT
 
 
 def test_missing_port_is_polled_at_a_modest_period() -> None:
@@ -37,7 +41,7 @@ def test_permission_denied_waits_long() -> None:
 
 def test_failures_grow_exponentially_up_to_the_cap() -> None:
     backoff = Backoff(1.0, 10.0, rng=random.Random(7))
-    delays = [backoff.delay(Fault.FAILED) for _ in range(40)]
+    delays = [backoff.delay(Fault.TRANSIENT) for _ in range(40)]
     caps = [min(10.0, 2.0**i) for i in range(40)]
     assert all(1.0 <= d <= cap for d, cap in zip(delays, caps, strict=True))
     assert max(delays[5:]) > 5.0  # the jitter reaches well into the capped range
@@ -46,15 +50,15 @@ def test_failures_grow_exponentially_up_to_the_cap() -> None:
 def test_lost_connection_retries_soon_and_restarts_the_series() -> None:
     backoff = Backoff(0.5, 30.0, rng=random.Random(1))
     for _ in range(10):
-        backoff.delay(Fault.FAILED)
+        backoff.delay(Fault.TRANSIENT)
     assert backoff.delay(Fault.LOST) == 0.5
-    assert backoff.delay(Fault.FAILED) == 0.5  # first step of a fresh series: [min, min]
+    assert backoff.delay(Fault.TRANSIENT) == 0.5  # first step of a fresh series: [min, min]
 
 
 def test_a_short_lived_connection_backs_off_like_a_failed_open() -> None:
     assert classify_loss(STABLE_OPEN) is Fault.LOST
     assert classify_loss(3600.0) is Fault.LOST
-    assert classify_loss(0.1) is Fault.FAILED
+    assert classify_loss(0.1) is Fault.TRANSIENT
     backoff = Backoff(0.5, 30.0, rng=random.Random(2))
     # Open, dropped at once, again and again: the waits grow instead of staying at 0.5 s.
     delays = [backoff.delay(classify_loss(0.1)) for _ in range(12)]

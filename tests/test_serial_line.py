@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import serial
 
-from drivers.backoff import Backoff
 from drivers.serial_line.codec import REASON_NUL, REASON_TOO_LONG, REASON_UTF8, Decoded, LineDecoder
 from drivers.serial_line.settings import SerialLineSettings
 from drivers.serial_line.transport import SerialLineDriver
 from gateway.driver_registry import create_driver, drivers
 from gateway.errors import DriverError
 from gateway.reading import Sample
+from gateway.retry import Backoff
 from gateway.settings import DeviceSettings
 from simulators import PtyDevice
 from tests.fixtures.common import wait_for_value, wait_until

@@ -11,7 +11,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from drivers.backoff import Backoff
 from drivers.serial_line.codec import LineDecoder
 from drivers.serial_line.device import ARDUINO_LINE, ARDUINO_PATTERN
 from drivers.serial_line.pattern import (
@@ -24,6 +23,7 @@ from drivers.serial_line.transport import SerialLineDriver
 from gateway.config import parse_config
 from gateway.errors import ConfigError, DriverError
 from gateway.reading import Sample, Value
+from gateway.retry import Backoff
 from simulators import PtyDevice
 from tests.fixtures.common import wait_until
 from tests.fixtures.drivers import RecordingSink, running, wait_open

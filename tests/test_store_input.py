@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from drivers.backoff import Backoff
 from drivers.serial_line.settings import SerialLineSettings
 from drivers.serial_line.transport import SerialLineDriver
 from gateway.app import Gateway
 from gateway.config import parse_config
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample
+from gateway.retry import Backoff
 from gateway.settings import StoreSettings
 from gateway.store import Store, planner
 from gateway.store.ingress import (

@@ -15,7 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.interfaces import DeviceStatus, GatewayView, StoreStats, UplinkStatus
+from gateway.interfaces import (
+    DeviceState,
+    DeviceStatus,
+    GatewayView,
+    StoreStats,
+    UplinkState,
+    UplinkStatus,
+)
 from gateway.settings import Settings
 from gateway.systemd_notify import Notifier, status_line, watchdog
 from tests.fixtures.common import wait_until
@@ -274,7 +281,9 @@ class Part:
     status: DeviceStatus | UplinkStatus
 
 
-def _view(log: FakeLog, devices: dict[str, str], uplinks: dict[str, str]) -> GatewayView:
+def _view(
+    log: FakeLog, devices: dict[str, DeviceState], uplinks: dict[str, UplinkState]
+) -> GatewayView:
     return GatewayView(
         settings=Settings(),
         log=log,  # type: ignore[arg-type]

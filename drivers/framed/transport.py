@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from drivers.backoff import Backoff
 from drivers.framed.codec import FrameDecoder
 from drivers.framed.settings import FramedSettings
 from drivers.serial_line.transport import SerialStreamDriver
 from gateway.interfaces import SampleSink
+from gateway.retry import Backoff
 
 
 class FramedDriver(SerialStreamDriver[FrameDecoder]):

@@ -15,7 +15,7 @@ machine is short::
 
 An open fails when there is no GPIO on the machine (no gpiozero backend), the pin name
 is not one of the board's, the pin is busy or access is denied; each failure is counted
-and retried with ``drivers.backoff``, and the device is never given up on.
+and retried with ``gateway.retry``, and the device is never given up on.
 """
 
 from __future__ import annotations
@@ -29,14 +29,15 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from drivers.backoff import Backoff, Fault, classify_open_error
 from drivers.fault_log import FaultLog
 from drivers.gpio_input.codec import InputTracker, RateMeter, Taken
 from drivers.gpio_input.settings import GpioInputSettings
 from drivers.off_loop import open_off_loop
+from drivers.open_faults import classify_open_error
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import Sample
+from gateway.retry import Backoff, Failure
 
 # The name the driver logged under before it became a package: log filters rely on it.
 log = logging.getLogger("drivers.gpio_input")
@@ -66,11 +67,11 @@ def pin_errors() -> tuple[type[Exception], ...]:
     return tuple(errors)
 
 
-def classify_pin_error(exc: Exception) -> Fault:
+def classify_pin_error(exc: Exception) -> Failure:
     """The retry policy for a failed open: permission waits long, the rest backs off."""
     if isinstance(exc, OSError | ValueError):
         return classify_open_error(exc)
-    return Fault.FAILED
+    return Failure.TRANSIENT
 
 
 class GpioInputDriver:
@@ -293,18 +294,18 @@ class GpioInputDriver:
         self.status.readings += len(samples)
         self.status.last_reading_ts = samples[-1].ts
 
-    def _open_failed(self, fault: Fault, exc: Exception) -> None:
+    def _open_failed(self, fault: Failure, exc: Exception) -> None:
         message = f"cannot open pin {self.settings.pin!r}: {exc}"
         if isinstance(exc, ImportError):
             message += (
                 " (GPIO needs a Raspberry Pi with edge-gateway[gpio] installed and, on "
                 "Raspberry Pi OS, python3-lgpio)"
             )
-        elif fault is Fault.DENIED:
+        elif fault is Failure.DENIED:
             message += " (is the gateway's user in the gpio group?)"
         self.status.errors += 1
         self.status.last_error = message
-        self._faults.report(logging.ERROR if fault is Fault.DENIED else logging.WARNING, message)
+        self._faults.report(logging.ERROR if fault is Failure.DENIED else logging.WARNING, message)
 
 
 def _close_device(device: Any) -> None:

@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from drivers.backoff import Backoff
 from drivers.nmea.codec import NmeaDecoder
 from drivers.nmea.settings import NmeaSettings
 from drivers.serial_line.transport import SerialStreamDriver
 from gateway.interfaces import SampleSink
+from gateway.retry import Backoff
 
 
 class NmeaDriver(SerialStreamDriver[NmeaDecoder]):

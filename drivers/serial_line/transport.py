@@ -11,7 +11,7 @@ connection is a small state machine::
         │                                     ▲  │
         └──────────open failed────────────────┘  └─(any state) cancel ──► stopped
 
-How long ``waiting`` lasts depends on the fault (see ``drivers.backoff``). The
+How long ``waiting`` lasts depends on the fault (see ``gateway.retry``). The
 configured path is resolved at every open, so a ``/dev/serial/by-id/...`` symlink
 that disappears with an unplugged adapter and comes back pointing to another
 ``ttyUSBn`` is followed.
@@ -35,15 +35,16 @@ from typing import Generic, Protocol, TypeVar
 import serial
 from serial_asyncio_fast import SerialTransport, connection_for_serial
 
-from drivers.backoff import Backoff, Fault, classify_loss, classify_open_error
 from drivers.fault_log import FaultLog
 from drivers.off_loop import open_off_loop
+from drivers.open_faults import FAILURE_TEXT, classify_loss, classify_open_error
 from drivers.serial_line.codec import Decoded, LineDecoder
 from drivers.serial_line.settings import SerialLineSettings
 from drivers.serial_port import Parity
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import DeadLetter
+from gateway.retry import Backoff, Failure
 
 # Each driver logs under ``drivers.<name>``; ``drivers.serial_line`` is the name the line
 # driver logged under before it became a package, and log filters rely on it.
@@ -294,13 +295,13 @@ class SerialStreamDriver(Generic[CodecT]):
         self.status.last_error = message
         self._faults.report(logging.WARNING, message)
 
-    def _open_failed(self, fault: Fault, exc: OSError | ValueError) -> None:
-        message = f"{fault.value}: {exc}"
-        if fault is Fault.DENIED:
+    def _open_failed(self, fault: Failure, exc: OSError | ValueError) -> None:
+        message = f"{FAILURE_TEXT[fault]}: {exc}"
+        if fault is Failure.DENIED:
             message += " (is the gateway's user in the port's group, e.g. dialout?)"
         self.status.errors += 1
         self.status.last_error = message
-        self._faults.report(logging.ERROR if fault is Fault.DENIED else logging.WARNING, message)
+        self._faults.report(logging.ERROR if fault is Failure.DENIED else logging.WARNING, message)
 
 
 class SerialLineDriver(SerialStreamDriver[LineDecoder]):

@@ -35,7 +35,7 @@ from aiohttp import web
 
 from gateway.settings import LocalSettings
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 # Descriptors kept free for everything but the local server: serial ports, the store,
 # the uplinks' sockets.
@@ -108,7 +108,7 @@ class ConnectionGuard:
         self.counters = counters
         counters.limit = connection_limit(settings.max_connections, descriptor_room())
         if counters.limit < settings.max_connections:
-            logger.warning(
+            log.warning(
                 "local server: at most %d connections (max_connections = %d), so that %d "
                 "file descriptors stay free under the process's limit; raise LimitNOFILE "
                 "for more",

@@ -11,7 +11,7 @@ from gateway.interfaces import GatewayView
 from gateway.local.connections import ConnectionCounters
 from gateway.local.health import uplink_down_seconds
 from gateway.local.stream import StreamCounters
-from gateway.metrics import Exposition
+from gateway.metrics import Exposition, Families
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +63,20 @@ def render(
     connections: ConnectionCounters | None = None,
 ) -> str:
     out = Exposition()
+    declare(out, view, counters, process, now, connections=connections)
+    return out.render()
+
+
+def declare(
+    out: Families,
+    view: GatewayView,
+    counters: StreamCounters,
+    process: ProcessStats | None,
+    now: float,
+    *,
+    connections: ConnectionCounters | None = None,
+) -> None:
+    """Every family of the scrape, with its samples, declared into ``out``."""
     out.metric(
         "edge_gateway_info",
         "gauge",
@@ -115,10 +129,9 @@ def render(
             "Start time since the epoch.",
             [({}, process.start_time)],
         )
-    return out.render()
 
 
-def _devices(out: Exposition, view: GatewayView) -> None:
+def _devices(out: Families, view: GatewayView) -> None:
     ids = sorted(view.devices)
     status = {i: view.devices[i].status for i in ids}
     expected = {d.id: d.expected_interval for d in view.settings.devices}
@@ -172,7 +185,7 @@ def _devices(out: Exposition, view: GatewayView) -> None:
     )
 
 
-def _store(out: Exposition, view: GatewayView, now: float) -> None:
+def _store(out: Families, view: GatewayView, now: float) -> None:
     stats = view.log.stats()
     oldest_age = 0.0 if stats.oldest_unsent_ts is None else max(0.0, now - stats.oldest_unsent_ts)
     gauges: list[tuple[str, str, str, float]] = [
@@ -258,7 +271,7 @@ def _store(out: Exposition, view: GatewayView, now: float) -> None:
     )
 
 
-def _uplinks(out: Exposition, view: GatewayView, now: float) -> None:
+def _uplinks(out: Families, view: GatewayView, now: float) -> None:
     names = sorted(view.uplinks)
     status = {n: view.uplinks[n].status for n in names}
     out.metric(
@@ -310,7 +323,7 @@ def _uplinks(out: Exposition, view: GatewayView, now: float) -> None:
     )
 
 
-def _connections(out: Exposition, counters: ConnectionCounters) -> None:
+def _connections(out: Families, counters: ConnectionCounters) -> None:
     out.metric(
         "edge_gateway_local_connections", "gauge", "Open HTTP connections.", [({}, counters.open)]
     )

@@ -108,7 +108,7 @@ async def status(request: web.Request) -> web.Response:
 
 async def readings(request: web.Request) -> web.Response:
     """History after ``since``, ascending; ``next`` is the ``since`` of the following page."""
-    log = request.app[VIEW].log
+    readings = request.app[VIEW].log
     device = request.query.get("device") or None
     sensor = request.query.get("sensor") or None
     if device is not None:
@@ -123,12 +123,12 @@ async def readings(request: web.Request) -> web.Response:
     found: list[StoredReading] = []
     next_since: int | None = None
     if sensor is None:
-        found = await log.read_after(since, limit, device)
+        found = await readings.read_after(since, limit, device)
         next_since = found[-1].seq if len(found) == limit else None
     else:
         cursor = since
         for _ in range(MAX_SCAN_PAGES):
-            page = await log.read_after(cursor, SCAN_PAGE, device)
+            page = await readings.read_after(cursor, SCAN_PAGE, device)
             for reading in page:
                 if sensor_of(reading.payload) == sensor:
                     found.append(reading)

@@ -30,7 +30,7 @@ from gateway.local.redact import redact_server_logs
 from gateway.local.stream import SEND_TIMEOUT, StreamHub
 from gateway.settings import LocalSettings
 
-logger = logging.getLogger(__name__)
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 STREAM_PATH = "/api/v1/stream"
@@ -56,7 +56,7 @@ async def _store_errors(request: web.Request, handler: Handler) -> web.StreamRes
     try:
         return await handler(request)
     except StoreError as exc:
-        logger.error("%s %s: %s", request.method, request.path, exc)
+        log.error("%s %s: %s", request.method, request.path, exc)
         raise web.HTTPServiceUnavailable(
             text=json.dumps({"error": f"the reading log is unavailable: {exc}"}),
             content_type="application/json",
@@ -125,13 +125,13 @@ async def dashboard(request: web.Request) -> web.FileResponse:
 
 
 async def _listen_to_log(app: web.Application) -> AsyncIterator[None]:
-    log = app[VIEW].log
+    readings = app[VIEW].log
     listeners = (app[HUB].on_commit, app[LATEST].on_commit)
     for listener in listeners:
-        log.add_listener(listener)
+        readings.add_listener(listener)
     yield
     for listener in listeners:
-        log.remove_listener(listener)
+        readings.remove_listener(listener)
 
 
 async def _close_streams(app: web.Application) -> None:
@@ -205,17 +205,17 @@ async def _reload_secrets(app: web.Application, tls: ssl.SSLContext | None) -> N
             await asyncio.to_thread(_tls_context, settings)
             await asyncio.to_thread(_load_certificate, tls, settings)
     except GatewayError as exc:
-        logger.error("reload: %s; the local server keeps its previous secrets", exc)
+        log.error("reload: %s; the local server keeps its previous secrets", exc)
         return
     if token is None and settings.token_file is not None:
         # An emptied file (caught mid-write, say) must not lock the API.
-        logger.error("reload: %s is empty; the local server keeps its token", settings.token_file)
+        log.error("reload: %s is empty; the local server keeps its token", settings.token_file)
         return
     if app[GUARD].set_token(token):
-        logger.info("local server: token replaced; streams opened with the old one are closed")
+        log.info("local server: token replaced; streams opened with the old one are closed")
         await app[HUB].close_all(WSCloseCode.POLICY_VIOLATION, b"token changed")
     if tls is not None:
-        logger.info("local server: certificate reloaded from %s", settings.cert_file)
+        log.info("local server: certificate reloaded from %s", settings.cert_file)
 
 
 async def serve(
@@ -246,7 +246,7 @@ async def serve(
         except OSError as exc:
             raise GatewayError(f"local server: cannot listen on {settings.listen}: {exc}") from exc
         scheme = "https" if tls else "http"
-        logger.info("local server on %s://%s", scheme, settings.listen)
+        log.info("local server on %s://%s", scheme, settings.listen)
         if bound is not None:
             bound.set()
         reload = reload or asyncio.Event()

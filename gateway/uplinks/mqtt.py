@@ -29,8 +29,8 @@ from gateway.errors import StoreClosedError, StoreError, UplinkError
 from gateway.interfaces import ReadingLog, SampleSink, UplinkStatus
 from gateway.rate import TokenBucket
 from gateway.reading import DeadLetter
+from gateway.retry import Backoff, Failure, retry_delay
 from gateway.settings import MqttSettings
-from gateway.uplinks.backoff import Backoff, FailureKind, retry_delay
 from gateway.uplinks.batching import MQTT_MAX_PACKET, Batch, TelemetryMessage, TelemetryPlanner
 from gateway.uplinks.broker import BrokerAddress, load_credentials
 from gateway.uplinks.paho_async import ConnectOptions, MqttConnection, MqttFailure
@@ -131,7 +131,7 @@ class MqttUplink:
     # Connection state machine.
 
     async def _connect_loop(self, executor: Executor) -> None:
-        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max, self._rng)
+        backoff = Backoff(self.settings.reconnect_min, self.settings.reconnect_max, rng=self._rng)
         while True:
             self.status.state = "connecting"
             try:
@@ -145,7 +145,7 @@ class MqttUplink:
                 if self._acknowledged_on_connection:
                     backoff.reset()
             self._record_error(failure.detail)
-            delay = backoff.next_delay(failure.kind)
+            delay = backoff.delay(failure.kind)
             self.status.state = "backoff"
             log.info("%s: next connection attempt in %.1fs", self.name, delay)
             await asyncio.sleep(delay)
@@ -156,7 +156,7 @@ class MqttUplink:
             credentials = await asyncio.to_thread(load_credentials, settings, self.address.tls)
         except (OSError, ValueError) as err:
             message = f"cannot load credentials or certificates: {err}"
-            raise MqttFailure(self.name, message, FailureKind.REJECTED) from err
+            raise MqttFailure(self.name, message, Failure.REJECTED) from err
         options = ConnectOptions(
             address=self.address,
             client_id=self.client_id,
@@ -221,7 +221,7 @@ class MqttUplink:
             # Some brokers (mosquitto 2) drop the connection after refusing a
             # publish: report the refusal, and back off as for any rejection.
             detail = f"{failure.detail}, after: {self._refusal}"
-            return MqttFailure(self.name, detail, FailureKind.REJECTED)
+            return MqttFailure(self.name, detail, Failure.REJECTED)
         return failure
 
     # Delivery.
@@ -340,7 +340,7 @@ class MqttUplink:
         self._record_error(reason)
         if not_authorized:
             self._refusal = reason
-        kind = FailureKind.REJECTED if for_good or not_authorized else FailureKind.NETWORK
+        kind = Failure.REJECTED if for_good or not_authorized else Failure.TRANSIENT
         settings = self.settings
         delay = retry_delay(
             kind, message.failures, settings.reconnect_min, settings.reconnect_max, self._rng

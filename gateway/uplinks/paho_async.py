@@ -36,7 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import UplinkError
-from gateway.uplinks.backoff import FailureKind
+from gateway.retry import Failure
 from gateway.uplinks.broker import BrokerAddress
 
 # CONNACK and DISCONNECT reason codes that an operator must fix (credentials,
@@ -51,7 +51,7 @@ TCP_KEEPALIVE_PROBES = 3
 class MqttFailure(UplinkError):
     """A connection attempt failed or a connection was lost; ``kind`` picks the backoff."""
 
-    def __init__(self, uplink: str, message: str, kind: FailureKind) -> None:
+    def __init__(self, uplink: str, message: str, kind: Failure) -> None:
         self.kind = kind
         self.detail = message
         super().__init__(uplink, message)
@@ -73,18 +73,18 @@ class ConnectOptions:
     connect_timeout: float
 
 
-def _kind_of_code(code: int) -> FailureKind:
-    return FailureKind.REJECTED if code in REJECTING_CODES else FailureKind.NETWORK
+def _kind_of_code(code: int) -> Failure:
+    return Failure.REJECTED if code in REJECTING_CODES else Failure.TRANSIENT
 
 
-def _kind_of_error(err: BaseException) -> FailureKind:
+def _kind_of_error(err: BaseException) -> Failure:
     if isinstance(err, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-        return FailureKind.NETWORK
+        return Failure.TRANSIENT
     if isinstance(err, ssl.SSLError | ValueError):
         # Untrusted or mismatched certificates, a refused client certificate,
         # an invalid host name: retrying soon will not change the answer.
-        return FailureKind.REJECTED
-    return FailureKind.NETWORK
+        return Failure.REJECTED
+    return Failure.TRANSIENT
 
 
 def _describe(err: BaseException) -> str:
@@ -138,7 +138,7 @@ class MqttConnection:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
         except TimeoutError:
             connection.abort()
-            raise MqttFailure(name, "no CONNACK from broker", FailureKind.NETWORK) from None
+            raise MqttFailure(name, "no CONNACK from broker", Failure.TRANSIENT) from None
         except BaseException:
             connection.abort()
             raise
@@ -231,7 +231,7 @@ class MqttConnection:
             message = f"broker disconnected: {reason} ({reason.value:#04x})"
             self._set_lost(message, _kind_of_code(reason.value))
         else:
-            self._set_lost(f"connection lost: {reason}", FailureKind.NETWORK)
+            self._set_lost(f"connection lost: {reason}", Failure.TRANSIENT)
 
     def _on_socket_close(self, _client: mqtt.Client, _userdata: Any, _sock: object) -> None:
         self._unwatch()
@@ -348,7 +348,7 @@ class MqttConnection:
 
     # Internals.
 
-    def _set_lost(self, message: str, kind: FailureKind) -> None:
+    def _set_lost(self, message: str, kind: Failure) -> None:
         if self._lost.done():
             return
         if self._closing:
@@ -389,7 +389,7 @@ class MqttConnection:
         """On the loop: drop the connection without a DISCONNECT (the broker sends the will)."""
         self._unwatch()
         self._close_socket_only()
-        self._set_lost("closed", FailureKind.NETWORK)
+        self._set_lost("closed", Failure.TRANSIENT)
 
     def _close_socket_only(self) -> None:
         """Safe from any thread: touches neither the loop nor paho's state."""
