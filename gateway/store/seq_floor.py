@@ -16,6 +16,8 @@ The rule that uses them is ``SeqFloor.base`` (see ``docs/store.md``, *Seqs: the 
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,16 @@ from pathlib import Path
 from gateway.settings import Durability
 from gateway.store.files import remove_durably, write_durably
 
+log = logging.getLogger(__name__)
+
 BLOCK = 100_000
+# No gateway hands out this many seqs (at a million readings a second it would take
+# 285 years), and beyond it JSON consumers reading numbers as float64 could no longer
+# tell seqs apart: a floor above it is damage, not history.
+MAX_FLOOR = 2**53
+# What ``_write`` puts in the file; anything else (``int()`` also takes signs, spaces,
+# "_" and other scripts' digits) is damage.
+_FLOOR_TEXT = re.compile(rb"[0-9]{1,16}\n?")
 RUN_NAME = "seq.run"
 # What a run file may say; anything else is read as not known.
 _DURABILITIES: dict[str, Durability] = {"full": "full", "normal": "normal"}
@@ -52,17 +63,22 @@ class SeqFloor:
 
     def _read(self) -> int:
         try:
-            text = self.path.read_text(encoding="ascii")
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return 0
-        try:
-            value = int(text.strip())
-        except ValueError:
+        except OSError as e:
+            # An unreadable floor is no worse than none (below), and must not keep the
+            # gateway from starting: replacing the file is what repairs it.
+            log.warning("store: cannot read %s (%s); taken as lost", self.path.name, e)
+            return 0
+        value = int(data) if _FLOOR_TEXT.fullmatch(data) else -1
+        if not 0 <= value <= MAX_FLOOR:
             # A torn or damaged floor is no worse than none: the database's own
             # last_seq and reserve still hold, and the next write replaces the file.
+            log.warning("store: %s is damaged (%r); taken as lost", self.path.name, data[:40])
             return 0
-        self.found = value >= 0
-        return max(value, 0)
+        self.found = True
+        return value
 
     def _read_run(self) -> Run | None:
         """The run that had the directory open and did not close it cleanly, if any."""
