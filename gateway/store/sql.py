@@ -269,6 +269,16 @@ def begin_run(
             db_last,
             base,
         )
+    if base > 0 and schema.META_LAST_SEQ not in meta:
+        # A database without a run's mark that was never this directory's first: the
+        # log was emptied (a zero-length file), deleted or moved aside.
+        log.error(
+            "store: %s is a new, empty log although seqs up to %d were handed out before; "
+            "the readings of the earlier log are not in it (new seqs continue above %d)",
+            path.name,
+            base,
+            base,
+        )
     epoch = floor.begin_run(durability, base)
     try:
         write_meta(
