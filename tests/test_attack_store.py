@@ -4,12 +4,20 @@ crash at start, a dead writer or a reused seq."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import sqlite3
 from pathlib import Path
 
 import pytest
 
+from gateway.errors import StoreError
+from tests.fixtures.common import wait_until
+from tests.test_store_damage import damage_the_middle, fill
+from tests.test_store_faults import _fill_filesystem, _tiny_filesystem
 from tests.test_store_seqs import next_seq, put
+from tests.test_store_support import opened, sample
 
 
 @pytest.mark.parametrize(
@@ -51,3 +59,51 @@ async def test_a_fresh_data_directory_says_nothing_of_a_lost_log(
         assert await next_seq(tmp_path) == 1
         assert await next_seq(tmp_path) == 2
     assert "empty log" not in caplog.text
+
+
+def _open_files(under: Path) -> list[str]:
+    fds = Path("/proc/self/fd")
+    found = []
+    for fd in fds.iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith(str(under)):
+                found.append(target)
+    return found
+
+
+async def test_a_fresh_log_that_cannot_start_on_a_full_disk_leaks_no_descriptors(
+    tmp_path: Path,
+) -> None:
+    # Damage on a card that is also full: every attempt at a fresh log fails until
+    # space returns, and each must leave nothing open behind it.
+    with _tiny_filesystem(tmp_path / "fs") as fs:
+        await fill(fs, 2000, min_free_bytes=0)
+        async with opened(fs, min_free_bytes=0) as store:
+            await wait_until(lambda: store.stats().integrity_checks == 1, message="check done")
+            filler = _fill_filesystem(fs)
+            damage_the_middle(fs)
+            with pytest.raises(StoreError, match="reading the log failed"):
+                await store.read_after(0, 2000)
+            await wait_until(
+                lambda: "cannot start a fresh one" in (store.health_reason or ""),
+                message="a fresh log refused by the full disk",
+            )
+            first = len(_open_files(fs))
+            writer = store._writer
+            real_opener = writer._opener
+            attempts = 0
+
+            def counted() -> sqlite3.Connection:
+                nonlocal attempts
+                attempts += 1
+                return real_opener()
+
+            writer._opener = counted
+            # Several attempts later (they back off up to 2 s apart) ...
+            await wait_until(lambda: attempts >= 4, timeout=60, message="more attempts")
+            # ... no more files are open than after the first one.
+            assert len(_open_files(fs)) <= first, _open_files(fs)
+            filler.unlink()
+            store.put_samples([sample(0)])
+            assert await store.flush() > 2000
