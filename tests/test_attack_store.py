@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import StoreError
+from gateway.store import schema
 from tests.fixtures.common import wait_until
 from tests.test_store_damage import damage_the_middle, fill
 from tests.test_store_faults import _fill_filesystem, _tiny_filesystem
@@ -107,3 +108,35 @@ async def test_a_fresh_log_that_cannot_start_on_a_full_disk_leaks_no_descriptors
             filler.unlink()
             store.put_samples([sample(0)])
             assert await store.flush() > 2000
+
+
+@pytest.mark.parametrize("how", ["restored over", "removed"])
+async def test_a_log_replaced_while_open_is_noticed_and_writing_goes_on_in_a_kept_file(
+    tmp_path: Path, how: str
+) -> None:
+    assert await put(tmp_path, 10) == 10
+    db = tmp_path / "readings.db"
+    backup = tmp_path / "backup.db"
+    backup.write_bytes(db.read_bytes())
+    async with opened(tmp_path) as store:
+        store.put_samples([sample(i) for i in range(10)])
+        assert await store.flush() == 20
+        if how == "removed":
+            db.unlink()
+        else:
+            backup.replace(db)  # an older copy restored under the running gateway
+        # Commits would go into a file nobody will open again: noticed within upkeep.
+        await wait_until(
+            lambda: "replaced or removed while open" in (store.health_reason or ""),
+            message="the replacement noticed",
+        )
+        store.put_samples([sample(0)])
+        after = await store.flush()
+        assert after == 21
+    # What was committed after the notice is in the file a start opens.
+    async with opened(tmp_path) as store:
+        assert [r.seq for r in await store.read_after(0, 100)] == [21]
+        store.put_samples([sample(0)])
+        assert await store.flush() == 22
+    if how == "restored over":
+        assert len(schema.moved_aside(db)) == 1  # the restored copy is kept, not lost
