@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import pytest
+
+from gateway.local.redact import redact
 from tests.fixtures.gateway_proc import TOKEN, GatewayProcess, gateway_process
 
 __all__ = ["gateway_process"]  # the fixture, used by name
@@ -45,3 +48,19 @@ async def test_malformed_requests_cannot_flood_the_journal(
     # One line each, as warnings about the peer, not errors with the parser's traceback.
     assert "Error handling request" not in text
     assert "Traceback" not in text
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        f"GET /api/v1/stream?token={TOKEN},part2&since=1 HTTP/1.1",
+        f"GET /api/v1/stream?token={TOKEN};part2 HTTP/1.1",
+        "Authorization: Basic dXNlcjpwYXJ0Mg==",  # user:part2
+        f"b'Authorization: Bearer {TOKEN},part2\\r\\nHost: h'",
+    ],
+)
+def test_redaction_keeps_no_part_of_a_secret(line: str) -> None:
+    redacted = redact(line)
+    assert TOKEN not in redacted
+    assert "part2" not in redacted
+    assert "dXNlcjpwYXJ0Mg" not in redacted

@@ -15,15 +15,19 @@ from aiohttp.http_exceptions import BadHttpMessage
 # The loggers through which aiohttp's server side reports requests.
 SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.websocket")
 REDACTED = "<redacted>"
+# A value runs to the end of its parameter, header or quoted text; "," and ";" may be
+# part of a token. An Authorization value is cut with its scheme, whichever it is
+# ("Basic" carries a password too).
+_VALUE = r"[^\s&'\"\\]+"
 _SECRET = re.compile(
-    r"(?i)(token(?:=|%3D)|authorization:\s*(?:bearer\s+)?|bearer(?:\s|%20|\+)+)"
-    r"[^\s&'\"\\,;]+"
+    rf"(?i)(token(?:=|%3D)|bearer(?:\s|%20|\+)+){_VALUE}"
+    rf"|(authorization:\s*){_VALUE}(?:[ \t]+{_VALUE})?"
 )
 _formatter = logging.Formatter()
 
 
 def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: m[1] + REDACTED, text)
+    return _SECRET.sub(lambda m: (m[1] or m[2]) + REDACTED, text)
 
 
 # How much of what aiohttp says about a malformed request is kept (it quotes the line).
