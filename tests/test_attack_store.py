@@ -140,3 +140,16 @@ async def test_a_log_replaced_while_open_is_noticed_and_writing_goes_on_in_a_kep
         assert await store.flush() == 22
     if how == "restored over":
         assert len(schema.moved_aside(db)) == 1  # the restored copy is kept, not lost
+
+
+@pytest.mark.parametrize("key", ["last_seq", "seq_reserved"])
+async def test_a_flipped_bit_in_the_meta_table_sends_no_seq_beyond_2_53(
+    tmp_path: Path, key: str
+) -> None:
+    assert await put(tmp_path, 5) == 5
+    conn = sqlite3.connect(tmp_path / "readings.db")
+    # Bit 60 of the value flipped on the card: no checksum catches it.
+    conn.execute("UPDATE meta SET value = value | (1 << 60) WHERE key = ?", (key,))
+    conn.commit()
+    conn.close()
+    assert await next_seq(tmp_path) == 6

@@ -20,7 +20,7 @@ from gateway.reading import DeadLetter
 from gateway.settings import Durability, StoreSettings
 from gateway.store import planner, schema, trim
 from gateway.store.planner import LogState, Row, TransactionPlan
-from gateway.store.seq_floor import SeqFloor
+from gateway.store.seq_floor import MAX_FLOOR, SeqFloor
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,8 @@ def begin_run(
     """Begin this run on the database at ``path`` (``meta``: its meta table): returns the
     seq to count as the last handed out, so that the next one is new (see
     ``SeqFloor.base``), and marks the database with the run."""
-    db_last = max(meta.get(schema.META_LAST_SEQ, 0), highest_seq(conn))
-    reserved = meta.get(schema.META_RESERVED, 0)
+    db_last = max(_plausible_seq(meta, schema.META_LAST_SEQ), highest_seq(conn))
+    reserved = _plausible_seq(meta, schema.META_RESERVED)
     if not floor.found:
         # seq.floor is lost: the databases moved aside remember how far seqs went.
         for aside in schema.moved_aside(path):
@@ -296,6 +296,22 @@ def begin_run(
         # start skips ahead instead, which is safe.
         log.warning("store: cannot mark the database with this run (%s)", e)
     return base
+
+
+def _plausible_seq(meta: dict[str, int], key: str) -> int:
+    """A seq the meta table holds, or 0 when it is beyond any seq ever handed out.
+
+    SQLite keeps no checksums: a flipped bit in a record reads back as another number,
+    not as damage. Taken at its word, such a last seq would send seqs beyond 2^53,
+    which consumers reading JSON numbers as float64 cannot tell apart.
+    """
+    value = meta.get(key, 0)
+    if 0 <= value <= MAX_FLOOR:
+        return value
+    log.error(
+        "store: the meta table's %s (%d) is not a seq this log handed out; ignored", key, value
+    )
+    return 0
 
 
 def adopt(
