@@ -17,7 +17,7 @@ from gateway.store import schema
 from tests.fixtures.common import wait_until
 from tests.test_store_damage import damage_the_middle, fill
 from tests.test_store_faults import _fill_filesystem, _tiny_filesystem
-from tests.test_store_seqs import next_seq, put
+from tests.test_store_seqs import DB_FILES, SEQ_FILES, copy, next_seq, put
 from tests.test_store_support import opened, sample
 
 
@@ -153,3 +153,18 @@ async def test_a_flipped_bit_in_the_meta_table_sends_no_seq_beyond_2_53(
     conn.commit()
     conn.close()
     assert await next_seq(tmp_path) == 6
+
+
+async def test_a_flipped_meta_seq_after_a_crash_under_full_reuses_no_seq(tmp_path: Path) -> None:
+    cut = tmp_path / "cut"
+    async with opened(tmp_path) as store:
+        store.put_samples([sample(i) for i in range(10)])
+        assert await store.flush() == 10
+        copy(tmp_path, cut, DB_FILES + SEQ_FILES)  # the disk as a power cut leaves it
+    conn = sqlite3.connect(cut / "readings.db")
+    # Every row delivered and deleted by retention; then a bit flips in last_seq.
+    conn.execute("DELETE FROM readings")
+    conn.execute("UPDATE meta SET value = value | (1 << 60) WHERE key = 'last_seq'")
+    conn.commit()
+    conn.close()
+    assert await next_seq(cut) > 10

@@ -254,8 +254,12 @@ def begin_run(
     """Begin this run on the database at ``path`` (``meta``: its meta table): returns the
     seq to count as the last handed out, so that the next one is new (see
     ``SeqFloor.base``), and marks the database with the run."""
-    db_last = max(_plausible_seq(meta, schema.META_LAST_SEQ), highest_seq(conn))
-    reserved = _plausible_seq(meta, schema.META_RESERVED)
+    meta_last = _plausible_seq(meta, schema.META_LAST_SEQ)
+    meta_reserved = _plausible_seq(meta, schema.META_RESERVED)
+    # A meta table that held a wrong number is not taken at its word after a crash.
+    wal_lost = wal_lost or meta_last is None or meta_reserved is None
+    db_last = max(meta_last or 0, highest_seq(conn))
+    reserved = meta_reserved or 0
     if not floor.found:
         # seq.floor is lost: the databases moved aside remember how far seqs went.
         for aside in schema.moved_aside(path):
@@ -298,8 +302,9 @@ def begin_run(
     return base
 
 
-def _plausible_seq(meta: dict[str, int], key: str) -> int:
-    """A seq the meta table holds, or 0 when it is beyond any seq ever handed out.
+def _plausible_seq(meta: dict[str, int], key: str) -> int | None:
+    """A seq the meta table holds (0 if none), or None when it is beyond any seq ever
+    handed out.
 
     SQLite keeps no checksums: a flipped bit in a record reads back as another number,
     not as damage. Taken at its word, such a last seq would send seqs beyond 2^53,
@@ -311,7 +316,7 @@ def _plausible_seq(meta: dict[str, int], key: str) -> int:
     log.error(
         "store: the meta table's %s (%d) is not a seq this log handed out; ignored", key, value
     )
-    return 0
+    return None
 
 
 def adopt(
