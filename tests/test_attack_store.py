@@ -168,3 +168,20 @@ async def test_a_flipped_meta_seq_after_a_crash_under_full_reuses_no_seq(tmp_pat
     conn.commit()
     conn.close()
     assert await next_seq(cut) > 10
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"9" * 5000 + b" full\n",  # more digits than int() takes
+        b"\x00" * (1 << 20),  # a megabyte of zeros where a line was
+        b"123 full\n" + b"7" * 100,  # the right line, then garbage
+    ],
+)
+async def test_a_damaged_run_file_is_an_unclean_stop_not_a_crash(
+    tmp_path: Path, content: bytes
+) -> None:
+    assert await put(tmp_path, 5) == 5
+    (tmp_path / "seq.run").write_bytes(content)
+    # An unclean stop of an unknown run: above the floor, which a clean stop left at 5.
+    assert await next_seq(tmp_path) == 6

@@ -34,6 +34,7 @@ BLOCK = 100_000
 MAX_FLOOR = 2**53
 # What ``_write`` puts in the file; anything else (``int()`` also takes signs, spaces,
 # "_" and other scripts' digits) is damage.
+_MAX_FILE = 64
 _FLOOR_TEXT = re.compile(rb"[0-9]{1,16}\n?")
 RUN_NAME = "seq.run"
 # What a run file may say; anything else is read as not known.
@@ -63,7 +64,7 @@ class SeqFloor:
 
     def _read(self) -> int:
         try:
-            data = self.path.read_bytes()
+            data = _head(self.path)
         except FileNotFoundError:
             return 0
         except OSError as e:
@@ -83,13 +84,14 @@ class SeqFloor:
     def _read_run(self) -> Run | None:
         """The run that had the directory open and did not close it cleanly, if any."""
         try:
-            text = self.run_path.read_text(encoding="ascii")
+            text = _head(self.run_path).decode("ascii")
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError):
             return Run(0, None)
         fields = text.split()
-        if len(fields) != 2 or not fields[0].isdigit():
+        # An epoch is below 2^62 (19 digits); more would also be too many for int().
+        if len(fields) != 2 or not fields[0].isdigit() or len(fields[0]) > 19:
             return Run(0, None)
         return Run(int(fields[0]), _DURABILITIES.get(fields[1]))
 
@@ -136,3 +138,10 @@ class SeqFloor:
         write_durably(self.path, f"{value}\n")
         self.value = value
         self.found = True
+
+
+def _head(path: Path) -> bytes:
+    """The start of a small file: both files hold a line of a few dozen bytes, and a
+    damaged one may be any size."""
+    with path.open("rb") as f:
+        return f.read(_MAX_FILE)
