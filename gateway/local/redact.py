@@ -10,22 +10,37 @@ from __future__ import annotations
 import logging
 import re
 
+from aiohttp.http_exceptions import BadHttpMessage
+
 # The loggers through which aiohttp's server side reports requests.
 SERVER_LOGGERS = ("aiohttp.server", "aiohttp.web", "aiohttp.access", "aiohttp.websocket")
 REDACTED = "<redacted>"
+# A value runs to the end of its parameter, header or quoted text; "," and ";" may be
+# part of a token. An Authorization value is cut with its scheme, whichever it is
+# ("Basic" carries a password too).
+_VALUE = r"[^\s&'\"\\]+"
 _SECRET = re.compile(
-    r"(?i)(token(?:=|%3D)|authorization:\s*(?:bearer\s+)?|bearer(?:\s|%20|\+)+)"
-    r"[^\s&'\"\\,;]+"
+    rf"(?i)(token(?:=|%3D)|bearer(?:\s|%20|\+)+){_VALUE}"
+    rf"|(authorization:\s*){_VALUE}(?:[ \t]+{_VALUE})?"
 )
 _formatter = logging.Formatter()
 
 
 def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: m[1] + REDACTED, text)
+    return _SECRET.sub(lambda m: (m[1] or m[2]) + REDACTED, text)
+
+
+# How much of what aiohttp says about a malformed request is kept (it quotes the line).
+MAX_REASON = 200
+MALFORMED = "local server: refused a malformed request from %s: %s"
 
 
 class RedactTokens(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, BadHttpMessage):
+            _as_refusal(record, error)
+            return True
         text = record.getMessage()
         if record.exc_info:
             text += "\n" + _formatter.formatException(record.exc_info)
@@ -36,6 +51,23 @@ class RedactTokens(logging.Filter):
         record.exc_info = None
         record.exc_text = None
         return True
+
+
+def _as_refusal(record: logging.LogRecord, error: BadHttpMessage) -> None:
+    """A request the peer got wrong, told in one line under one template.
+
+    aiohttp logs it as an ERROR with a traceback quoting the bad bytes: any neighbour
+    could then write a different line per request into the journal, past the
+    repeat guard, until journald's rate limit silenced the gateway's own messages.
+    """
+    peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+    reason = redact(" ".join(str(error).split()))[:MAX_REASON]
+    record.msg = MALFORMED
+    record.args = (str(peer), reason)
+    if record.levelno > logging.WARNING:
+        record.levelno, record.levelname = logging.WARNING, "WARNING"
+    record.exc_info = None
+    record.exc_text = None
 
 
 def redact_server_logs() -> None:

@@ -8,10 +8,12 @@ b-tree walk.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import sqlite3
 import struct
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.settings import Durability
@@ -79,12 +81,24 @@ _BUSY_CODES = frozenset({sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED})
 def connect(path: Path, durability: Durability) -> sqlite3.Connection:
     """A connection in autocommit mode (transactions are explicit) with our pragmas."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    conn.execute("PRAGMA journal_mode = WAL")
-    synchronous = "FULL" if durability == "full" else "NORMAL"
-    conn.execute(f"PRAGMA synchronous = {synchronous}")
-    conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+    # Closed if a pragma fails (WAL mode on a full disk): a writer trying again for a
+    # fresh log would otherwise leave a descriptor open at each attempt.
+    with _closed_on_error(conn):
+        conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        synchronous = "FULL" if durability == "full" else "NORMAL"
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        conn.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
     return conn
+
+
+@contextlib.contextmanager
+def _closed_on_error(conn: sqlite3.Connection) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        conn.close()
+        raise
 
 
 def create_schema(conn: sqlite3.Connection) -> None:

@@ -16,6 +16,8 @@ The rule that uses them is ``SeqFloor.base`` (see ``docs/store.md``, *Seqs: the 
 
 from __future__ import annotations
 
+import logging
+import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,17 @@ from pathlib import Path
 from gateway.settings import Durability
 from gateway.store.files import remove_durably, write_durably
 
+log = logging.getLogger(__name__)
+
 BLOCK = 100_000
+# No gateway hands out this many seqs (at a million readings a second it would take
+# 285 years), and beyond it JSON consumers reading numbers as float64 could no longer
+# tell seqs apart: a floor above it is damage, not history.
+MAX_FLOOR = 2**53
+# What ``_write`` puts in the file; anything else (``int()`` also takes signs, spaces,
+# "_" and other scripts' digits) is damage.
+_MAX_FILE = 64
+_FLOOR_TEXT = re.compile(rb"[0-9]{1,16}\n?")
 RUN_NAME = "seq.run"
 # What a run file may say; anything else is read as not known.
 _DURABILITIES: dict[str, Durability] = {"full": "full", "normal": "normal"}
@@ -52,28 +64,34 @@ class SeqFloor:
 
     def _read(self) -> int:
         try:
-            text = self.path.read_text(encoding="ascii")
+            data = _head(self.path)
         except FileNotFoundError:
             return 0
-        try:
-            value = int(text.strip())
-        except ValueError:
+        except OSError as e:
+            # An unreadable floor is no worse than none (below), and must not keep the
+            # gateway from starting: replacing the file is what repairs it.
+            log.warning("store: cannot read %s (%s); taken as lost", self.path.name, e)
+            return 0
+        value = int(data) if _FLOOR_TEXT.fullmatch(data) else -1
+        if not 0 <= value <= MAX_FLOOR:
             # A torn or damaged floor is no worse than none: the database's own
             # last_seq and reserve still hold, and the next write replaces the file.
+            log.warning("store: %s is damaged (%r); taken as lost", self.path.name, data[:40])
             return 0
-        self.found = value >= 0
-        return max(value, 0)
+        self.found = True
+        return value
 
     def _read_run(self) -> Run | None:
         """The run that had the directory open and did not close it cleanly, if any."""
         try:
-            text = self.run_path.read_text(encoding="ascii")
+            text = _head(self.run_path).decode("ascii")
         except FileNotFoundError:
             return None
         except (OSError, UnicodeDecodeError):
             return Run(0, None)
         fields = text.split()
-        if len(fields) != 2 or not fields[0].isdigit():
+        # An epoch is below 2^62 (19 digits); more would also be too many for int().
+        if len(fields) != 2 or not fields[0].isdigit() or len(fields[0]) > 19:
             return Run(0, None)
         return Run(int(fields[0]), _DURABILITIES.get(fields[1]))
 
@@ -120,3 +138,10 @@ class SeqFloor:
         write_durably(self.path, f"{value}\n")
         self.value = value
         self.found = True
+
+
+def _head(path: Path) -> bytes:
+    """The start of a small file: both files hold a line of a few dozen bytes, and a
+    damaged one may be any size."""
+    with path.open("rb") as f:
+        return f.read(_MAX_FILE)

@@ -20,7 +20,7 @@ from gateway.reading import DeadLetter
 from gateway.settings import Durability, StoreSettings
 from gateway.store import planner, schema, trim
 from gateway.store.planner import LogState, Row, TransactionPlan
-from gateway.store.seq_floor import SeqFloor
+from gateway.store.seq_floor import MAX_FLOOR, SeqFloor
 
 log = logging.getLogger(__name__)
 
@@ -254,8 +254,12 @@ def begin_run(
     """Begin this run on the database at ``path`` (``meta``: its meta table): returns the
     seq to count as the last handed out, so that the next one is new (see
     ``SeqFloor.base``), and marks the database with the run."""
-    db_last = max(meta.get(schema.META_LAST_SEQ, 0), highest_seq(conn))
-    reserved = meta.get(schema.META_RESERVED, 0)
+    meta_last = _plausible_seq(meta, schema.META_LAST_SEQ)
+    meta_reserved = _plausible_seq(meta, schema.META_RESERVED)
+    # A meta table that held a wrong number is not taken at its word after a crash.
+    wal_lost = wal_lost or meta_last is None or meta_reserved is None
+    db_last = max(meta_last or 0, highest_seq(conn))
+    reserved = meta_reserved or 0
     if not floor.found:
         # seq.floor is lost: the databases moved aside remember how far seqs went.
         for aside in schema.moved_aside(path):
@@ -267,6 +271,16 @@ def begin_run(
             "(its last seq %d); new seqs continue above %d so that none is reused",
             path.name,
             db_last,
+            base,
+        )
+    if base > 0 and schema.META_LAST_SEQ not in meta:
+        # A database without a run's mark that was never this directory's first: the
+        # log was emptied (a zero-length file), deleted or moved aside.
+        log.error(
+            "store: %s is a new, empty log although seqs up to %d were handed out before; "
+            "the readings of the earlier log are not in it (new seqs continue above %d)",
+            path.name,
+            base,
             base,
         )
     epoch = floor.begin_run(durability, base)
@@ -286,6 +300,23 @@ def begin_run(
         # start skips ahead instead, which is safe.
         log.warning("store: cannot mark the database with this run (%s)", e)
     return base
+
+
+def _plausible_seq(meta: dict[str, int], key: str) -> int | None:
+    """A seq the meta table holds (0 if none), or None when it is beyond any seq ever
+    handed out.
+
+    SQLite keeps no checksums: a flipped bit in a record reads back as another number,
+    not as damage. Taken at its word, such a last seq would send seqs beyond 2^53,
+    which consumers reading JSON numbers as float64 cannot tell apart.
+    """
+    value = meta.get(key, 0)
+    if 0 <= value <= MAX_FLOOR:
+        return value
+    log.error(
+        "store: the meta table's %s (%d) is not a seq this log handed out; ignored", key, value
+    )
+    return None
 
 
 def adopt(

@@ -182,6 +182,8 @@ class Writer:
         self._growth = 0
         self.free_bytes: int | None = None
         self._free_space_error: str | None = None
+        # The file the connection has open, to notice it replaced or removed under us.
+        self._file = _file_id(path)
         self.commits = 0
         self.committed_readings = 0
         self.commit_seconds = 0.0
@@ -485,6 +487,8 @@ class Writer:
         if maintenance:
             self._next_maintenance = now + MAINTENANCE_INTERVAL
             self._check_free_space()
+            if self._replaced() and not self._start_afresh():
+                return False
         # While commits fail, acks and upkeep are committed on their own first.
         failing = self.failure is not None and self._waiting.has_data
         if failing and not self._attempt(self._waiting.upkeep(), maintenance=True):
@@ -703,6 +707,7 @@ class Writer:
             conn.close()
             raise
         self._conn = conn
+        self._file = _file_id(self.path)
         self.generation += 1
         self.depth = 0
         self.oldest_unsent_ts = None
@@ -743,6 +748,21 @@ class Writer:
             # A failing store is not congested: drivers paused before the failure must
             # hear of it now, not at the next commit that succeeds.
             self._hand_over(Outcome([], self.last_seq, []))
+
+    def _replaced(self) -> bool:
+        """True (and the database taken as damaged) when the file under the log's name
+        is no longer the one being written: restored over or removed while open,
+        commits would go into a file no start will see again."""
+        if self._damage is not None:
+            return False
+        try:
+            if _file_id(self.path) == self._file:
+                return False
+        except OSError:
+            # Unreadable now (a failing card) is not proof of a replacement.
+            return False
+        self._damage = f"{self.path.name} was replaced or removed while open"
+        return True
 
     def _check_free_space(self) -> None:
         try:
@@ -785,3 +805,12 @@ class Writer:
         except RuntimeError:
             # The event loop is gone (the process is exiting without close()).
             log.debug("store: event loop closed; %d readings not announced", len(outcome.readings))
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    """The file system's identity of the file at ``path`` (None if it is gone)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_dev, st.st_ino)
