@@ -55,6 +55,7 @@ def test_the_shipped_drivers_are_declared_as_entry_points() -> None:
     assert declared == {
         "serial_line": "drivers.serial_line:DRIVER",
         "gpio_input": "drivers.gpio_input:DRIVER",
+        "modbus_rtu": "drivers.modbus_rtu:DRIVER",
     }
     # The installed metadata is what the gateway reads: it must match the file.
     installed = {p.name: p.value for p in entry_points(group=ENTRY_POINT_GROUP)}
