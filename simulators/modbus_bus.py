@@ -32,7 +32,11 @@ def _open_pty() -> tuple[int, int, str]:
 
 
 class ModbusBus:
-    """``async with ModbusBus(link, [1, 2, 3]) as bus: bus.meters[2].silent = True``."""
+    """``async with ModbusBus(link, [1, 2, 3]) as bus: bus.meters[2].silent = True``.
+
+    Faults on demand: a meter's ``silent`` or ``exception`` (see ``SimulatedMeter``), and
+    the bus's ``corrupt``: every answer reaches the gateway with its CRC broken.
+    """
 
     def __init__(
         self,
@@ -49,6 +53,7 @@ class ModbusBus:
         self.meters = {i: SimulatedMeter(i, rng) for i in slave_ids}
         if not self.meters:
             raise ValueError("a bus needs at least one slave id")
+        self.corrupt = False
         self._fds: list[int] = []
         self._server: ModbusSerialServer | None = None
 
@@ -57,8 +62,8 @@ class ModbusBus:
         inner_master, inner_slave, inner_path = _open_pty()
         self._fds = [outer_master, outer_slave, inner_master, inner_slave]
         loop = asyncio.get_running_loop()
-        loop.add_reader(outer_master, self._copy, outer_master, inner_master)
-        loop.add_reader(inner_master, self._copy, inner_master, outer_master)
+        loop.add_reader(outer_master, self._copy, outer_master, inner_master, False)
+        loop.add_reader(inner_master, self._copy, inner_master, outer_master, True)
         self._server = ModbusSerialServer(
             [meter.device() for meter in self.meters.values()],
             framer=FramerType.RTU,
@@ -75,13 +80,15 @@ class ModbusBus:
         self.slave_path = outer_path
         return self
 
-    def _copy(self, source: int, target: int) -> None:
+    def _copy(self, source: int, target: int, answer: bool) -> None:
         try:
             data = os.read(source, 4096)
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EIO):
                 return  # nothing yet, or no one has the other end open
             raise
+        if answer and self.corrupt and data:
+            data = data[:-1] + bytes([data[-1] ^ 0xFF])
         with contextlib.suppress(BlockingIOError):
             # A frame nobody reads is lost, as on a bus with no one listening.
             os.write(target, data)
