@@ -112,6 +112,21 @@ class Bus:
         answer_within: float,
         request: Callable[[AsyncModbusSerialClient], Awaitable[ModbusPDU]],
     ) -> ModbusPDU:
+        try:
+            return await self._locked_call(answer_within, request)
+        finally:
+            # pymodbus waits with asyncio.wait_for, which on Python 3.11 can return an
+            # answer that arrived together with a cancellation and drop the cancellation;
+            # a driver being stopped must stop, not poll on.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError
+
+    async def _locked_call(
+        self,
+        answer_within: float,
+        request: Callable[[AsyncModbusSerialClient], Awaitable[ModbusPDU]],
+    ) -> ModbusPDU:
         async with self._lock:
             client = await self._connected()
             self._heard = b""

@@ -25,7 +25,7 @@ METER_REGISTERS = (
     Register(sensor="voltage", address=0, type="uint16", scale=0.1, unit="V"),
     Register(sensor="current", address=1, type="int16", scale=0.01, unit="A"),
     Register(sensor="power", address=2, type="float32", unit="W"),
-    # Counts the meter's answers to holding-register reads: it grows by one per poll.
+    # Counts the meter's answers to reads of it: it grows by one per poll.
     Register(sensor="energy", address=4, type="uint32", unit="Wh"),
     Register(sensor="frequency", address=6, type="float64", unit="Hz"),
     Register(sensor="uptime", address=10, type="int64", unit="s"),
@@ -38,6 +38,7 @@ METER_REGISTERS = (
     Register(sensor="door", table="discrete", address=0, type="bool"),
 )
 
+_ENERGY = next(r.address for r in METER_REGISTERS if r.sensor == "energy")
 _READ_HOLDING = 3
 _READ_INPUT = 4
 _READ_DISCRETE = 2
@@ -107,7 +108,8 @@ class SimulatedMeter:
             return self.exception
         self.answered += 1
         if function_code == _READ_HOLDING:
-            self._energy += 1
+            if address <= _ENERGY < address + count:
+                self._energy += 1
             self._voltage = min(250.0, max(210.0, self._voltage + self._rng.gauss(0.0, 0.5)))
             fresh = _registers("holding", self._holding_values())
             # Everything but the writable setpoint changes; the setpoint keeps what was set.
