@@ -200,7 +200,7 @@ def plugin_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 def test_a_driver_of_another_package_is_found_checked_and_documented(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert list(drivers()) == ["acme_meter", "gpio_input", "serial_line"]
+    assert list(drivers()) == ["acme_meter", "gpio_input", "modbus_rtu", "serial_line"]
     assert "driver 'broken' (acme_missing:DRIVER) failed to load" in caplog.text
     device = {
         "id": "m1",
