@@ -229,7 +229,6 @@ class ModbusRtuSettings(SerialPortSettings):
         ),
     )
     registers: tuple[Register, ...] = field(
-        default=(),
         metadata=tables(
             Register,
             "The register map, one `[[devices.registers]]` table per value (keys below). "
