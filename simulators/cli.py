@@ -89,6 +89,15 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         default=[],
         help="slave ids that answer every request with exception 4 (device failure)",
     )
+    modbus.add_argument(
+        "--slow",
+        type=_slave_ids,
+        default=[],
+        help="slave ids that answer after --slow-delay seconds",
+    )
+    modbus.add_argument(
+        "--slow-delay", type=_positive, default=1.0, help="how late the slow ones are (default 1)"
+    )
     modbus.add_argument("--baudrate", type=int, default=9600, help="bus speed (default 9600)")
     p.add_argument("--start", type=int, default=1, help="first n of the counter (default 1)")
     p.add_argument("--seed", type=int, help="seed for the thermo drift and the garbage")
@@ -141,9 +150,11 @@ async def _run_modbus(args: argparse.Namespace, stop: asyncio.Event) -> int:
             bus.meters[slave_id].silent = True
         for slave_id in args.exception:
             bus.meters[slave_id].exception = ExcCodes.DEVICE_FAILURE
+        for slave_id in args.slow:
+            bus.meters[slave_id].delay = args.slow_delay
     except (KeyError, ValueError) as exc:
         print(
-            f"edge-gateway sim: --silent and --exception name slaves of --slaves ({exc})",
+            f"edge-gateway sim: --silent, --exception and --slow name slaves of --slaves ({exc})",
             file=sys.stderr,
         )
         return 2

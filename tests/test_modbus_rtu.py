@@ -191,3 +191,21 @@ async def test_devices_of_one_port_must_agree_on_its_settings(tmp_path: Path) ->
         assert other.status.state == "waiting"
         assert "already open by meter-1 with other serial settings" in str(other.status.last_error)
         await wait_until(lambda: first.status.readings > 0, message="first still reads")
+
+
+async def test_a_slave_slower_than_its_timeout_counts_timeouts(tmp_path: Path) -> None:
+    link = tmp_path / "rs485"
+    async with ModbusBus(link, [1, 2], seed=5) as sim:
+        sim.meters[1].delay = 0.05  # slow, within its timeout
+        sim.meters[2].delay = 1.0  # beyond it
+        async with polled(link, [1], timeout=0.5) as fast, polled(link, [2]) as slow:
+            (_, one_sink), (two, two_sink) = fast[1], slow[2]
+            await wait_until(
+                lambda: len(one_sink.values("energy")) >= 3 and two.counts["timeout"] >= 2,
+                timeout=30,
+                message="the slow slave read, the slower one timed out",
+            )
+            # Its answers come too late to count: none is taken for a reading. (A late
+            # answer may garble another slave's, which that one counts as a bad frame.)
+            assert two_sink.values("energy") == []
+            assert two.status.state == "waiting"

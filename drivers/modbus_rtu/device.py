@@ -7,6 +7,7 @@ server: an implementation independent of the gateway's request side.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Sequence
 
@@ -54,13 +55,15 @@ def _registers(table: str, values: dict[str, Value]) -> list[int]:
 
 
 class SimulatedMeter:
-    """One slave of the simulated bus. Set ``silent`` (no answer at all) or ``exception``
-    (an exception response to every request) at any time."""
+    """One slave of the simulated bus. Set ``silent`` (no answer at all), ``exception``
+    (an exception response to every request) or ``delay`` (seconds before each answer: a
+    slow slave) at any time."""
 
     def __init__(self, slave_id: int, rng: random.Random) -> None:
         self.slave_id = slave_id
         self.silent = False
         self.exception: ExcCodes | None = None
+        self.delay = 0.0
         self.answered = 0
         self._rng = rng
         self._energy = 0
@@ -104,6 +107,8 @@ class SimulatedMeter:
         if self.silent:
             # pymodbus's server leaves a request for an unknown slave unanswered.
             raise NoSuchIdException(f"slave {self.slave_id} is silent")
+        if self.delay:
+            await asyncio.sleep(self.delay)
         if self.exception is not None:
             return self.exception
         self.answered += 1
