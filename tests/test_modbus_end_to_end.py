@@ -26,7 +26,7 @@ def meter_section(device_id: str, port: Path, slave_id: int) -> str:
         f"port = {toml_value(str(port))}",
         f"slave_id = {slave_id}",
         'poll_interval = "100ms"',
-        'timeout = "200ms"',
+        'timeout = "500ms"',
         'retry_max = "1s"',
     ]
     for register in METER_REGISTERS:

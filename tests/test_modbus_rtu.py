@@ -4,6 +4,7 @@ pymodbus's own server: a shared bus, a dead slave, faults counted per slave, wri
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
@@ -36,7 +37,9 @@ class Sink(RecordingSink):
 
 
 def meter(link: Path, slave_id: int, **keys: Any) -> ModbusRtuSettings:
-    options: dict[str, Any] = {"poll_interval": 0.05, "timeout": 0.1, "retry_max": 1.0}
+    # A generous timeout: the simulator shares this loaded machine, and a live slave
+    # must never seem dead.
+    options: dict[str, Any] = {"poll_interval": 0.05, "timeout": 0.5, "retry_max": 1.0}
     return ModbusRtuSettings(
         id=f"meter-{slave_id}",
         port=str(link),
@@ -205,7 +208,32 @@ async def test_a_slave_slower_than_its_timeout_counts_timeouts(tmp_path: Path) -
                 timeout=30,
                 message="the slow slave read, the slower one timed out",
             )
-            # Its answers come too late to count: none is taken for a reading. (A late
-            # answer may garble another slave's, which that one counts as a bad frame.)
-            assert two_sink.values("energy") == []
-            assert two.status.state == "waiting"
+            # Its answers come too late for their requests. RTU frames carry no request
+            # id, so one arriving during a later request of the same slave can be taken
+            # as its answer (docs/drivers.md says so): only the timeouts are certain.
+            assert len(two_sink.values("energy")) < two.polls
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+async def test_a_bus_unplugged_and_plugged_back_is_read_again(tmp_path: Path) -> None:
+    link = tmp_path / "rs485"
+    sink = Sink()
+    driver = ModbusRtuDriver(meter(link, 1, retry_max=0.2), sink)
+    fds: list[int] = []
+    async with running(driver):
+        for _ in range(10):
+            before = len(sink.values("energy"))
+
+            def read_again(before: int = before) -> bool:
+                return len(sink.values("energy")) >= before + 3
+
+            async with ModbusBus(link, [1]):
+                await wait_until(read_again, timeout=30, message="read after the plug")
+            await wait_until(lambda: driver.status.state == "waiting", message="unplugged")
+            fds.append(open_fds())
+        assert driver.counts["port"] + driver.counts["timeout"] >= 10
+    # Nothing leaks across unplugs: the count after the second equals the last.
+    assert fds[1] == fds[-1], fds

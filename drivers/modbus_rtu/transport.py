@@ -84,13 +84,15 @@ class ModbusRtuDriver:
             if answered:
                 silent_polls = 0
                 self.status.state = "open"
-                delay = self.settings.poll_interval
-            else:
-                silent_polls += 1
-                self.status.state = "waiting"
-                backoff = self.settings.poll_interval * 2 ** min(silent_polls - 1, 30)
-                delay = max(self.settings.poll_interval, min(backoff, self.settings.retry_max))
-            await asyncio.sleep(max(0.0, started + delay - loop.time()))
+                await asyncio.sleep(max(0.0, started + self.settings.poll_interval - loop.time()))
+                continue
+            silent_polls += 1
+            self.status.state = "waiting"
+            backoff = self.settings.poll_interval * 2 ** min(silent_polls - 1, 30)
+            backoff = max(self.settings.poll_interval, min(backoff, self.settings.retry_max))
+            # Counted from the failure, not from the poll's start: a poll that timed out
+            # took a whole timeout, and the bus must then go to the others.
+            await asyncio.sleep(backoff)
 
     async def _poll(self, bus: Bus) -> bool:
         """One read of every block; False if the slave did not answer."""
