@@ -8,6 +8,9 @@ import signal
 import sys
 from pathlib import Path
 
+from pymodbus.constants import ExcCodes
+
+from simulators.modbus_bus import ModbusBus
 from simulators.pty_device import PtyDevice
 from simulators.sources import KINDS
 
@@ -26,6 +29,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _slave_ids(text: str) -> list[int]:
+    try:
+        ids = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be slave ids like 1,2,3, not {text}") from None
+    if not all(1 <= i <= 247 for i in ids):
+        raise argparse.ArgumentTypeError(f"slave ids are 1 to 247, not {text}")
+    return ids
+
+
 def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = (
         "Run one simulated serial device on a pseudo-terminal whose slave is symlinked at "
@@ -33,11 +46,12 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "kind",
-        choices=KINDS,
+        choices=(*KINDS, "modbus"),
         help=(
             "thermo: t and h drifting; counter: n=1, 2, 3…; arduino: the thermo as free text "
             '("Temperature: 21.5 C, Humidity: 40.2 %%", for format = "regex"); gps: an NMEA '
-            "receiver on a moving track, one fix (GGA, RMC, VTG, GSA, GSV) per line of --rate"
+            "receiver on a moving track, one fix (GGA, RMC, VTG, GSA, GSV) per line of --rate; "
+            "modbus: a Modbus RTU bus of simulated energy meters (see docs/drivers.md)"
         ),
     )
     p.add_argument("--link", type=Path, required=True, help="symlink to create for the device")
@@ -68,6 +82,27 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="how long each unplug lasts before a new pty is linked (default 1)",
     )
+    modbus = p.add_argument_group("modbus")
+    modbus.add_argument(
+        "--slaves", type=_slave_ids, default=[1], help="slave ids on the bus (default 1)"
+    )
+    modbus.add_argument("--silent", type=_slave_ids, default=[], help="slave ids that never answer")
+    modbus.add_argument(
+        "--exception",
+        type=_slave_ids,
+        default=[],
+        help="slave ids that answer every request with exception 4 (device failure)",
+    )
+    modbus.add_argument(
+        "--slow",
+        type=_slave_ids,
+        default=[],
+        help="slave ids that answer after --slow-delay seconds",
+    )
+    modbus.add_argument(
+        "--slow-delay", type=_positive, default=1.0, help="how late the slow ones are (default 1)"
+    )
+    modbus.add_argument("--baudrate", type=int, default=9600, help="bus speed (default 9600)")
     p.add_argument("--start", type=int, default=1, help="first n of the counter (default 1)")
     p.add_argument("--seed", type=int, help="seed for the thermo drift and the garbage")
 
@@ -82,6 +117,8 @@ async def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     try:
+        if args.kind == "modbus":
+            return await _run_modbus(args, stop)
         device = PtyDevice(
             args.kind,
             args.link,
@@ -107,4 +144,35 @@ async def _run(args: argparse.Namespace) -> int:
     finally:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    return 0
+
+
+async def _run_modbus(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    try:
+        bus = ModbusBus(args.link, args.slaves, baudrate=args.baudrate, seed=args.seed)
+        for slave_id in args.silent:
+            bus.meters[slave_id].silent = True
+        for slave_id in args.exception:
+            bus.meters[slave_id].exception = ExcCodes.DEVICE_FAILURE
+        for slave_id in args.slow:
+            bus.meters[slave_id].delay = args.slow_delay
+    except (KeyError, ValueError) as exc:
+        print(
+            f"edge-gateway sim: --silent, --exception and --slow name slaves of --slaves ({exc})",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        async with bus:
+            ids = ",".join(map(str, args.slaves))
+            print(
+                f"simulated Modbus RTU bus (slaves {ids}) on {bus.slave_path}, "
+                f"linked at {args.link}",
+                file=sys.stderr,
+                flush=True,
+            )
+            await stop.wait()
+    except (OSError, RuntimeError) as exc:
+        print(f"edge-gateway sim: cannot create the bus: {exc}", file=sys.stderr)
+        return 1
     return 0

@@ -1,0 +1,148 @@
+"""Register words to values and back, and the plan of requests that reads a register map.
+
+Pure code: no I/O, no pymodbus. The gateway decodes what it read with it, the
+simulator encodes its map with it, and writes are encoded with it.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from drivers.modbus_rtu.settings import (
+    BIT_TABLES,
+    MAX_READ_BITS,
+    MAX_READ_REGISTERS,
+    Register,
+)
+
+Value = int | float | str | bool
+
+_FORMATS = {
+    "int16": "h",
+    "uint16": "H",
+    "int32": "i",
+    "uint32": "I",
+    "int64": "q",
+    "uint64": "Q",
+    "float32": "f",
+    "float64": "d",
+}
+
+
+def _to_bytes(words: Sequence[int], register: Register) -> bytes:
+    ordered = list(words) if register.word_order == "big" else list(reversed(words))
+    return b"".join((w & 0xFFFF).to_bytes(2, register.byte_order) for w in ordered)
+
+
+def _to_words(data: bytes, register: Register) -> list[int]:
+    words = [int.from_bytes(data[i : i + 2], register.byte_order) for i in range(0, len(data), 2)]
+    return words if register.word_order == "big" else list(reversed(words))
+
+
+def raw_value(register: Register, words: Sequence[int]) -> Value:
+    """The value ``words`` hold, before scale and offset (a coil's words are its bits)."""
+    if len(words) != register.words:
+        raise ValueError(f"{register.sensor}: {len(words)} words for {register.words}")
+    if register.type == "bool":
+        return bool(words[0])
+    data = _to_bytes(words, register)
+    if register.type == "string":
+        return data.decode("utf-8", errors="replace").rstrip("\x00 ")
+    number: int | float = struct.unpack(">" + _FORMATS[register.type], data)[0]
+    return number
+
+
+def decode(register: Register, words: Sequence[int]) -> Value:
+    """The reading's value: ``raw * scale + offset``; an integer stays one when unscaled."""
+    raw = raw_value(register, words)
+    if isinstance(raw, bool | str):
+        return raw
+    if register.scale == 1.0 and register.offset == 0.0:
+        return raw
+    return raw * register.scale + register.offset
+
+
+def encode_raw(register: Register, raw: Value) -> list[int]:
+    """The words (or bits, as 0/1) that hold ``raw``; ValueError if it does not fit."""
+    if register.type == "bool":
+        if not isinstance(raw, bool):
+            raise ValueError(f"{register.sensor} takes true or false, not {raw!r}")
+        return [int(raw)]
+    if register.type == "string":
+        if not isinstance(raw, str):
+            raise ValueError(f"{register.sensor} takes a string, not {raw!r}")
+        data = raw.encode()
+        if len(data) > 2 * register.length:
+            raise ValueError(f"{register.sensor} holds at most {2 * register.length} bytes")
+        return _to_words(data.ljust(2 * register.length, b"\x00"), register)
+    if isinstance(raw, bool | str):
+        # ValueError like every other unusable value: callers report them alike.
+        raise ValueError(f"{register.sensor} takes a number, not {raw!r}")  # noqa: TRY004
+    fmt = _FORMATS[register.type]
+    if fmt not in "fd" and isinstance(raw, float):
+        if not raw.is_integer():
+            raise ValueError(f"{register.sensor} takes a whole number, not {raw!r}")
+        raw = int(raw)
+    try:
+        data = struct.pack(">" + fmt, raw)
+    except (struct.error, OverflowError) as exc:
+        raise ValueError(f"{register.sensor}: {raw!r} does not fit {register.type}") from exc
+    return _to_words(data, register)
+
+
+def encode(register: Register, value: Value) -> list[int]:
+    """The words that read back as ``value`` (scale and offset undone, rounded to the type)."""
+    if isinstance(value, bool | str) or (register.scale == 1.0 and register.offset == 0.0):
+        return encode_raw(register, value)
+    if not math.isfinite(value):
+        raise ValueError(f"{register.sensor}: {value!r} is not a finite number")
+    raw = (value - register.offset) / register.scale
+    if register.type not in ("float32", "float64"):
+        raw = float(round(raw))
+    return encode_raw(register, raw)
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One read request: ``count`` registers (or bits) of ``table`` from ``address``."""
+
+    table: str
+    address: int
+    count: int
+    registers: tuple[Register, ...]
+
+    def values(self, words: Sequence[int]) -> list[tuple[Register, Value]]:
+        """Each register's value from the block's words (or bits)."""
+        out = []
+        for register in self.registers:
+            start = register.address - self.address
+            out.append((register, decode(register, words[start : start + register.words])))
+        return out
+
+
+def plan(registers: Sequence[Register]) -> list[Block]:
+    """The requests that read every register once: registers of one table that touch or
+    overlap are read together, up to 125 registers or 2000 bits a request."""
+    blocks: list[Block] = []
+    for table in ("holding", "input", "coil", "discrete"):
+        limit = MAX_READ_BITS if table in BIT_TABLES else MAX_READ_REGISTERS
+        members = sorted(
+            (r for r in registers if r.table == table), key=lambda r: (r.address, r.words)
+        )
+        group: list[Register] = []
+        start = end = 0
+        for register in members:
+            r_end = register.address + register.words
+            if group and register.address <= end and max(end, r_end) - start <= limit:
+                group.append(register)
+                end = max(end, r_end)
+                continue
+            if group:
+                blocks.append(Block(table, start, end - start, tuple(group)))
+            group, start, end = [register], register.address, r_end
+        if group:
+            blocks.append(Block(table, start, end - start, tuple(group)))
+    return blocks

@@ -1,0 +1,156 @@
+"""The ``modbus_rtu`` driver: polls one slave's register map through its bus's owner.
+
+Each poll sends the planned requests (``codec.plan``) in turn, through the ``Bus`` the
+device shares with every other device on its port, and puts one reading per register.
+A slave that does not answer (timeout, or bytes that are no valid answer) ends its
+poll at once, so it holds the bus for at most one ``timeout``; its next poll waits
+``poll_interval``, then twice that, up to ``retry_max``, while the other slaves keep
+their own pace. An exception response is an answer: the other requests of the poll go
+on. Each kind of failure is counted per slave (``counts``) and shown in the device's
+status (``state`` "open" while it answers, "waiting" while it does not; ``last_error``
+with the counts); bytes that made no valid answer are kept as a dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from drivers.fault_log import FaultLog
+from drivers.modbus_rtu.bus import Bus, BusConflict, Failure, shared_bus
+from drivers.modbus_rtu.codec import Value, encode, plan
+from drivers.modbus_rtu.settings import ModbusRtuSettings
+from gateway.errors import DriverError
+from gateway.interfaces import DeviceStatus, SampleSink
+from gateway.reading import DeadLetter, Sample
+
+log = logging.getLogger("drivers.modbus_rtu")
+
+
+class ModbusRtuDriver:
+    """Reads one Modbus RTU slave into a ``SampleSink``; ``write`` sets its registers."""
+
+    def __init__(
+        self,
+        settings: ModbusRtuSettings,
+        sink: SampleSink,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not settings.registers:
+            raise DriverError(settings.id, "modbus_rtu needs at least one register")
+        self.device_id = settings.id
+        self.settings = settings
+        self.status = DeviceStatus()
+        self.blocks = plan(settings.registers)
+        # Failures of this slave by kind: timeout, bad frame, exception, port.
+        self.counts: Counter[str] = Counter()
+        self.polls = 0
+        self._registers = {r.sensor: r for r in settings.registers}
+        self._sink = sink
+        self._clock = clock
+        self._faults = FaultLog(settings.id, log)
+        self._bus: Bus | None = None
+
+    async def run(self) -> None:
+        try:
+            while True:
+                try:
+                    async with shared_bus(self.settings) as bus:
+                        self._bus = bus
+                        await self._poll_forever(bus)
+                except BusConflict as exc:
+                    self._bus = None
+                    self.status.state = "waiting"
+                    self.status.errors += 1
+                    self.status.last_error = str(exc)
+                    self._faults.report(logging.ERROR, str(exc))
+                    # Another device may be reconfigured meanwhile: look again later.
+                    await asyncio.sleep(self.settings.retry_max or self.settings.poll_interval)
+        finally:
+            self._bus = None
+            self.status.state = "stopped"
+
+    async def _poll_forever(self, bus: Bus) -> None:
+        loop = asyncio.get_running_loop()
+        silent_polls = 0
+        while True:
+            started = loop.time()
+            answered = await self._poll(bus)
+            self.polls += 1
+            if answered:
+                silent_polls = 0
+                self.status.state = "open"
+                await asyncio.sleep(max(0.0, started + self.settings.poll_interval - loop.time()))
+                continue
+            silent_polls += 1
+            self.status.state = "waiting"
+            backoff = self.settings.poll_interval * 2 ** min(silent_polls - 1, 30)
+            backoff = max(self.settings.poll_interval, min(backoff, self.settings.retry_max))
+            # Counted from the failure, not from the poll's start: a poll that timed out
+            # took a whole timeout, and the bus must then go to the others.
+            await asyncio.sleep(backoff)
+
+    async def _poll(self, bus: Bus) -> bool:
+        """One read of every block; False if the slave did not answer."""
+        samples: list[Sample] = []
+        answered = True
+        clean = True
+        for block in self.blocks:
+            try:
+                words = await bus.read(self.settings.slave_id, block, self.settings.timeout)
+            except Failure as failure:
+                self._failed(failure)
+                clean = False
+                if failure.kind == "exception":
+                    continue
+                answered = False
+                break
+            ts = self._clock()
+            for register, value in block.values(words):
+                unit = register.unit or self.settings.units.get(register.sensor)
+                samples.append(Sample(self.device_id, register.sensor, value, ts, unit))
+        if samples:
+            self._sink.put_samples(samples)
+            self.status.readings += len(samples)
+            self.status.last_reading_ts = samples[-1].ts
+        if clean:
+            self._faults.clear()
+        return answered
+
+    def _failed(self, failure: Failure) -> None:
+        self.counts[failure.kind] += 1
+        summary = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
+        message = f"slave {self.settings.slave_id}: {failure} (so far: {summary})"
+        self.status.errors += 1
+        self.status.last_error = message
+        if failure.raw:
+            self._sink.put_dead_letter(
+                DeadLetter(self.device_id, f"modbus {failure.kind}", failure.raw, self._clock())
+            )
+        # One line per kind of failure while it repeats, not one per poll.
+        self._faults.report(logging.WARNING, f"slave {self.settings.slave_id}: {failure.kind}")
+
+    async def write(self, sensor: str, value: Value) -> None:
+        """Set a ``writable`` register or coil through the bus; returns once the slave
+        confirmed it. DriverError if it cannot be written or the slave did not confirm."""
+        register = self._registers.get(sensor)
+        if register is None:
+            raise DriverError(self.device_id, f"no register named {sensor!r}")
+        if not register.writable:
+            raise DriverError(self.device_id, f"{sensor} is not writable")
+        try:
+            words = encode(register, value)
+        except ValueError as exc:
+            raise DriverError(self.device_id, str(exc)) from None
+        bus = self._bus
+        if bus is None:
+            raise DriverError(self.device_id, "not running")
+        try:
+            await bus.write(self.settings.slave_id, register, words, self.settings.timeout)
+        except Failure as failure:
+            self._failed(failure)
+            raise DriverError(self.device_id, f"write of {sensor} failed: {failure}") from None

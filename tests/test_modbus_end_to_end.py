@@ -1,0 +1,115 @@
+"""Modbus RTU as users run it: `edge-gateway sim modbus` and `edge-gateway run` as
+processes on a real pseudo-terminal, readings through a real mosquitto."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.modbus_rtu.device import METER_REGISTERS
+from tests.fixtures.common import wait_until
+from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
+from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+
+
+def meter_keys(slave_id: int) -> dict[str, object]:
+    """The modbus_rtu keys of one simulated meter, every register of its map."""
+    registers: list[dict[str, object]] = []
+    for register in METER_REGISTERS:
+        entry: dict[str, object] = {
+            "sensor": register.sensor,
+            "table": register.table,
+            "address": register.address,
+            "type": register.type,
+            "word_order": register.word_order,
+            "byte_order": register.byte_order,
+            "scale": register.scale,
+        }
+        if register.type == "string":
+            entry["length"] = register.length
+        if register.unit:
+            entry["unit"] = register.unit
+        registers.append(entry)
+    return {
+        "slave_id": slave_id,
+        "poll_interval": "100ms",
+        "timeout": "500ms",
+        "retry_max": "1s",
+        "registers": registers,
+    }
+
+
+@pytest.fixture
+def modbus_sim(tmp_path: Path) -> Iterator[Path]:
+    """A bus of slaves 1, 2 and 3 (3 never answers) as its own process."""
+    link = tmp_path / "rs485"
+    log = (tmp_path / "sim.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gateway", "sim", "modbus", "--link", str(link)),
+            *("--slaves", "1,2,3", "--silent", "3", "--seed", "5"),
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    log.close()
+    try:
+        yield link
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0, (tmp_path / "sim.log").read_text()
+
+
+async def test_meters_on_one_bus_reach_the_broker_while_a_dead_one_waits(
+    modbus_sim: Path,
+    mosquitto: Mosquitto,
+    subscriber_factory: Callable[..., MqttSubscriber],
+    gateway_process: GatewayProcess,
+) -> None:
+    link = modbus_sim
+    await wait_until(link.exists, timeout=20, message="simulated bus linked")
+    subscriber = subscriber_factory(mosquitto, "edge/+/+/telemetry")
+    gw = gateway_process
+    gw.devices = [
+        DeviceSpec(f"meter-{i}", link, driver="modbus_rtu", keys=meter_keys(i)) for i in (1, 2, 3)
+    ]
+    gw.mqtt_url = mosquitto.url
+    gw.start()
+    await gw.wait_healthy()
+
+    def energy(device: str) -> list[int]:
+        return [
+            r["value"]
+            for r in subscriber.readings()
+            if r["device"] == device and r["sensor"] == "energy"
+        ]
+
+    await wait_until(
+        lambda: len(energy("meter-1")) >= 10 and len(energy("meter-2")) >= 10,
+        timeout=60,
+        message="ten polls of each live meter at the broker",
+    )
+    status = (await gw.status())["devices"]
+    assert gw.terminate() == 0
+
+    readings = subscriber.readings()
+    for device in ("meter-1", "meter-2"):
+        # Every poll answered and delivered, in order, one reading per register.
+        values = energy(device)
+        assert values == list(range(values[0], values[0] + len(values)))
+        mine = [r for r in readings if r["device"] == device]
+        by_sensor = {r["sensor"]: r for r in mine}
+        assert set(by_sensor) == {r.sensor for r in METER_REGISTERS}
+        assert by_sensor["voltage"]["unit"] == "V"
+        assert 210 <= by_sensor["voltage"]["value"] <= 250
+        assert by_sensor["model"]["value"] == f"SIM{device[-1]}"
+        assert status[device]["state"] == "open"
+    assert not [r for r in readings if r["device"] == "meter-3"]
+    assert status["meter-3"]["state"] == "waiting"
+    assert "slave 3: timeout" in status["meter-3"]["last_error"]
+    assert status["meter-3"]["errors"] >= 1
