@@ -23,7 +23,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
-		systemd-analyze=systemd
+		systemd-analyze=systemd fusermount3=fuse3
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 check: lint typecheck
@@ -40,7 +40,7 @@ bench: $(STAMP)
 	$(PY) -m benchmarks
 
 soak: $(STAMP)
-	tools/ensure-packages mosquitto=mosquitto
+	tools/ensure-packages mosquitto=mosquitto fusermount3=fuse3
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 clean:
