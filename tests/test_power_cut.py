@@ -1,0 +1,314 @@
+"""The real gateway losing power, over and over, with its data directory on the rig.
+
+Two simulated devices write, the uplink delivers to a real mosquitto (unreachable
+in about a third of the runs), a client watches the local stream, and the power is
+cut at a random moment: the disk keeps only what was fsynced (some cuts tear the
+writes in flight), the gateway is killed with it, and it starts again on what the
+disk kept. After each cut and restart:
+
+- the database opens and passes ``PRAGMA integrity_check``;
+- no seq carries two different readings, across the cloud, the local stream and the
+  log (a seq handed out again after a cut would);
+- ``durability = "full"``: every reading anyone saw (the cloud, the stream, or
+  ``last_seq`` in ``/api/v1/status``) is still in the log;
+- ``durability = "normal"``: what a cut loses is the newest readings only (never one
+  older than a reading that survived), within the bound docs/store.md states.
+
+The cuts are drawn from a seed, printed at the start (``POWERCUT_SEED`` replays it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import random
+import sqlite3
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from gateway.store.schema import DB_NAME
+from simulators import PtyDevice
+from tests.fixtures.common import wait_until
+from tests.fixtures.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
+from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+from tests.fixtures.powercut import PowerCutRig
+from tests.fixtures.tcp_proxy import TcpProxy
+from tests.test_end_to_end import DRAIN_TIMEOUT, drained, last_seq
+
+DEFAULT_CUTS = 10
+SOAK_CUTS = int(os.environ.get("POWERCUT_SOAK_CUTS", "200"))
+# How long the load runs between a start and the next cut (seconds, drawn uniformly).
+RUN_MIN, RUN_MAX = 0.2, 1.5
+BROKER_DOWN_CHANCE = 0.3
+TEAR_CHANCE = 0.5
+# The bound of docs/store.md for "normal": the WAL is synced before each checkpoint,
+# which SQLite runs once the WAL holds this many pages.
+WAL_AUTOCHECKPOINT_PAGES = 1000
+
+
+def run_seed() -> int:
+    seed = int(os.environ.get("POWERCUT_SEED", random.randrange(2**32)))
+    print(f"power-cut seed {seed} (POWERCUT_SEED={seed} replays it)")
+    return seed
+
+
+@dataclass
+class Ledger:
+    """Every reading seen anywhere, by seq: a seq must never carry two readings."""
+
+    readings: dict[int, dict[str, Any]] = field(default_factory=dict)
+    sources: dict[int, str] = field(default_factory=dict)
+
+    def see(self, reading: dict[str, Any], source: str) -> None:
+        seq = int(reading["seq"])
+        first = self.readings.setdefault(seq, reading)
+        self.sources.setdefault(seq, source)
+        assert reading == first, (
+            f"seq {seq} reused: {first} (from {self.sources[seq]}) and {reading} (from {source})"
+        )
+
+
+@dataclass
+class Log:
+    integrity: list[str]
+    readings: dict[int, dict[str, Any]]
+    page_size: int
+
+
+def read_log(db: Path) -> Log:
+    """The database as the disk kept it, read through a connection of our own."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    try:
+        integrity = [row[0] for row in conn.execute("PRAGMA integrity_check")]
+        readings = {
+            int(seq): json.loads(payload)
+            for seq, payload in conn.execute("SELECT seq, payload FROM readings")
+        }
+        page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
+    finally:
+        conn.close()
+    return Log(integrity, readings, page_size)
+
+
+async def watch_stream(gw: GatewayProcess, seen: Callable[[dict[str, Any]], None]) -> None:
+    """Every reading the local stream announces (it announces only committed ones)."""
+    url = f"{gw.base_url}/api/v1/stream"
+    with suppress(aiohttp.ClientError, ConnectionError):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.ws_connect(url, params={"token": TOKEN}) as ws,
+        ):
+            async for message in ws:
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    break
+                body = json.loads(message.data)
+                if body.get("type") == "readings":
+                    for reading in body["readings"]:
+                        seen(reading)
+
+
+async def run_load(gw: GatewayProcess, seconds: float) -> int:
+    """Let the load run for ``seconds``; the highest ``last_seq`` the status reported."""
+    committed = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with suppress(aiohttp.ClientError):
+            committed = max(committed, int((await gw.status())["store"]["last_seq"]))
+        await asyncio.sleep(0.05)
+    return committed
+
+
+@dataclass
+class Campaign:
+    """The state carried from cut to cut, and the checks after each one."""
+
+    durability: str
+    rig: PowerCutRig
+    gw: GatewayProcess
+    subscriber: MqttSubscriber
+    ledger: Ledger = field(default_factory=Ledger)
+    lost: set[int] = field(default_factory=set)
+    torn_pages: int = 0
+    lost_names: int = 0
+    cuts: int = 0
+
+    @property
+    def db(self) -> Path:
+        return self.gw.data_dir / DB_NAME
+
+    def see_cloud(self) -> set[int]:
+        seqs = set()
+        for reading in self.subscriber.readings():
+            self.ledger.see(reading, "cloud")
+            seqs.add(int(reading["seq"]))
+        return seqs
+
+    async def cut_once(self, rng: random.Random, proxy: TcpProxy) -> None:
+        if rng.random() < BROKER_DOWN_CHANCE:
+            proxy.blackhole()
+            proxy.reset()
+        else:
+            proxy.resume()
+        before = set(self.ledger.readings)
+        watcher = asyncio.create_task(
+            watch_stream(self.gw, lambda reading: self.ledger.see(reading, "stream"))
+        )
+        committed = await run_load(self.gw, rng.uniform(RUN_MIN, RUN_MAX))
+        assert self.gw.proc is not None
+        tear = rng.random() < TEAR_CHANCE
+        summary = self.rig.cut([self.gw.proc], tear=tear, seed=rng.randrange(2**32))
+        watcher.cancel()
+        with suppress(asyncio.CancelledError):
+            await watcher
+        self.cuts += 1
+        self.torn_pages += len(summary["torn"])
+        self.lost_names += len(summary["dropped_names"])
+        self.see_cloud()
+        seen_before = set(self.ledger.readings) | ({committed} - {0})
+        this_run = seen_before - before
+
+        self.rig.mount()
+        self.gw.start()
+        await self.gw.wait_healthy()
+        log = read_log(self.db)
+        context = f"cut {self.cuts} ({summary})"
+        assert log.integrity == ["ok"], f"{context}: integrity_check: {log.integrity}"
+        for reading in log.readings.values():
+            self.ledger.see(reading, f"log after cut {self.cuts}")
+
+        missing = seen_before - log.readings.keys() - self.lost
+        if self.durability == "full":
+            assert not missing, (
+                f"{context}: {len(missing)} committed readings lost, e.g. {sorted(missing)[:10]}"
+            )
+            return
+        # "normal": the last commits may go, never one before a reading that stayed.
+        newest = max(seen_before, default=0)
+        kept = max((s for s in log.readings if s <= newest), default=0)
+        older = sorted(s for s in missing if s < kept)
+        assert not older, f"{context}: lost {older[:10]} though seq {kept} survived"
+        run_first = min(this_run, default=newest + 1)
+        lost_count = max(0, newest - max(kept, run_first - 1))
+        payload = max((len(json.dumps(r)) for r in log.readings.values()), default=1)
+        bound = WAL_AUTOCHECKPOINT_PAGES * log.page_size // payload
+        assert lost_count <= bound, f"{context}: lost {lost_count} readings, bound {bound}"
+        self.lost |= missing
+
+    def check_final(self, log: Log) -> None:
+        """Once drained: the cloud has every reading of the log, each device's in order."""
+        cloud = self.see_cloud()
+        for reading in log.readings.values():
+            self.ledger.see(reading, "final log")
+        undelivered = sorted(log.readings.keys() - cloud)
+        assert not undelivered, f"never delivered: {undelivered[:10]}"
+        for device in {r["device"] for r in self.ledger.readings.values()}:
+            values = [
+                self.ledger.readings[s]["value"]
+                for s in sorted(self.ledger.readings)
+                if self.ledger.readings[s]["device"] == device
+            ]
+            assert values == sorted(values), f"{device}: readings out of order across cuts"
+
+
+@asynccontextmanager
+async def gateway_on_rig(
+    rig: PowerCutRig, gw: GatewayProcess, proxy: TcpProxy, tmp_path: Path, durability: str
+) -> AsyncIterator[None]:
+    async with (
+        PtyDevice("counter", tmp_path / "dev-a", rate=300) as dev_a,
+        PtyDevice("counter", tmp_path / "dev-b", rate=150) as dev_b,
+    ):
+        gw.devices = [DeviceSpec("dev-a", dev_a.link), DeviceSpec("dev-b", dev_b.link)]
+        gw.mqtt_url = proxy.url()
+        gw.durability = durability
+        gw.data_path = rig.mountpoint / "data"
+        gw.start()
+        await gw.wait_healthy()
+        yield
+
+
+async def power_cut_campaign(
+    durability: str,
+    cuts: int,
+    rig: PowerCutRig,
+    gw: GatewayProcess,
+    proxy: TcpProxy,
+    subscriber: MqttSubscriber,
+    tmp_path: Path,
+) -> Campaign:
+    rng = random.Random(run_seed())
+    campaign = Campaign(durability, rig, gw, subscriber)
+    async with gateway_on_rig(rig, gw, proxy, tmp_path, durability):
+        for _ in range(cuts):
+            await campaign.cut_once(rng, proxy)
+    proxy.resume()
+    await wait_until(drained(gw), timeout=DRAIN_TIMEOUT, message="log drained")
+    final = await last_seq(gw)
+    await wait_until(
+        lambda: max(subscriber.seqs(), default=0) >= final,
+        timeout=DRAIN_TIMEOUT,
+        message=f"the cloud has seq {final}",
+    )
+    assert gw.terminate() == 0
+    log = read_log(campaign.db)
+    assert log.integrity == ["ok"]
+    campaign.check_final(log)
+    print(
+        f"{campaign.cuts} cuts ({durability}): {campaign.torn_pages} pages torn, "
+        f"{campaign.lost_names} names lost, {len(campaign.lost)} readings lost, "
+        f"last seq {final}"
+    )
+    return campaign
+
+
+CampaignArgs = tuple[PowerCutRig, GatewayProcess, TcpProxy, MqttSubscriber]
+
+
+@pytest.fixture
+async def campaign_parts(
+    powercut_rig: PowerCutRig,
+    mosquitto: Mosquitto,
+    subscriber_factory: Callable[..., MqttSubscriber],
+    tcp_proxy_factory: Callable[[int], Awaitable[TcpProxy]],
+    gateway_process: GatewayProcess,
+) -> CampaignArgs:
+    subscriber = subscriber_factory(mosquitto, "edge/+/+/telemetry")
+    proxy = await tcp_proxy_factory(mosquitto.port)
+    return powercut_rig, gateway_process, proxy, subscriber
+
+
+@pytest.mark.timeout(300)
+async def test_full_durability_keeps_every_committed_reading_across_power_cuts(
+    campaign_parts: CampaignArgs, tmp_path: Path
+) -> None:
+    campaign = await power_cut_campaign("full", DEFAULT_CUTS, *campaign_parts, tmp_path)
+    assert campaign.cuts == DEFAULT_CUTS
+    assert not campaign.lost
+
+
+@pytest.mark.timeout(300)
+async def test_normal_durability_loses_only_the_last_commits_and_never_reuses_a_seq(
+    campaign_parts: CampaignArgs, tmp_path: Path
+) -> None:
+    campaign = await power_cut_campaign("normal", DEFAULT_CUTS // 2, *campaign_parts, tmp_path)
+    assert campaign.cuts == DEFAULT_CUTS // 2
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(SOAK_CUTS * 20 + 600)
+@pytest.mark.parametrize("durability", ["full", "normal"])
+async def test_soak_power_cuts(
+    campaign_parts: CampaignArgs, tmp_path: Path, durability: str
+) -> None:
+    campaign = await power_cut_campaign(durability, SOAK_CUTS, *campaign_parts, tmp_path)
+    assert campaign.cuts == SOAK_CUTS
+    if durability == "full":
+        assert not campaign.lost
