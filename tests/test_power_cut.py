@@ -39,7 +39,7 @@ from simulators import PtyDevice
 from tests.fixtures.common import wait_until
 from tests.fixtures.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
 from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.powercut import PowerCutRig
+from tests.fixtures.powercut import PowerCutRig, sync_dir, write_file
 from tests.fixtures.tcp_proxy import TcpProxy
 from tests.test_end_to_end import DRAIN_TIMEOUT, drained, last_seq
 
@@ -300,6 +300,53 @@ async def test_normal_durability_loses_only_the_last_commits_and_never_reuses_a_
 ) -> None:
     campaign = await power_cut_campaign("normal", DEFAULT_CUTS // 2, *campaign_parts, tmp_path)
     assert campaign.cuts == DEFAULT_CUTS // 2
+
+
+async def test_a_damaged_database_moved_aside_stays_kept_and_its_seqs_unused_across_cuts(
+    powercut_rig: PowerCutRig, gateway_process: GatewayProcess, tmp_path: Path
+) -> None:
+    """The move aside and the fresh database's first seqs are made durable in the right
+    order: whenever the power goes, the damaged file is still there (moved aside, or
+    under its old name if nothing was committed since), and the fresh log continues
+    above every seq the damaged one may have handed out."""
+    rig, gw = powercut_rig, gateway_process
+    data = rig.mountpoint / "data"
+    data.mkdir()
+    damaged = b"this was a database before the SD card wore out. " * 200
+    write_file(data / DB_NAME, damaged, sync=True)
+    write_file(data / "seq.floor", b"5000\n", sync=True)
+    sync_dir(data)
+    rng = random.Random(run_seed())
+    ledger = Ledger()
+    async with PtyDevice("counter", tmp_path / "dev-a", rate=200) as dev:
+        gw.devices = [DeviceSpec("dev-a", dev.link)]
+        gw.durability = "normal"
+        gw.data_path = data
+        gw.start()
+        await gw.wait_healthy()
+        for cut in range(1, 4):
+            watcher = asyncio.create_task(
+                watch_stream(gw, lambda reading: ledger.see(reading, "stream"))
+            )
+            await run_load(gw, rng.uniform(0.0, 0.5))
+            assert gw.proc is not None
+            summary = rig.cut([gw.proc], tear=rng.random() < TEAR_CHANCE, seed=rng.randrange(2**32))
+            watcher.cancel()
+            with suppress(asyncio.CancelledError):
+                await watcher
+            rig.mount()
+            kept = [p.name for p in data.iterdir() if p.read_bytes() == damaged]
+            assert kept, f"cut {cut} ({summary}): the damaged database is gone"
+            gw.start()
+            await gw.wait_healthy()
+            log = read_log(data / DB_NAME)
+            assert log.integrity == ["ok"]
+            for reading in log.readings.values():
+                ledger.see(reading, f"log after cut {cut}")
+    assert gw.terminate() == 0
+    assert [p for p in data.glob(f"{DB_NAME}.corrupt-*") if p.read_bytes() == damaged]
+    assert ledger.readings, "no reading was committed"
+    assert min(ledger.readings) > 5000
 
 
 @pytest.mark.soak

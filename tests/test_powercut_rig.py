@@ -8,27 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.fixtures.powercut import PowerCutRig
+from tests.fixtures.powercut import PowerCutRig, sync_dir, write_file
 
 PAGE = 4096
-
-
-def write_file(path: Path, data: bytes, *, sync: bool, offset: int = 0) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        os.pwrite(fd, data, offset)
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def test_an_unsynced_write_vanishes_and_a_synced_one_stays(powercut_rig: PowerCutRig) -> None:
