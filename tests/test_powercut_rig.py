@@ -8,6 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from tests.fixtures import powercut
 from tests.fixtures.powercut import PowerCutRig, sync_dir, write_file
 
 PAGE = 4096
@@ -169,3 +172,9 @@ def test_sqlite_in_wal_mode_works_and_keeps_its_fsynced_commits(
     assert rows[:200] == list(range(200))
     # What survives of the unsynced commits is a prefix of them.
     assert rows == list(range(len(rows)))
+
+
+def test_without_fuse_the_rig_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "access", lambda *_: False)
+    reason = powercut.fuse_unavailable.__wrapped__()
+    assert reason == "FUSE cannot be mounted here: /dev/fuse is missing or not accessible"
