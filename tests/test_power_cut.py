@@ -2,9 +2,9 @@
 
 Two simulated devices write, the uplink delivers to a real mosquitto (unreachable
 in about a third of the runs), a client watches the local stream, and the power is
-cut at a random moment: the disk keeps only what was fsynced (some cuts tear the
-writes in flight), the gateway is killed with it, and it starts again on what the
-disk kept. After each cut and restart:
+cut at a random moment (now and then while the gateway stops cleanly): the disk
+keeps only what was fsynced (some cuts tear the writes in flight), the gateway is
+killed with it, and it starts again on what the disk kept. After each cut and restart:
 
 - the database opens and passes ``PRAGMA integrity_check``;
 - no seq carries two different readings, across the cloud, the local stream and the
@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import signal
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -49,6 +50,7 @@ SOAK_CUTS = int(os.environ.get("POWERCUT_SOAK_CUTS", "200"))
 RUN_MIN, RUN_MAX = 0.2, 1.5
 BROKER_DOWN_CHANCE = 0.3
 TEAR_CHANCE = 0.5
+STOPPING_CHANCE = 0.2
 # The bound of docs/store.md for "normal": the WAL is synced before each checkpoint,
 # which SQLite runs once the WAL holds this many pages.
 WAL_AUTOCHECKPOINT_PAGES = 1000
@@ -164,6 +166,11 @@ class Campaign:
         )
         committed = await run_load(self.gw, rng.uniform(RUN_MIN, RUN_MAX))
         assert self.gw.proc is not None
+        if rng.random() < STOPPING_CHANCE:
+            # The power goes while the gateway stops cleanly (commits, checkpoints, settles
+            # the seq floor), or just after.
+            self.gw.signal(signal.SIGTERM)
+            await asyncio.sleep(rng.uniform(0.0, 0.5))
         durability = self.gw.durability
         tear = rng.random() < TEAR_CHANCE
         summary = self.rig.cut([self.gw.proc], tear=tear, seed=rng.randrange(2**32))
