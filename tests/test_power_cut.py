@@ -37,7 +37,7 @@ import pytest
 
 from gateway.store.schema import DB_NAME
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
+from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
 from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
 from tests.fixtures.powercut import PowerCutRig, sync_dir, write_file
@@ -186,6 +186,9 @@ class Campaign:
 
         self.rig.mount()
         self.gw.durability = self.durabilities[self.cuts % len(self.durabilities)]
+        # A fresh port each start: over hundreds of restarts on a busy machine, another
+        # process's outgoing connection sooner or later holds the old one.
+        self.gw.local_port = free_port()
         self.gw.start()
         await self.gw.wait_healthy()
         log = read_log(self.db)
@@ -360,6 +363,7 @@ async def test_a_damaged_database_moved_aside_stays_kept_and_its_seqs_unused_acr
             rig.mount()
             kept = [p.name for p in data.iterdir() if p.read_bytes() == damaged]
             assert kept, f"cut {cut} ({summary}): the damaged database is gone"
+            gw.local_port = free_port()
             gw.start()
             await gw.wait_healthy()
             log = read_log(data / DB_NAME)
