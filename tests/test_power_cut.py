@@ -182,7 +182,10 @@ class Campaign:
         self.lost_names += len(summary["dropped_names"])
         self.see_cloud()
         seen_before = set(self.ledger.readings)
-        this_run = seen_before - before
+        # A run's seqs lie above every earlier one; a lower seq first seen now is a late
+        # copy from the cloud of a reading an earlier cut lost.
+        prior = max(before, default=0)
+        this_run = {s for s in seen_before - before if s > prior}
 
         self.rig.mount()
         self.gw.durability = self.durabilities[self.cuts % len(self.durabilities)]
@@ -208,7 +211,7 @@ class Campaign:
         # "normal": the last commits may go, never one before a reading that stayed.
         newest = max(seen_before, default=0)
         kept = max((s for s in log.readings if s <= newest), default=0)
-        older = sorted(s for s in missing if s < kept)
+        older = sorted(s for s in missing if prior < s < kept)
         assert not older, f"{context}: lost {older[:10]} though seq {kept} survived"
         run_first = min(this_run, default=newest + 1)
         lost_count = max(0, newest - max(kept, run_first - 1))
