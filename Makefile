@@ -30,7 +30,7 @@ demo: $(RUNTIME_STAMP)
 
 test: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
-		systemd-analyze=systemd
+		systemd-analyze=systemd fusermount3=fuse3
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck
@@ -49,7 +49,7 @@ bench: $(STAMP)
 # The long fault campaign; SOAK_SECONDS, SOAK_UNPLUGS, SOAK_DAMAGES, SOAK_REPORT_DIR
 # (docs/operations.md, Soak). The report lands in soak-report/.
 soak: $(STAMP)
-	tools/ensure-packages mosquitto=mosquitto
+	tools/ensure-packages mosquitto=mosquitto fusermount3=fuse3
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 clean:
