@@ -10,7 +10,7 @@ killed with it, and it starts again on what the disk kept. After each cut and re
 - no seq carries two different readings, across the cloud, the local stream and the
   log (a seq handed out again after a cut would);
 - ``durability = "full"``: every reading anyone saw (the cloud, the stream), and
-  every seq up to ``last_seq`` as ``/api/v1/status`` reported it, is still in the log;
+  every seq of the run up to ``last_seq`` as ``/api/v1/status`` reported it, is still in the log;
 - ``durability = "normal"``: what a cut loses is the newest readings only (never one
   older than a reading that survived), within the bound docs/store.md states.
 
@@ -202,8 +202,12 @@ class Campaign:
 
         missing = seen_before - log.readings.keys() - self.lost
         if durability == "full":
-            # Seqs run without a gap with "full", so last_seq stands for all below it.
-            missing |= set(range(1, committed + 1)) - log.readings.keys()
+            # Within one run seqs follow each other without a gap, so last_seq stands for
+            # every seq from the run's first one up. A run may start with a gap (after an
+            # unclean stop under "normal" the store continues above its seq floor), so
+            # below the first seq seen of this run only what was seen counts.
+            run_first = min(this_run, default=committed + 1)
+            missing |= set(range(run_first, committed + 1)) - log.readings.keys()
             assert not missing, (
                 f"{context}: {len(missing)} committed readings lost, e.g. {sorted(missing)[:10]}"
             )
