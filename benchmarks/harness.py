@@ -446,6 +446,9 @@ class GatewayConfig:
     gateway_id: str = "gw-bench"
     local_port: int = field(default_factory=free_port)
     max_clients: int = 100
+    # Extra settings as TOML values ("\"2ms\"", "0"), for the store and every device.
+    store_settings: dict[str, str] = field(default_factory=dict)
+    device_settings: dict[str, str] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -464,6 +467,7 @@ class GatewayConfig:
             "",
             "[store]",
             f'durability = "{self.durability}"',
+            *(f"{k} = {v}" for k, v in self.store_settings.items()),
             "",
         ]
         for device_id, port in self.devices:
@@ -476,6 +480,7 @@ class GatewayConfig:
                 'format = "kv"',
                 "reconnect_min = 0.05",
                 "reconnect_max = 0.5",
+                *(f"{k} = {v}" for k, v in self.device_settings.items()),
                 "",
             ]
         if self.mqtt_url:
