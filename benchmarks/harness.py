@@ -430,6 +430,9 @@ class GatewayConfig:
     gateway_id: str = "gw-bench"
     local_port: int = field(default_factory=free_port)
     max_clients: int = 100
+    # Extra settings for the store and every device.
+    store_settings: dict[str, object] = field(default_factory=dict)
+    device_settings: dict[str, object] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -446,7 +449,7 @@ class GatewayConfig:
                 "data_dir": str(self.data_dir),
                 "log_level": "WARNING",
             },
-            "store": {"durability": self.durability},
+            "store": {"durability": self.durability, **self.store_settings},
             "devices": [
                 {
                     "id": device_id,
@@ -456,6 +459,7 @@ class GatewayConfig:
                     "format": "kv",
                     "reconnect_min": 0.05,
                     "reconnect_max": 0.5,
+                    **self.device_settings,
                 }
                 for device_id, port in self.devices
             ],

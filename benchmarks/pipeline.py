@@ -20,7 +20,7 @@ import json
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,15 @@ class Target:
 
 
 @dataclass(frozen=True, slots=True)
+class Variant:
+    """Gateway settings that differ from the defaults, by key."""
+
+    name: str
+    store: dict[str, object] = field(default_factory=dict)
+    device: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
 class Internals:
     t: float
     metrics: dict[str, float]
@@ -96,6 +105,7 @@ def running_target(
     devices: list[tuple[str, Path]],
     durability: str = "full",
     profile: Path | None = None,
+    variant: Variant | None = None,
 ) -> Iterator[Target]:
     if kind == "naive":
         if len(devices) != 1:
@@ -107,6 +117,9 @@ def running_target(
             yield Target(naive.pid)
         return
     config = GatewayConfig(work, devices, broker.url, durability=durability)
+    if variant is not None:
+        config.store_settings = dict(variant.store)
+        config.device_settings = dict(variant.device)
     with Gateway(config, profile=profile) as gw:
         gw.wait_healthy()
         yield Target(gw.pid, gw)
@@ -289,7 +302,11 @@ def measure_throughput(
 
 
 def measure_paced(
-    kind: str, plan: Plan, rate: float = PACED_RATE, profile: Path | None = None
+    kind: str,
+    plan: Plan,
+    rate: float = PACED_RATE,
+    profile: Path | None = None,
+    variant: Variant | None = None,
 ) -> dict[str, Any]:
     """Lines at ``rate`` from this process; latency per reading and the target's CPU."""
     work = scratch_dir(f"paced-{kind}")
@@ -301,7 +318,9 @@ def measure_paced(
             sub = subscriber(work, broker, fmt, arrivals_path)
             try:
                 devices = [("paced-1", link.path)]
-                with running_target(kind, work, broker, devices, profile=profile) as target:
+                with running_target(
+                    kind, work, broker, devices, profile=profile, variant=variant
+                ) as target:
                     primed = prime(link, lambda: int(progress(sub)["distinct"]))
                     first = 100_001
                     writer = PacedWriter(link, rate, plan.warmup + plan.paced_window, first)

@@ -35,7 +35,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from gateway.store.schema import DB_NAME
+from gateway.store.schema import DB_NAME, WAL_AUTOCHECKPOINT_BYTES
 from simulators import PtyDevice
 from tests.fixtures.common import free_port, wait_until
 from tests.fixtures.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
@@ -51,9 +51,6 @@ RUN_MIN, RUN_MAX = 0.2, 1.5
 BROKER_DOWN_CHANCE = 0.3
 TEAR_CHANCE = 0.5
 STOPPING_CHANCE = 0.2
-# The bound of docs/store.md for "normal": the WAL is synced before each checkpoint,
-# which SQLite runs once the WAL holds this many pages.
-WAL_AUTOCHECKPOINT_PAGES = 1000
 
 
 def run_seed() -> int:
@@ -222,7 +219,9 @@ class Campaign:
         # Each reading takes at least its payload's bytes in the WAL; at these rates the
         # commit that crossed the mark adds a few readings at most.
         payload = min((len(json.dumps(r)) for r in self.ledger.readings.values()), default=1)
-        bound = WAL_AUTOCHECKPOINT_PAGES * log.page_size // payload
+        # The bound of docs/store.md for "normal": the WAL is synced before each
+        # checkpoint, which the store has SQLite run once the WAL holds this much.
+        bound = WAL_AUTOCHECKPOINT_BYTES // payload
         assert lost_count <= bound, f"{context}: lost {lost_count} readings, bound {bound}"
         self.lost |= missing
 

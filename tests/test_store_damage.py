@@ -24,7 +24,7 @@ from tests.fixtures.common import wait_until
 from tests.test_store_cli import queue
 from tests.test_store_support import opened, sample
 
-PAGE = 4096
+PAGE = schema.PAGE_SIZE
 COUNT = 5000
 
 

@@ -20,7 +20,7 @@ from gateway.reading import DeadLetter, Sample, encode
 from gateway.settings import StoreSettings
 from gateway.store import Store, planner, writer
 from tests.fixtures.common import wait_until
-from tests.test_store_support import opened, sample
+from tests.test_store_support import opened, pages, sample
 
 
 def _values(payloads: list[bytes]) -> list[float]:
@@ -76,7 +76,7 @@ async def test_full_buffer_drops_by_policy_and_counts(
 ) -> None:
     monkeypatch.setattr(writer, "MAX_UNSAVED", 1000)
     async with opened(
-        tmp_path, max_page_count=60, history=0.0, startup_grace=0.0, overflow=overflow
+        tmp_path, max_page_count=pages(60), history=0.0, startup_grace=0.0, overflow=overflow
     ) as store:
         await store.register_consumer("mqtt")
         put = await _fill_until_full(store)

@@ -14,6 +14,7 @@ from gateway.reading import Sample
 from gateway.settings import StoreSettings
 from gateway.store import Store
 from gateway.store.store import STALL_AFTER
+from tests.test_store_support import pages
 
 
 async def test_a_running_writer_is_not_stalled_and_a_silent_one_is(tmp_path: Path) -> None:
@@ -35,7 +36,7 @@ async def test_a_running_writer_is_not_stalled_and_a_silent_one_is(tmp_path: Pat
 
 async def test_a_full_store_is_degraded_but_not_stalled(tmp_path: Path) -> None:
     settings = StoreSettings(max_bytes=64 * 1024, overflow="reject_new", max_age=0)
-    store = await Store.open(tmp_path / "readings.db", settings, max_page_count=16)
+    store = await Store.open(tmp_path / "readings.db", settings, max_page_count=pages(16))
     try:
         await store.register_consumer("mqtt")
         for i in range(200):

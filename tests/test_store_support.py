@@ -10,7 +10,13 @@ from typing import Any
 
 from gateway.reading import Sample
 from gateway.settings import StoreSettings
-from gateway.store import Store
+from gateway.store import Store, schema
+
+
+def pages(at_4kib: int) -> int:
+    """A ``max_page_count`` as big in bytes as ``at_4kib`` pages of 4 KiB, whatever the
+    store's page size: the caps below were sized in those."""
+    return at_4kib * 4096 // schema.PAGE_SIZE
 
 
 def sample(i: int, device: str = "thermo-1", ts: float | None = None) -> Sample:
