@@ -38,6 +38,8 @@ def test_redact_hides_tokens_in_every_spelling() -> None:
         f"Authorization: Bearer {TOKEN}",
         f"authorization: {TOKEN}",
         f"token%3D{TOKEN}",
+        f"GET /api/v1/stream?%74oken={TOKEN} HTTP/1.1",
+        f"GET /api/v1/stream?since=1&T%4F%4B%45%4E%3D{TOKEN}",
     ):
         assert TOKEN not in redact(text), text
 

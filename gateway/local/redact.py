@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+from urllib.parse import unquote
 
 from aiohttp.http_exceptions import BadHttpMessage
 
@@ -23,11 +24,23 @@ _SECRET = re.compile(
     rf"(?i)(token(?:=|%3D)|bearer(?:\s|%20|\+)+){_VALUE}"
     rf"|(authorization:\s*){_VALUE}(?:[ \t]+{_VALUE})?"
 )
+# A query parameter whose name is spelt with percent escapes (`%74oken=`): aiohttp
+# decodes the name and takes the value as the token all the same.
+_ESCAPED_PARAM = re.compile(
+    rf"((?:[\w.~-]|%[0-9A-Fa-f]{{2}})*%[0-9A-Fa-f]{{2}}[\w.~%-]*)(=|%3[Dd]){_VALUE}"
+)
 _formatter = logging.Formatter()
 
 
 def redact(text: str) -> str:
-    return _SECRET.sub(lambda m: (m[1] or m[2]) + REDACTED, text)
+    text = _SECRET.sub(lambda m: (m[1] or m[2]) + REDACTED, text)
+    return _ESCAPED_PARAM.sub(_redact_escaped, text)
+
+
+def _redact_escaped(match: re.Match[str]) -> str:
+    if unquote(match[1]).lower() == "token":
+        return match[1] + match[2] + REDACTED
+    return match[0]
 
 
 # How much of what aiohttp says about a malformed request is kept (it quotes the line).
