@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 # Raw bytes kept of a refused sample ("name=value").
 MAX_RAW = 256
+# The shortest wait of the timer that closes transform windows (seconds).
+TIMER_MIN = 0.001
 
 
 class DeviceSink:
@@ -102,7 +104,9 @@ class DeviceSink:
         if self._timer is not None:
             self._timer.cancel()
         loop = asyncio.get_running_loop()
-        self._timer = loop.call_later(max(0.0, due - self._clock()), self._on_timer)
+        # Not sooner than TIMER_MIN: a window's end computed in floats may be a hair
+        # before the time it really ends, and the timer must not spin meanwhile.
+        self._timer = loop.call_later(max(TIMER_MIN, due - self._clock()), self._on_timer)
         self._timer_due = due
 
     def _on_timer(self) -> None:

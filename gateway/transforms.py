@@ -241,13 +241,15 @@ class _Sensor:
         return None if self.index is None else (self.index + 1) * self.rule.window
 
     def add(self, value: Value, ts: float) -> None:
-        if self.count == 0:
+        # Only numbers reach here when the aggregate needs them (min, max, mean).
+        if not self.numeric:
+            pass
+        elif self.count == 0:
             self.low = self.high = value
-            self.total = 0
+            self.total = value  # type: ignore[assignment]
         else:
             self.low = min(self.low, value)
             self.high = max(self.high, value)
-        if self.numeric:
             self.total += value  # type: ignore[operator]
         self.count += 1
         self.latest, self.latest_ts = value, ts
@@ -275,7 +277,7 @@ class _Sensor:
         """Append the reading unless the deadband or the minimum interval holds it back."""
         rule, sent_ts = self.rule, self.sent_ts
         # A clock stepped back (ts before the last one sent) restarts the interval.
-        if sent_ts is not None and sent_ts <= ts < sent_ts + rule.min_interval:
+        if sent_ts is not None and 0 <= ts - sent_ts < rule.min_interval:
             return
         if rule.deadband is not None and self.sent_value is not None:
             last = self.sent_value
@@ -293,7 +295,8 @@ class Transforms:
         self._rules = [(compile_glob(rule.sensor), rule) for rule in rules]
         # Per sensor name: its state, or None when no rule matches it.
         self._sensors: dict[str, _Sensor | None] = {}
-        self._windowed: set[_Sensor] = set()
+        # The sensors with an open window, in the order they first opened one.
+        self._windowed: dict[_Sensor, None] = {}
 
     def feed(self, sample: Sample, out: list[Sample]) -> str | None:
         """Append to ``out`` what ``sample`` makes sent now; or say why it cannot be used."""
@@ -311,14 +314,16 @@ class Transforms:
         if not rule.window:
             state.send(value, ts, out, self._device)
             return None
+        if not math.isfinite(ts):
+            return f"transform of {toml_value(sample.sensor)}: the time is not a finite number"
         index = math.floor(ts / rule.window)
         if state.index != index:
             if state.index is not None:
                 # A sample of a later window (or, with a clock stepped back, an earlier
                 # one) ends the open window.
-                state.close(state.index * rule.window + rule.window, out, self._device)
+                state.close((state.index + 1) * rule.window, out, self._device)
             state.index = index
-            self._windowed.add(state)
+            self._windowed[state] = None
         state.add(value, ts)
         return None
 
@@ -329,10 +334,13 @@ class Transforms:
 
     def due(self, now: float, out: list[Sample]) -> None:
         """Close every window that has ended by ``now``, in the order of their ends."""
-        ended = [s for s in self._windowed if (end := s.window_end) is not None and end <= now]
+        # Ended as ``feed`` sees it: floor(now / window) > index, without the floor.
+        ended = [
+            s for s in self._windowed if s.index is not None and now / s.rule.window >= s.index + 1
+        ]
         for state in sorted(ended, key=lambda s: s.window_end or 0.0):
             state.close(state.window_end or now, out, self._device)
-            self._windowed.discard(state)
+            self._windowed.pop(state, None)
 
     def flush(self, now: float, out: list[Sample]) -> None:
         """Close every open window at a stop; one cut short is stamped ``now`` (never
