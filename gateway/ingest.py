@@ -53,6 +53,7 @@ class DeviceSink:
         self._clock = clock
         self._timer: asyncio.TimerHandle | None = None
         self._timer_due: float | None = None
+        self._closed = False
 
     def put_samples(self, samples: Sequence[Sample]) -> None:
         refusal = self._names.refusal
@@ -74,6 +75,7 @@ class DeviceSink:
 
     def close(self) -> None:
         """The device stopped: send what the open windows hold, stop the timer."""
+        self._closed = True
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_due = None
@@ -99,7 +101,7 @@ class DeviceSink:
 
     def _schedule(self, transforms: Transforms) -> None:
         due = transforms.next_due()
-        if due is None or (self._timer_due is not None and self._timer_due <= due):
+        if self._closed or due is None or (self._timer_due is not None and self._timer_due <= due):
             return
         if self._timer is not None:
             self._timer.cancel()

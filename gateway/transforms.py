@@ -188,9 +188,15 @@ class TransformSettings:
 # The pipeline -------------------------------------------------------------------------
 
 
+# Integers beyond this cannot be scaled or averaged as floats (OverflowError).
+MAX_INTEGER = 2**1023
+
+
 def _number(value: Value) -> bool:
     kind = type(value)
-    return kind is int or (kind is float and math.isfinite(value))  # type: ignore[arg-type]
+    if kind is int:
+        return -MAX_INTEGER < value < MAX_INTEGER  # type: ignore[operator]
+    return kind is float and math.isfinite(value)  # type: ignore[arg-type]
 
 
 def _needs_number(rule: TransformSettings) -> bool:
@@ -297,6 +303,9 @@ class Transforms:
         self._sensors: dict[str, _Sensor | None] = {}
         # The sensors with an open window, in the order they first opened one.
         self._windowed: dict[_Sensor, None] = {}
+        # Never after the earliest end of an open window (maybe before: a window closed
+        # by a sample leaves it early, and ``due`` then finds nothing and looks again).
+        self._earliest: float | None = None
 
     def feed(self, sample: Sample, out: list[Sample]) -> str | None:
         """Append to ``out`` what ``sample`` makes sent now; or say why it cannot be used."""
@@ -306,7 +315,8 @@ class Transforms:
             return None
         value, ts, rule = sample.value, sample.ts, state.rule
         if state.numeric and not _number(value):
-            return f"transform of {toml_value(sample.sensor)}: needs a number, not {kind_of(value)}"
+            kind = "one too large" if type(value) is int else kind_of(value)
+            return f"transform of {toml_value(sample.sensor)}: needs a number, not {kind}"
         if rule.scale != 1 or rule.offset != 0:
             value = value * rule.scale + rule.offset  # type: ignore[operator]
         if rule.unit is None:
@@ -324,13 +334,16 @@ class Transforms:
                 state.close((state.index + 1) * rule.window, out, self._device)
             state.index = index
             self._windowed[state] = None
+            end = (index + 1) * rule.window
+            if self._earliest is None or end < self._earliest:
+                self._earliest = end
         state.add(value, ts)
         return None
 
     def next_due(self) -> float | None:
-        """When the earliest open window ends (the time ``due`` has something to send)."""
-        ends = [end for state in self._windowed if (end := state.window_end) is not None]
-        return min(ends, default=None)
+        """When ``due`` should be called next: when the earliest open window ends, or
+        before (cheap, on the path of every sample); None while no window is open."""
+        return self._earliest
 
     def due(self, now: float, out: list[Sample]) -> None:
         """Close every window that has ended by ``now``, in the order of their ends."""
@@ -341,6 +354,8 @@ class Transforms:
         for state in sorted(ended, key=lambda s: s.window_end or 0.0):
             state.close(state.window_end or now, out, self._device)
             self._windowed.pop(state, None)
+        ends = [end for state in self._windowed if (end := state.window_end) is not None]
+        self._earliest = min(ends, default=None)
 
     def flush(self, now: float, out: list[Sample]) -> None:
         """Close every open window at a stop; one cut short is stamped ``now`` (never
@@ -350,6 +365,7 @@ class Transforms:
             end = state.window_end or now
             state.close(max(min(end, now), state.latest_ts), out, self._device)
         self._windowed.clear()
+        self._earliest = None
 
     def _state(self, sensor: str) -> _Sensor | None:
         try:
