@@ -228,7 +228,7 @@ class Gateway:
             driver = create_driver(child, sink)
             sink.status = driver.status
             self.drivers[child.id] = driver
-            coro = _run_device(driver, sink)
+            coro = run_device(driver, sink)
         elif isinstance(child, MqttSettings):
             uplink = MqttUplink(child, self.settings.gateway.id, store, dead_letters=store)
             self.uplinks[uplink.name] = uplink
@@ -244,7 +244,7 @@ class Gateway:
             self.notifier.notify(status=systemd_notify.status_line(view))
 
 
-async def _run_device(driver: Driver, sink: DeviceSink) -> None:
+async def run_device(driver: Driver, sink: DeviceSink) -> None:
     """Run ``driver``; when it stops (a stop, a reload), its sink sends what the
     transforms' open windows hold, to the store, which is still open."""
     try:

@@ -4,6 +4,7 @@ on a real store."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import math
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.app import run_device
 from gateway.ingest import DeviceSink
 from gateway.interfaces import DeviceStatus
 from gateway.reading import DeadLetter, Sample, Value
@@ -451,3 +453,41 @@ async def test_the_sink_flushes_open_windows_at_close_and_leaves_dead_letters_al
 def test_percent_deadbands_read_as_written(text: str) -> None:
     assert deadband(text).percent
     assert str(deadband(text)) == text.replace(" ", "")
+
+
+class _OneShotDriver:
+    """Puts its samples, then reads nothing more until cancelled, like a quiet device."""
+
+    device_id = DEVICE
+
+    def __init__(self, sink: DeviceSink, samples: list[Sample]) -> None:
+        self.status = DeviceStatus()
+        self._sink = sink
+        self._samples = samples
+        self.put = asyncio.Event()
+
+    async def run(self) -> None:
+        self._sink.put_samples(self._samples)
+        self.status.readings += len(self._samples)
+        self.put.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_stopped_device_flushes_its_open_windows_into_the_store(tmp_path: Path) -> None:
+    """What a stop or a reload does to a device's task: cancelled, its windows stored."""
+    rules = [TransformSettings(sensor="t", window=3600, aggregate="min")]
+    async with opened(tmp_path) as store:
+        sink = DeviceSink(store, DEVICE, rules)
+        now = time.time()
+        driver = _OneShotDriver(sink, [Sample(DEVICE, "t", v, now) for v in (3, 1, 2)])
+        sink.status = driver.status
+        task = asyncio.create_task(run_device(driver, sink))
+        await driver.put.wait()
+        assert await stored(store) == []
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        (reading,) = await stored(store)
+    assert (reading["sensor"], reading["value"]) == ("t", 1)
+    assert now <= reading["ts"] <= time.time()
+    assert driver.status.readings == 1
