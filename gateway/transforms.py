@@ -79,9 +79,6 @@ class Deadband:
     def band(self, last: float) -> float:
         return abs(last) * self.size / 100 if self.percent else self.size
 
-    def __str__(self) -> str:
-        return f"{self.size:g}%" if self.percent else f"{self.size:g}"
-
 
 _PERCENT = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*%\s*")
 

@@ -449,10 +449,11 @@ async def test_the_sink_flushes_open_windows_at_close_and_leaves_dead_letters_al
     ]
 
 
-@pytest.mark.parametrize("text", ["5%", " 12.5 % "])
-def test_percent_deadbands_read_as_written(text: str) -> None:
-    assert deadband(text).percent
-    assert str(deadband(text)) == text.replace(" ", "")
+@pytest.mark.parametrize(
+    ("text", "size"), [("5%", 5.0), (" 12.5 % ", 12.5), ("0%", 0.0), ("250%", 250.0)]
+)
+def test_percent_deadbands_read_as_written(text: str, size: float) -> None:
+    assert deadband(text) == Deadband(size, percent=True)
 
 
 class _OneShotDriver:
