@@ -224,11 +224,11 @@ class Gateway:
     ) -> None:
         coro: Coroutine[Any, Any, None]
         if isinstance(child, DeviceSettings):
-            sink = DeviceSink(store, child.id)
+            sink = DeviceSink(store, child.id, child.transforms)
             driver = create_driver(child, sink)
             sink.status = driver.status
             self.drivers[child.id] = driver
-            coro = driver.run()
+            coro = run_device(driver, sink)
         elif isinstance(child, MqttSettings):
             uplink = MqttUplink(child, self.settings.gateway.id, store, dead_letters=store)
             self.uplinks[uplink.name] = uplink
@@ -242,6 +242,15 @@ class Gateway:
         while True:
             await asyncio.sleep(STATUS_INTERVAL)
             self.notifier.notify(status=systemd_notify.status_line(view))
+
+
+async def run_device(driver: Driver, sink: DeviceSink) -> None:
+    """Run ``driver``; when it stops (a stop, a reload), its sink sends what the
+    transforms' open windows hold, to the store, which is still open."""
+    try:
+        await driver.run()
+    finally:
+        sink.close()
 
 
 async def _end_with_store(store: Store) -> None:

@@ -59,6 +59,10 @@ def devices_section(registry: Mapping[str, DriverSpec] | None = None) -> str:
     """The text between the markers, markers included."""
     registry = drivers() if registry is None else registry
     lines = [BEGIN, "", INTRO, "", *_table(DeviceSettings, keys_of(DeviceSettings)), ""]
+    for name, (_, key) in keys_of(DeviceSettings).items():
+        if key.table is not None:
+            lines += [f"#### `[[devices.{name}]]` of every device", ""]
+            lines += [*_table(key.table, keys_of(key.table)), ""]
     for spec in registry.values():
         lines += _driver(spec)
     lines.append(END)

@@ -166,6 +166,15 @@ def text(value: object) -> str:
     return result
 
 
+def finite_number(value: object) -> int | float:
+    """An integer or a float as given (an integer stays exact), never NaN or infinite."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise Invalid(f"must be a number, not {kind_of(value)}")
+    if not math.isfinite(value):
+        raise Invalid("must be a finite number")
+    return value
+
+
 def boolean(value: object) -> bool:
     if not isinstance(value, bool):
         raise Invalid(f"must be true or false, not {kind_of(value)}")

@@ -13,7 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.fields import boolean, choice, duration, identifier, key, string, string_table
+from gateway.fields import (
+    boolean,
+    choice,
+    duration,
+    identifier,
+    key,
+    string,
+    string_table,
+    tables,
+)
+from gateway.transforms import TransformSettings
 
 Durability = Literal["full", "normal"]
 Overflow = Literal["drop_oldest", "reject_new"]
@@ -115,6 +125,16 @@ class DeviceSettings:
         default=True,
         metadata=key(
             boolean, "boolean", "`false` keeps the device in the file without reading it."
+        ),
+    )
+    # Applied to the device's samples before the store (gateway.transforms).
+    transforms: tuple[TransformSettings, ...] = field(
+        default=(),
+        metadata=tables(
+            TransformSettings,
+            "Per-sensor scale and offset, rename, unit, deadband, minimum interval and "
+            "windowed aggregation, one `[[devices.transforms]]` table each; see "
+            "[transforms.md](transforms.md).",
         ),
     )
 
