@@ -640,6 +640,8 @@ DEVICES: dict[str, dict[str, Any]] = {
         "port": "/dev/x",
         "fields": [{"name": "t", "type": "int16"}],
     },
+    "onewire": {"id": "d", "driver": "onewire"},
+    "gpio_output": {"id": "d", "driver": "gpio_output", "pin": 23},
 }
 
 

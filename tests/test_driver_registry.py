@@ -57,6 +57,8 @@ def test_the_shipped_drivers_are_declared_as_entry_points() -> None:
         "gpio_input": "drivers.gpio_input:DRIVER",
         "nmea": "drivers.nmea:DRIVER",
         "framed": "drivers.framed:DRIVER",
+        "onewire": "drivers.onewire:DRIVER",
+        "gpio_output": "drivers.gpio_output:DRIVER",
     }
     # The installed metadata is what the gateway reads: it must match the file.
     installed = {p.name: p.value for p in entry_points(group=ENTRY_POINT_GROUP)}
@@ -201,7 +203,15 @@ def plugin_installed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterato
 def test_a_driver_of_another_package_is_found_checked_and_documented(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    assert list(drivers()) == ["acme_meter", "framed", "gpio_input", "nmea", "serial_line"]
+    assert list(drivers()) == [
+        "acme_meter",
+        "framed",
+        "gpio_input",
+        "gpio_output",
+        "nmea",
+        "onewire",
+        "serial_line",
+    ]
     assert "driver 'broken' (acme_missing:DRIVER) failed to load" in caplog.text
     device = {
         "id": "m1",
