@@ -629,6 +629,18 @@ def documented_keys() -> dict[str, dict[str, str]]:
     return sections
 
 
+def documented_defaults_of(driver: str) -> dict[str, str]:
+    """Key -> the default column, for the common device keys and ``driver``'s own table.
+
+    Two drivers may give a key of the same name different defaults (``poll_interval``),
+    so each driver's keys are read from its own table.
+    """
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    own = text.split(f"### Keys of `{driver}`", 1)[1].split("\n#", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| (.+?) \| .+ \|$", own, re.MULTILINE))
+    return {**documented_keys()["[[devices]]"], **rows}
+
+
 # A device of each driver, with the keys it requires.
 DEVICES: dict[str, dict[str, Any]] = {
     "serial_line": {"id": "d", "driver": "serial_line", "port": "/dev/x"},
@@ -694,7 +706,7 @@ def test_every_driver_is_documented_and_has_an_example_device() -> None:
 def test_each_drivers_shown_defaults_are_its_defaults(driver: str) -> None:
     """What the documentation shows as a default, written in a file, gives that default."""
     cls = drivers()[driver].settings
-    documented = documented_keys()["[[devices]]"]
+    documented = documented_defaults_of(driver)
     for f in dataclasses.fields(cls):
         literal = re.fullmatch(r"`(.+)`", documented[f.name])
         if literal is None:

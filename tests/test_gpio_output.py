@@ -23,6 +23,7 @@ from drivers.gpio_output.settings import GpioOutputSettings
 from drivers.gpio_output.transport import GpioOutputDriver
 from gateway.app import Gateway
 from gateway.config import load_config, parse_config
+from gateway.config_warnings import config_warnings
 from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError, DriverError
 from gateway.reading import Sample
@@ -162,6 +163,10 @@ def test_config_keys_and_errors(tmp_path: Path) -> None:
         0.5,
         True,
     )
+    path.write_text('[[devices]]\nid = "a"\ndriver = "gpio_output"\npin = 23\nfrequency = 50\n')
+    assert config_warnings(load_config(path)) == [
+        "devices[0].frequency: is used only with pwm = true"
+    ]
     path.write_text(
         '[[devices]]\nid = "a"\ndriver = "gpio_output"\npin = 23\ninitial = 0.5\n'
         "frequency = 50\n"
@@ -172,7 +177,6 @@ def test_config_keys_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_config(path)
     assert [str(p) for p in caught.value.problems] == [
-        "devices[0].frequency: is used only with pwm = true",
         "devices[0].initial: must be 0 or 1 (or false or true) without pwm = true",
         "devices[1].pin: must be a BCM number from 0 to 53 (got 99)",
         "devices[1].initial: must be a number from 0 to 1, or true or false (got 2)",

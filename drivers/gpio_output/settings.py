@@ -11,6 +11,7 @@ from drivers.gpio_input.settings import GPIO_ACCESS, gpio_pin
 from gateway.fields import Given, Invalid, boolean, key, kind_of, sensor_name, toml_value
 from gateway.settings import DeviceAccess, DeviceSettings, driver_tag
 
+DEFAULT_FREQUENCY = 100.0
 LEVEL_RULE = "must be a number from 0 to 1, or true or false"
 
 
@@ -55,7 +56,7 @@ class GpioOutputSettings(DeviceSettings):
         ),
     )
     frequency: float = field(
-        default=100.0,
+        default=DEFAULT_FREQUENCY,
         metadata=key(
             frequency,
             "number",
@@ -84,11 +85,12 @@ class GpioOutputSettings(DeviceSettings):
         ),
     )
     sensor: str = field(
-        default="state",
+        default="",
         metadata=key(
             sensor_name,
             "string",
-            "The sensor name of the output's readings, and the name a write must give.",
+            "The sensor name of the output's readings, and the name a write must give. "
+            "Unset: `state`.",
         ),
     )
 
@@ -96,8 +98,10 @@ class GpioOutputSettings(DeviceSettings):
         return GPIO_ACCESS
 
     def cross_check(self, keys: Given) -> Iterator[tuple[str, str]]:
-        if not self.pwm and keys.ok("pwm"):
-            if "frequency" in keys.given:
-                yield "frequency", "is used only with pwm = true"
-            if keys.ok("initial") and self.initial not in (0.0, 1.0):
-                yield "initial", "must be 0 or 1 (or false or true) without pwm = true"
+        digital = not self.pwm and keys.ok("pwm", "initial")
+        if digital and self.initial not in (0.0, 1.0):
+            yield "initial", "must be 0 or 1 (or false or true) without pwm = true"
+
+    def warnings(self) -> Iterator[tuple[str, str]]:
+        if not self.pwm and self.frequency != DEFAULT_FREQUENCY:
+            yield "frequency", "is used only with pwm = true"

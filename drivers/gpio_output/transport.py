@@ -49,7 +49,7 @@ class GpioOutputDriver:
         self.device_id = settings.id
         self.settings = settings
         self.status = DeviceStatus()
-        self.sensor = settings.sensor
+        self.sensor = settings.sensor or "state"
         self._sink = sink
         self._pin_factory = pin_factory
         self._backoff = backoff or Backoff(settings.reconnect_min, settings.reconnect_max)
