@@ -654,6 +654,7 @@ DEVICES: dict[str, dict[str, Any]] = {
     },
     "onewire": {"id": "d", "driver": "onewire"},
     "gpio_output": {"id": "d", "driver": "gpio_output", "pin": 23},
+    "adc": {"id": "d", "driver": "adc", "channels": [{"channel": 0, "sensor": "v"}]},
 }
 
 

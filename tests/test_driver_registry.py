@@ -59,6 +59,7 @@ def test_the_shipped_drivers_are_declared_as_entry_points() -> None:
         "framed": "drivers.framed:DRIVER",
         "onewire": "drivers.onewire:DRIVER",
         "gpio_output": "drivers.gpio_output:DRIVER",
+        "adc": "drivers.adc:DRIVER",
     }
     # The installed metadata is what the gateway reads: it must match the file.
     installed = {p.name: p.value for p in entry_points(group=ENTRY_POINT_GROUP)}
@@ -205,6 +206,7 @@ def test_a_driver_of_another_package_is_found_checked_and_documented(
 ) -> None:
     assert list(drivers()) == [
         "acme_meter",
+        "adc",
         "framed",
         "gpio_input",
         "gpio_output",
