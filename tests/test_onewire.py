@@ -282,16 +282,20 @@ async def test_probes_to_mqtt_end_to_end(
         return bool(status["store"]["dead_letters"] >= 1)
 
     await wait_until(dead_letter_counted, timeout=30, message="the bad crc kept")
+    tree.set(OLD, 19.0, style="w1_slave")
     tree.unplug(BOILER)
 
-    async def gone_counted() -> bool:
+    async def gone_reported() -> bool:
         device = (await gw.status())["devices"]["probes"]
-        return bool(device["state"] == "open" and device["errors"] >= 2)
+        return bool(
+            device["state"] == "open" and device["last_error"] == f"probe {BOILER} disappeared"
+        )
 
-    await wait_until(gone_counted, timeout=30, message="the unplugged probe counted")
+    await wait_until(gone_reported, timeout=30, message="the unplugged probe reported")
+    await wait_until(lambda: 19.0 in values(OLD), timeout=30, message="the good crc again")
     assert gw.terminate() == 0
     readings = subscriber.readings()
     assert {r["sensor"] for r in readings} == {"flow", OLD}
     assert set(values("flow")) == {61.5}
-    assert set(values(OLD)) == {18.0}
+    assert set(values(OLD)) == {18.0, 19.0}
     assert {r["unit"] for r in readings} == {"°C"}
