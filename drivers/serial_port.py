@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 from gateway.fields import Invalid, choice, key, one_of, text, toml_value
-from gateway.settings import DeviceSettings
+from gateway.settings import DeviceAccess, DeviceSettings
 
 # Standard serial speeds that USB adapters and UARTs on small boards support.
 BAUDRATES = (300, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400, 460800, 921600)
@@ -82,3 +82,6 @@ class SerialPortSettings(DeviceSettings):
                 f"{self.baudrate} is not a standard rate; the port and its adapter must "
                 "support it (many USB adapters do, a Raspberry Pi's mini UART may not)",
             )
+
+    def device_access(self) -> DeviceAccess:
+        return DeviceAccess(nodes=(self.port,))

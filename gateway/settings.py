@@ -58,6 +58,19 @@ class StoreSettings:
     commit_spacing: float = 0.005
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceAccess:
+    """What a device needs of the machine, for the service's sandbox (systemd-dropin)."""
+
+    # Device nodes opened read-write, as configured (a serial port).
+    nodes: tuple[str, ...] = ()
+    # Device classes as systemd's DeviceAllow= names them ("char-gpiochip"): every node
+    # of the class, for a driver whose library picks the node (gpiozero's backends).
+    classes: tuple[str, ...] = ()
+    # Supplementary groups that own those nodes on the target system ("gpio", "spi").
+    groups: tuple[str, ...] = ()
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DeviceSettings:
     """The keys of every ``[[devices]]`` section, whatever its driver.
@@ -141,6 +154,11 @@ class DeviceSettings:
     def warnings(self) -> Iterator[tuple[str, str]]:
         """Keys whose value is valid but worth a second look, as ``(key, message)``."""
         return iter(())
+
+    def device_access(self) -> DeviceAccess:
+        """The device nodes, classes and groups this device opens; a driver that opens
+        any says so here, so the core never lists drivers by name."""
+        return DeviceAccess()
 
 
 def driver_tag(name: str) -> Any:

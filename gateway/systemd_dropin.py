@@ -3,9 +3,11 @@
 The shipped unit allows no serial port, no GPIO and no listening port but the default
 one; this prints a drop-in (``/etc/systemd/system/edge-gateway.service.d/``) that
 allows exactly what the configuration uses: a bind on the local server's port, each
-configured port's device node, and the GPIO character devices (with the ``gpio``
-group) only when a GPIO driver is configured. Generating it from the file the gateway
-runs keeps the two from drifting apart. ``docs/operations.md`` shows where it goes.
+configured port's device node, and the device classes and groups a driver needs (the
+GPIO character devices and the ``gpio`` group for GPIO drivers) only when a device of
+that driver is configured. Each driver's settings say what they open
+(``DeviceSettings.device_access``), so no driver is named here. Generating it from the
+file the gateway runs keeps the two from drifting apart. ``docs/operations.md`` shows where it goes.
 """
 
 from __future__ import annotations
@@ -15,11 +17,6 @@ from pathlib import Path
 
 from gateway.config import load_config, parse_listen
 from gateway.settings import Settings
-
-# Drivers that open GPIO lines: gpiozero's default backend on Raspberry Pi OS, lgpio,
-# uses the GPIO character devices (/dev/gpiochipN); /dev/gpiomem is left out (only
-# the RPi.GPIO and native backends use it).
-GPIO_DRIVERS = frozenset({"gpio_input"})
 
 
 def render(settings: Settings, source: Path) -> str:
@@ -39,11 +36,15 @@ def render(settings: Settings, source: Path) -> str:
         lines.append("# (no [local] section: no port at all)")
     lines.append("# Devices: each configured port, resolved to its node when the service starts.")
     ports: dict[str, list[str]] = {}
+    classes: dict[str, set[str]] = {}
+    groups: set[str] = set()
     for device in settings.devices:
-        # Not every driver's settings have a port (GPIO).
-        port: str = getattr(device, "port", "") or ""
-        if port:
+        access = device.device_access()
+        for port in access.nodes:
             ports.setdefault(port, []).append(device.id)
+        for name in access.classes:
+            classes.setdefault(name, set()).add(device.driver)
+        groups.update(access.groups)
     for port, ids in ports.items():
         if port.startswith("/dev/") and not any(c.isspace() for c in port):
             lines.append(f"# {', '.join(ids)}")
@@ -52,11 +53,15 @@ def render(settings: Settings, source: Path) -> str:
         else:
             shown = port.encode("unicode_escape").decode()
             lines.append(f"# {', '.join(ids)}: {shown} is not a device node; nothing to allow")
-    gpio = sorted({d.driver for d in settings.devices if d.driver in GPIO_DRIVERS})
-    if gpio:
-        lines.append(f"# GPIO ({', '.join(gpio)}): the GPIO character devices and their group.")
-        lines.append("DeviceAllow=char-gpiochip rw")
-        lines.append("SupplementaryGroups=gpio")
+    if classes:
+        lines.append(
+            "# Device classes the drivers open (every node of the class), and their groups."
+        )
+    for name, drivers in sorted(classes.items()):
+        lines.append(f"# {', '.join(sorted(drivers))}")
+        lines.append(f"DeviceAllow={name} rw")
+    if groups:
+        lines.append(f"SupplementaryGroups={' '.join(sorted(groups))}")
     return "\n".join(lines) + "\n"
 
 

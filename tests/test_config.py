@@ -631,22 +631,16 @@ def documented_keys() -> dict[str, dict[str, str]]:
     return sections
 
 
-def documented_driver_keys(driver: str) -> dict[str, str]:
-    """Key -> the default column of the "Keys of `driver`" part of docs/configuration.md.
+def documented_defaults_of(driver: str) -> dict[str, str]:
+    """Key -> the default column, for the common device keys and ``driver``'s own table.
 
-    Drivers may give one key name different defaults, so each is read from its own part.
+    Two drivers may give a key of the same name different defaults (``poll_interval``),
+    so each driver's keys are read from its own table.
     """
     text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    keys: dict[str, str] = {}
-    inside = False
-    for line in text.splitlines():
-        if line.startswith("#"):
-            inside = line == f"### Keys of `{driver}`"
-            continue
-        row = re.fullmatch(r"\| `(\w+)` \| [^|]+ \| (.+?) \| .+ \|", line)
-        if inside and row:
-            keys.setdefault(row[1], row[2])
-    return keys
+    own = text.split(f"### Keys of `{driver}`", 1)[1].split("\n#", 1)[0]
+    rows = dict(re.findall(r"^\| `(\w+)` \| [^|]+ \| (.+?) \| .+ \|$", own, re.MULTILINE))
+    return {**documented_keys()["[[devices]]"], **rows}
 
 
 # A device of each driver, with the keys it requires.
@@ -667,6 +661,9 @@ DEVICES: dict[str, dict[str, Any]] = {
         "slave_id": 1,
         "registers": [{"sensor": "v", "address": 0}],
     },
+    "onewire": {"id": "d", "driver": "onewire"},
+    "gpio_output": {"id": "d", "driver": "gpio_output", "pin": 23},
+    "adc": {"id": "d", "driver": "adc", "channels": [{"channel": 0, "sensor": "v"}]},
 }
 
 
@@ -719,7 +716,7 @@ def test_every_driver_is_documented_and_has_an_example_device() -> None:
 def test_each_drivers_shown_defaults_are_its_defaults(driver: str) -> None:
     """What the documentation shows as a default, written in a file, gives that default."""
     cls = drivers()[driver].settings
-    documented = {**documented_keys()["[[devices]]"], **documented_driver_keys(driver)}
+    documented = documented_defaults_of(driver)
     for f in dataclasses.fields(cls):
         literal = re.fullmatch(r"`(.+)`", documented[f.name])
         if literal is None:

@@ -58,6 +58,9 @@ def test_the_shipped_drivers_are_declared_as_entry_points() -> None:
         "nmea": "drivers.nmea:DRIVER",
         "framed": "drivers.framed:DRIVER",
         "modbus_rtu": "drivers.modbus_rtu:DRIVER",
+        "onewire": "drivers.onewire:DRIVER",
+        "gpio_output": "drivers.gpio_output:DRIVER",
+        "adc": "drivers.adc:DRIVER",
     }
     # The installed metadata is what the gateway reads: it must match the file.
     installed = {p.name: p.value for p in entry_points(group=ENTRY_POINT_GROUP)}
@@ -204,10 +207,13 @@ def test_a_driver_of_another_package_is_found_checked_and_documented(
 ) -> None:
     assert list(drivers()) == [
         "acme_meter",
+        "adc",
         "framed",
         "gpio_input",
+        "gpio_output",
         "modbus_rtu",
         "nmea",
+        "onewire",
         "serial_line",
     ]
     assert "driver 'broken' (acme_missing:DRIVER) failed to load" in caplog.text

@@ -11,10 +11,13 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from gateway.settings import DeviceAccess, DeviceSettings, Settings
+from gateway.systemd_dropin import render
 from tests.test_systemd_unit import MAX_EXPOSURE, REPO, UNIT, exposure, make_root, verify
 
 TOKEN = "dropin-test-token-0123456789"
@@ -83,6 +86,36 @@ def test_gpio_is_allowed_only_with_a_gpio_driver(tmp_path: Path) -> None:
         "SupplementaryGroups=gpio",
     ]
     assert "gpiomem" not in with_gpio.stdout
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CanBusSettings(DeviceSettings):
+    """A driver the core has never heard of, as a third-party package would ship it."""
+
+    driver: str = "can_bus"
+
+    def device_access(self) -> DeviceAccess:
+        return DeviceAccess(nodes=("/dev/can0",), classes=("char-can",), groups=("can", "gpio"))
+
+
+def test_each_device_says_what_it_opens(tmp_path: Path) -> None:
+    settings = Settings(
+        devices=(
+            CanBusSettings(id="can-1"),
+            CanBusSettings(id="can-2"),
+            # A device that opens nothing (a 1-Wire probe read from sysfs) adds nothing.
+            DeviceSettings(id="probe", driver="onewire"),
+        )
+    )
+    text = render(settings, tmp_path / "gateway.toml")
+    assert _service_lines(text) == [
+        "SocketBindAllow=",
+        "DeviceAllow=/dev/can0 rw",
+        "DeviceAllow=char-can rw",
+        "SupplementaryGroups=can gpio",
+    ]
+    assert "# can-1, can-2\n" in text
+    assert "# can_bus\n" in text
 
 
 def test_no_local_server_means_no_port_and_odd_ports_no_device(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ from gateway.fields import (
     sensor_name,
     toml_value,
 )
-from gateway.settings import DeviceSettings, driver_tag
+from gateway.settings import DeviceAccess, DeviceSettings, driver_tag
 
 GpioMode = Literal["level", "counter"]
 
@@ -31,6 +31,11 @@ PIN_RULE = (
     f"must be a BCM number from 0 to {MAX_BCM_PIN} or a pin name like "
     '"GPIO17", "BOARD11" or "J8:11"'
 )
+
+# gpiozero's default backend on Raspberry Pi OS, lgpio, opens the GPIO character devices
+# (/dev/gpiochipN, group gpio); /dev/gpiomem is left out (only the RPi.GPIO and native
+# backends use it). Every driver that claims GPIO lines through gpiozero needs this.
+GPIO_ACCESS = DeviceAccess(classes=("char-gpiochip",), groups=("gpio",))
 
 
 def gpio_pin(value: object) -> int | str:
@@ -126,6 +131,9 @@ class GpioInputSettings(DeviceSettings):
             'water_rate = "1/s" }`.',
         ),
     )
+
+    def device_access(self) -> DeviceAccess:
+        return GPIO_ACCESS
 
     def cross_check(self, keys: Given) -> Iterator[tuple[str, str]]:
         counts = self.mode == "counter" and keys.ok("mode", "sample_interval")

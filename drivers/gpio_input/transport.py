@@ -74,6 +74,19 @@ def classify_pin_error(exc: Exception) -> Failure:
     return Failure.TRANSIENT
 
 
+def open_failure(what: str, fault: Failure, exc: Exception) -> str:
+    """The ``last_error`` of a failed open of ``what`` (a pin, an ADC), with a hint."""
+    message = f"cannot open {what}: {exc}"
+    if isinstance(exc, ImportError):
+        message += (
+            " (GPIO needs a Raspberry Pi with edge-gateway[gpio] installed and, on "
+            "Raspberry Pi OS, python3-lgpio)"
+        )
+    elif fault is Failure.DENIED:
+        message += " (is the gateway's user in the gpio group?)"
+    return message
+
+
 class GpioInputDriver:
     """Reads one GPIO input into a ``SampleSink``: its level, or a count of its pulses.
 
@@ -295,14 +308,7 @@ class GpioInputDriver:
         self.status.last_reading_ts = samples[-1].ts
 
     def _open_failed(self, fault: Failure, exc: Exception) -> None:
-        message = f"cannot open pin {self.settings.pin!r}: {exc}"
-        if isinstance(exc, ImportError):
-            message += (
-                " (GPIO needs a Raspberry Pi with edge-gateway[gpio] installed and, on "
-                "Raspberry Pi OS, python3-lgpio)"
-            )
-        elif fault is Failure.DENIED:
-            message += " (is the gateway's user in the gpio group?)"
+        message = open_failure(f"pin {self.settings.pin!r}", fault, exc)
         self.status.errors += 1
         self.status.last_error = message
         self._faults.report(logging.ERROR if fault is Failure.DENIED else logging.WARNING, message)
