@@ -226,3 +226,29 @@ async def test_commands_over_the_local_api(
             assert resp.status == 400
     assert (await gw.status())["commands"]["refused"] == {"bad_json": 1, "not_allowed": 1}
     assert gw.terminate() == 0
+
+
+async def test_a_gateway_on_mqtt_3_1_1_answers_on_the_result_topic(
+    gateway_process: GatewayProcess, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    gw = gateway_process
+    configure(gw, mosquitto, tmp_path)
+    gw.more_config["uplink"] = {
+        "mqtt": {"url": mosquitto.url, "topic_prefix": "edge", "protocol": "3.1.1"}
+    }
+    gw.start()
+    await gw.wait_healthy()
+    await subscribed(gw)
+    client = CommandClient(mosquitto, mqtt.MQTTv5, "cloud-v5")
+    try:
+        # Its response topic cannot reach a 3.1.1 gateway: the fixed topic is used.
+        client.send("ping", {"id": "p"}, correlation=b"c")
+        await wait_until(lambda: bool(client.answers_to("p")), message="answer")
+        topic, body, _ = client.answers_to("p")[0]
+        assert topic == f"{BASE}/ping/result"
+        assert body["result"]["gateway"] == "gw-test"
+        duplicate = await client.ask("ping", {"id": "p"}, "p", count=2)
+        assert duplicate == body
+    finally:
+        client.stop()
+    assert gw.terminate() == 0

@@ -150,6 +150,10 @@ class CommandRouter:
         self._running[request_id] = future
         try:
             body = await self._run(command, request_id, args)
+        except asyncio.CancelledError:
+            future.cancel()
+            del self._running[request_id]
+            raise
         except BaseException as err:
             future.set_exception(err)
             future.exception()  # retrieved: a duplicate waiting on it gets it
