@@ -377,7 +377,8 @@ class _Parser:
         uplink = self.uplink(top.values.get("uplink", {}))
         local = self.local(top.values["local"]) if "local" in top.values else None
         health = self.health(top.values.get("health", {}))
-        commands = self.commands(top.values.get("commands", {}))
+        known = None if devices is None else {d.id for d in devices}
+        commands = self.commands(top.values.get("commands", {}), known)
         if self.problems or devices is None:
             return None
         return Settings(
@@ -550,7 +551,8 @@ class _Parser:
         }
         return HealthSettings(**self.section(data, "health", spec).values)
 
-    def commands(self, data: object) -> CommandSettings:
+    def commands(self, data: object, devices: set[str] | None) -> CommandSettings:
+        """``devices``: the ids of the file's devices, which write rules must name."""
         spec: dict[str, Convert] = {
             "allow": _command_names,
             "max_bytes": _size(64),
@@ -566,12 +568,12 @@ class _Parser:
             writes = []
         rules = []
         for index, item in enumerate(writes):
-            rule = self.write_rule(item, f"commands.writes[{index}]")
+            rule = self.write_rule(item, f"commands.writes[{index}]", devices)
             if rule is not None:
                 rules.append(rule)
         return CommandSettings(**section.values, writes=tuple(rules))
 
-    def write_rule(self, data: object, path: str) -> WriteRule | None:
+    def write_rule(self, data: object, path: str, devices: set[str] | None) -> WriteRule | None:
         spec: dict[str, Convert] = {
             "device": _identifier,
             "sensor": _string,
@@ -582,6 +584,8 @@ class _Parser:
         if section.bad:
             return None
         rule = WriteRule(**section.values)
+        if devices is not None and rule.device not in devices:
+            self.problem(section.key("device"), f"no device {rule.device!r} in the file")
         if rule.min is not None and rule.max is not None and rule.min > rule.max:
             self.problem(section.key("max"), f"must not be less than min ({rule.min})")
         return rule

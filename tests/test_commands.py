@@ -266,14 +266,16 @@ async def test_writes_follow_the_write_rules_and_the_driver(store: Store, tmp_pa
 
 
 def test_the_commands_section_is_checked() -> None:
+    meter = {"id": "meter-1", "driver": "serial_line", "port": "/dev/x"}
     settings = parse_config(
         {
+            "devices": [meter],
             "commands": {
                 "allow": ["ping", "device.write"],
                 "max_per_second": 5,
                 "remember": "1h",
                 "writes": [{"device": "meter-1", "sensor": "setpoint", "min": 5, "max": 30}],
-            }
+            },
         },
         None,
     )
@@ -283,14 +285,20 @@ def test_the_commands_section_is_checked() -> None:
     with pytest.raises(ConfigError) as bad:
         parse_config(
             {
+                "devices": [meter],
                 "commands": {
                     "allow": ["pnig"],
-                    "writes": [{"device": "m", "sensor": "s", "min": 3, "max": 1}, {"x": 1}],
-                }
+                    "writes": [
+                        {"device": "meter-1", "sensor": "s", "min": 3, "max": 1},
+                        {"x": 1},
+                        {"device": "meter-2", "sensor": "s"},
+                    ],
+                },
             },
             None,
         )
     text = str(bad.value)
     assert 'did you mean "ping"' in text
     assert "commands.writes[0].max" in text
-    assert "commands.writes[1].device" in text
+    assert "commands.writes[1].device: required" in text
+    assert "commands.writes[2].device: no device 'meter-2' in the file" in text
