@@ -204,6 +204,7 @@ async def test_commands_over_the_local_api(
 ) -> None:
     gw = gateway_process
     configure(gw, mosquitto, tmp_path)
+    gw.more_config["commands"] = {"allow": ["ping", "status", "log_level", "reload"]}
     gw.start()
     await gw.wait_healthy()
     url = f"{gw.base_url}/api/v1/commands"
@@ -219,12 +220,22 @@ async def test_commands_over_the_local_api(
         async with session.post(f"{url}/status", json={"id": "l-2"}, headers=headers) as resp:
             assert resp.status == 200
             assert (await resp.json())["result"]["devices"]["probe"]["state"]
-        async with session.post(f"{url}/reload", json={"id": "l-3"}, headers=headers) as resp:
-            assert resp.status == 403
-            assert "not allowed" in (await resp.json())["error"]
+        async with session.post(f"{url}/device.read", json={"id": "l-3"}, headers=headers) as r:
+            assert r.status == 403
+            assert "not allowed" in (await r.json())["error"]
         async with session.post(f"{url}/ping", data=b"{", headers=headers) as resp:
             assert resp.status == 400
-    assert (await gw.status())["commands"]["refused"] == {"bad_json": 1, "not_allowed": 1}
+        level = {"id": "l-4", "args": {"level": "debug"}}
+        async with session.post(f"{url}/log_level", json=level, headers=headers) as resp:
+            assert (await resp.json())["result"] == {"level": "DEBUG", "previous": "INFO"}
+        # reload answers once the new file is in force: here, one without reload allowed.
+        gw.more_config["commands"] = {"allow": ["ping"]}
+        gw.write_config()
+        async with session.post(f"{url}/reload", json={"id": "l-5"}, headers=headers) as resp:
+            assert (await resp.json()) == {"id": "l-5", "ok": True, "result": {"reloaded": True}}
+        async with session.post(f"{url}/reload", json={"id": "l-6"}, headers=headers) as resp:
+            assert resp.status == 403
+    assert (await gw.status())["commands"]["refused"] == {"bad_json": 1, "not_allowed": 2}
     assert gw.terminate() == 0
 
 
