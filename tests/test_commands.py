@@ -190,7 +190,7 @@ class WritableDriver:
         self.written.append((sensor, value))
         return value
 
-    def read(self) -> dict[str, object]:
+    def read_now(self) -> dict[str, object]:
         return {"setpoint": self.written[-1][1] if self.written else None}
 
 

@@ -2,7 +2,7 @@
 
 They act on the running gateway through ``Runtime`` (implemented by
 ``gateway.app.Gateway``), so they can be tested against a small runtime of
-their own. Device reads and writes go to the driver's own ``read()`` and
+their own. Device reads and writes go to the driver's own ``read_now()`` and
 ``write(sensor, value)`` methods: a driver without them answers that the device
 cannot be read or written on demand.
 """
@@ -86,7 +86,7 @@ def builtin_handlers(
 
     async def read(args: Args) -> object:
         device = configured(args)
-        method = getattr(running(device), "read", None)
+        method = getattr(running(device), "read_now", None)
         if not callable(method):
             raise CommandError(f"device {device} cannot be read on demand")
         return {"device": device, "values": await _maybe_await(method())}

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.commands.journal import AnswerJournal
 from gateway.commands.names import COMMANDS
+from gateway.errors import GatewayError
 from gateway.interfaces import CommandAnswer, CommandStatus
 from gateway.rate import TokenBucket
 from gateway.settings import CommandSettings
@@ -40,7 +41,7 @@ Args = Mapping[str, object]
 Handler = Callable[[Args], Awaitable[object]]
 
 
-class CommandError(Exception):
+class CommandError(GatewayError):
     """The command ran and failed: its message is the answer's ``error``."""
 
 
