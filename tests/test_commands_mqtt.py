@@ -144,6 +144,12 @@ async def test_commands_over_mqtt_5_and_3_1_1(
             "bad_args": await v311.ask("device.disable", {"id": "ba", "args": {}}, "ba"),
             "bad_json": await v311.ask("ping", b"{oops", None),
         }
+        # Above max_bytes: refused unread. Above the packet size the gateway announced
+        # to the broker: dropped by the broker, and the gateway stays connected.
+        v311.send("ping", b"x" * (2 * 1024 * 1024))
+        padded = {"id": "big", "args": {"pad": "x" * 5000}}
+        # Unread, so its id is not known: the second answer with a null id.
+        refused["too_large"] = await v311.ask("ping", padded, None, count=2)
         for reason, body in refused.items():
             assert body["ok"] is False, reason
             assert body["error"], reason
@@ -173,6 +179,7 @@ async def test_commands_over_mqtt_5_and_3_1_1(
             "bad_json": 1,
             "expired": 1,
             "not_allowed": 1,
+            "too_large": 1,
             "unknown_command": 1,
         }
         assert status["recent"][-1]["command"] == "device.enable"

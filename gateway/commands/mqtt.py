@@ -27,6 +27,11 @@ from gateway.uplinks.paho_async import MqttConnection
 
 log = logging.getLogger(__name__)
 
+# The largest packet an MQTT 5 broker may send the gateway (announced at CONNECT): a
+# request larger than this is dropped by the broker, unread; below it, the router's
+# `max_bytes` applies.
+MAX_INBOUND_PACKET = 1024 * 1024
+
 
 class MqttCommandChannel:
     def __init__(self, commands: Commands, topic_prefix: str, gateway_id: str) -> None:

@@ -25,7 +25,7 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.commands.mqtt import MqttCommandChannel
+from gateway.commands.mqtt import MAX_INBOUND_PACKET, MqttCommandChannel
 from gateway.errors import StoreClosedError, StoreError, UplinkError
 from gateway.interfaces import Commands, ReadingLog, SampleSink, UplinkStatus
 from gateway.rate import TokenBucket
@@ -182,6 +182,8 @@ class MqttUplink:
             # One more than the window: the status message shares the connection.
             max_inflight=settings.max_inflight + 1,
             connect_timeout=CONNECT_TIMEOUT,
+            # Bounds what a publisher on the command topics can make us read.
+            maximum_packet_size=None if self._commands is None else MAX_INBOUND_PACKET,
         )
         return await MqttConnection.open(self.name, options, executor)
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -72,6 +73,8 @@ class ConnectOptions:
     will_payload: bytes
     max_inflight: int
     connect_timeout: float
+    # MQTT 5: the largest packet the broker may send us (None: no limit announced).
+    maximum_packet_size: int | None = None
 
 
 def _kind_of_code(code: int) -> Failure:
@@ -151,8 +154,16 @@ class MqttConnection:
         """Runs on a worker thread: no loop-bound callback is installed yet."""
         address = options.address
         if options.protocol == mqtt.MQTTv5:
+            properties = None
+            if options.maximum_packet_size is not None:
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.MaximumPacketSize = options.maximum_packet_size
             rc = self._client.connect(
-                address.host, address.port, options.keepalive, clean_start=True
+                address.host,
+                address.port,
+                options.keepalive,
+                clean_start=True,
+                properties=properties,
             )
         else:
             rc = self._client.connect(address.host, address.port, options.keepalive)
