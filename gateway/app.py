@@ -23,6 +23,7 @@ from gateway.commands.builtins import RELOAD_TIMEOUT, builtin_handlers
 from gateway.commands.journal import FILE_NAME as COMMANDS_FILE
 from gateway.commands.journal import AnswerJournal
 from gateway.commands.router import CommandError, CommandRouter
+from gateway.commands.signing import load_key
 from gateway.config import load_config
 from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError, GatewayError, StoreError
@@ -124,8 +125,12 @@ class Gateway:
                 data_dir / COMMANDS_FILE, commands.remember, commands.remember_count
             )
             await asyncio.to_thread(journal.load)
+            key = await asyncio.to_thread(load_key, commands.hmac_key_file)
             self.commands = CommandRouter(
-                commands, journal, builtin_handlers(self, view, lambda: self.settings.commands)
+                commands,
+                journal,
+                builtin_handlers(self, view, lambda: self.settings.commands),
+                key=key,
             )
             view.commands = self.commands
             try:
@@ -225,7 +230,15 @@ class Gateway:
         new = replace(new, gateway=self.settings.gateway, store=self.settings.store)
         self.settings = new
         if self.commands is not None:
-            self.commands.configure(new.commands)
+            try:
+                key = await asyncio.to_thread(load_key, new.commands.hmac_key_file)
+            except (OSError, ValueError) as exc:
+                # Checked when the file was read; gone since: no command runs unsigned.
+                log.error("commands: cannot read the HMAC key, no command runs: %s", exc)
+                new = replace(new, commands=replace(new.commands, allow=()))
+                self.settings = new
+                key = None
+            self.commands.configure(new.commands, key)
         await self._restart_changed(sup, store, view, new)
         self._local_reload.set()
         self.notifier.notify(ready=True, status=systemd_notify.status_line(view))

@@ -22,6 +22,7 @@ from typing import Any, get_args
 from urllib.parse import urlsplit
 
 from gateway.commands.names import COMMANDS
+from gateway.commands.signing import load_key
 from gateway.driver_registry import drivers
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.fields import ID_PATTERN, ID_RULE, Convert, check_table, keys_of
@@ -341,6 +342,14 @@ class _Parser:
             raise _Invalid(f"{path} cannot be read: {exc.strerror}") from None
         return path
 
+    def hmac_key_file(self, value: object) -> Path:
+        path = self.readable_file(value)
+        try:
+            load_key(path)
+        except (OSError, ValueError) as exc:
+            raise _Invalid(str(exc)) from None
+        return path
+
     def token_file(self, value: object) -> Path:
         path = self.readable_file(value)
         try:
@@ -560,6 +569,7 @@ class _Parser:
             "remember": _duration(positive=True),
             "remember_count": _integer(1, 1_000_000),
             "writes": _pass,
+            "hmac_key_file": self.hmac_key_file,
         }
         section = self.section(data, "commands", spec)
         writes = section.values.pop("writes", [])

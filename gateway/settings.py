@@ -233,6 +233,8 @@ class CommandSettings:
     remember_count: int = 10_000
     # Only these device/sensor pairs may be written, within their bounds.
     writes: tuple[WriteRule, ...] = ()
+    # With a key, only requests signed with it run (gateway.commands.signing).
+    hmac_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

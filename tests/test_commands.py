@@ -13,6 +13,7 @@ import pytest
 from gateway.commands.builtins import builtin_handlers
 from gateway.commands.journal import AnswerJournal
 from gateway.commands.router import Args, CommandError, CommandRouter, Handler
+from gateway.commands.signing import sign
 from gateway.config import parse_config
 from gateway.errors import ConfigError
 from gateway.interfaces import DeviceStatus, Driver, GatewayView
@@ -302,3 +303,48 @@ def test_the_commands_section_is_checked() -> None:
     assert "commands.writes[0].max" in text
     assert "commands.writes[1].device: required" in text
     assert "commands.writes[2].device: no device 'meter-2' in the file" in text
+
+
+def envelope(key: bytes, command: str, inner: dict[str, object], sig: str | None = None) -> bytes:
+    signed = json.dumps(inner)
+    return json.dumps({"signed": signed, "sig": sig or sign(key, command, signed)}).encode()
+
+
+async def test_with_a_key_only_signed_requests_run_and_replays_fail(tmp_path: Path) -> None:
+    key = b"k" * 32
+    handler = Counting()
+    config = CommandSettings(allow=ALL, remember=3600.0)
+    journal = AnswerJournal(tmp_path / "c.jsonl", config.remember, config.remember_count)
+    router = CommandRouter(config, journal, {name: handler for name in ALL}, key=key)
+    soon = time.time() + 60
+    good = envelope(key, "ping", {"id": "s-1", "expires": soon})
+
+    async def reason(command: str, payload: bytes) -> str | None:
+        return (await router.handle(command, payload, via="test")).refused
+
+    assert await reason("ping", request("plain", expires=soon)) == "bad_signature"
+    assert await reason("ping", envelope(key, "ping", {"id": "s-0"}, "00" * 32)) == "bad_signature"
+    assert await reason("ping", envelope(b"x" * 32, "ping", {"id": "s-0"})) == "bad_signature"
+    # Signed for ping, sent as reload: refused.
+    assert await reason("reload", good) == "bad_signature"
+    assert await reason("ping", envelope(key, "ping", {"id": "s-2"})) == "bad_signature"
+    far = {"id": "s-3", "expires": time.time() + 7200}
+    assert await reason("ping", envelope(key, "ping", far)) == "bad_signature"
+    assert handler.runs == 0
+    first = await router.handle("ping", good, via="test")
+    assert first.body == {"id": "s-1", "ok": True, "result": {"run": 1}}
+    # The same signed request again: answered from memory, not run again.
+    assert (await router.handle("ping", good, via="test")).body == first.body
+    assert handler.runs == 1
+    assert router.status.refused == {"bad_signature": 6}
+
+
+def test_the_hmac_key_file_is_checked(tmp_path: Path) -> None:
+    short = tmp_path / "short.key"
+    short.write_bytes(b"tiny\n")
+    with pytest.raises(ConfigError, match=r"commands.hmac_key_file: .*at least 16"):
+        parse_config({"commands": {"hmac_key_file": str(short)}}, None)
+    good = tmp_path / "good.key"
+    good.write_bytes(b"0123456789abcdef0123\n")
+    settings = parse_config({"commands": {"hmac_key_file": str(good)}}, None)
+    assert settings.commands.hmac_key_file == good

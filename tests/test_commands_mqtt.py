@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.commands.signing import sign
 from tests.fixtures.common import wait_until, wait_until_sync
 from tests.fixtures.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
 from tests.fixtures.mosquitto import Mosquitto
@@ -269,4 +271,30 @@ async def test_a_gateway_on_mqtt_3_1_1_answers_on_the_result_topic(
         assert duplicate == body
     finally:
         client.stop()
+    assert gw.terminate() == 0
+
+
+async def test_signed_requests_over_the_local_api(
+    gateway_process: GatewayProcess, mosquitto: Mosquitto, tmp_path: Path
+) -> None:
+    gw = gateway_process
+    configure(gw, mosquitto, tmp_path)
+    key = b"a-gateway-key-of-32-bytes-length"
+    key_file = tmp_path / "commands.key"
+    key_file.write_bytes(key + b"\n")
+    gw.more_config["commands"] = {"allow": ["ping"], "hmac_key_file": str(key_file)}
+    gw.start()
+    await gw.wait_healthy()
+    url = f"{gw.base_url}/api/v1/commands/ping"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    signed = json.dumps({"id": "s-1", "expires": time.time() + 60})
+    good = {"signed": signed, "sig": sign(key, "ping", signed)}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json={"id": "u-1"}, headers=headers) as resp:
+            assert resp.status == 400
+            assert "signed request" in (await resp.json())["error"]
+        async with session.post(url, json=good, headers=headers) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["result"]["gateway"] == "gw-test"
+    assert (await gw.status())["commands"]["refused"] == {"bad_signature": 1}
     assert gw.terminate() == 0

@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.commands.journal import AnswerJournal
 from gateway.commands.names import COMMANDS
+from gateway.commands.signing import SignatureError, verified
 from gateway.errors import GatewayError
 from gateway.interfaces import CommandAnswer, CommandStatus
 from gateway.rate import TokenBucket
@@ -58,17 +59,21 @@ class CommandRouter:
         journal: AnswerJournal,
         handlers: Mapping[str, Handler],
         clock: Callable[[], float] = time.time,
+        key: bytes | None = None,
     ) -> None:
+        """``key``: the HMAC key of ``settings.hmac_key_file`` (None: requests unsigned)."""
         self.status = CommandStatus()
         self.journal = journal
         self.handlers = dict(handlers)
         self._clock = clock
         self._running: dict[str, asyncio.Future[dict[str, object]]] = {}
         self.settings = settings
+        self.key = key
         self._bucket = TokenBucket(settings.max_per_second, burst=settings.max_per_second)
 
-    def configure(self, settings: CommandSettings) -> None:
-        """Take the ``[commands]`` of a reloaded configuration."""
+    def configure(self, settings: CommandSettings, key: bytes | None) -> None:
+        """Take the ``[commands]`` of a reloaded configuration, and its key."""
+        self.key = key
         if settings.max_per_second != self.settings.max_per_second:
             self._bucket = TokenBucket(settings.max_per_second, burst=settings.max_per_second)
         self.settings = settings
@@ -109,6 +114,8 @@ class CommandRouter:
             raise _Refused("bad_json", f"request is not JSON: {err}") from None
         if not isinstance(request, dict):
             raise _Refused("bad_json", "request must be a JSON object")
+        if self.key is not None:
+            request = self._verified(command, request)
         request_id = request.get("id")
         if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_ID_LENGTH:
             raise _Refused(
@@ -124,6 +131,15 @@ class CommandRouter:
             or not math.isfinite(expires)
         ):
             raise _Refused("bad_request", '"expires" must be a number (epoch seconds)', request_id)
+        if self.key is not None and expires is None:
+            raise _Refused("bad_signature", 'a signed request must carry "expires"', request_id)
+        if self.key is not None and expires is not None and expires > self._horizon():
+            raise _Refused(
+                "bad_signature",
+                f'"expires" may be at most {settings.remember:g}s ahead (ids are '
+                "remembered that long)",
+                request_id,
+            )
         if command not in COMMANDS:
             raise _Refused("unknown_command", f"unknown command {command!r}", request_id)
         if command not in settings.allow:
@@ -135,6 +151,21 @@ class CommandRouter:
             if expires_at is not None and expires_at < now:
                 raise _Refused("expired", "request expired (message expiry)", request_id)
         return request_id, args
+
+    def _horizon(self) -> float:
+        """The latest ``expires`` a signed request may carry: a replay after its id is
+        forgotten must find it expired."""
+        return self._clock() + self.settings.remember
+
+    def _verified(self, command: str, outer: dict[str, object]) -> dict[str, object]:
+        assert self.key is not None
+        try:
+            request = verified(self.key, command, outer)
+        except SignatureError as err:
+            raise _Refused("bad_signature", str(err)) from None
+        if not isinstance(request, dict):
+            raise _Refused("bad_json", "the signed request must be a JSON object")
+        return request
 
     async def _answer(self, command: str, request_id: str | None, args: Args) -> dict[str, object]:
         assert request_id is not None
