@@ -123,20 +123,21 @@ async def test_the_journal_is_compacted_when_it_grows(tmp_path: Path) -> None:
     [
         ("ping", b"{not json", "bad_json", "request is not JSON"),
         ("ping", b"[1, 2]", "bad_json", "must be a JSON object"),
+        ("ping", b"[" * 4000, "bad_json", "nested too deeply"),
         ("ping", b'{"args": {}}', "bad_request", '"id" must be a string'),
         ("ping", b'{"id": "x", "args": 5}', "bad_args", '"args" must be a JSON object'),
         ("ping", b'{"id": "x", "expires": "soon"}', "bad_request", '"expires" must be a number'),
         ("format_disk", b'{"id": "x"}', "unknown_command", "unknown command 'format_disk'"),
         ("reload", b'{"id": "x"}', "not_allowed", "command 'reload' is not allowed"),
         ("ping", b'{"id": "x", "expires": 1}', "expired", "request expired"),
-        ("ping", b'{"id": "' + b"x" * 200 + b'"}', "too_large", "request too large"),
+        ("ping", b'{"id": "' + b"x" * 5000 + b'"}', "too_large", "request too large"),
     ],
 )
 async def test_bad_requests_are_answered_and_counted(
     tmp_path: Path, command: str, payload: bytes, reason: str, error: str
 ) -> None:
     handler = Counting()
-    router, _ = router_with(tmp_path, handler, allow=("ping", "status"), max_bytes=128)
+    router, _ = router_with(tmp_path, handler, allow=("ping", "status"), max_bytes=4096)
     answer = await router.handle(command, payload, via="test")
     assert answer.refused == reason
     assert answer.body["ok"] is False
@@ -348,3 +349,16 @@ def test_the_hmac_key_file_is_checked(tmp_path: Path) -> None:
     good.write_bytes(b"0123456789abcdef0123\n")
     settings = parse_config({"commands": {"hmac_key_file": str(good)}}, None)
     assert settings.commands.hmac_key_file == good
+
+
+async def test_a_command_that_never_ends_is_given_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def hangs(_args: Args) -> object:
+        await asyncio.Event().wait()
+        return None
+
+    monkeypatch.setattr("gateway.commands.router.COMMAND_TIMEOUT", 0.05)
+    router, _ = router_with(tmp_path, hangs)
+    answer = await router.handle("device.write", request("h"), via="test")
+    assert answer.body == {"id": "h", "ok": False, "error": "did not finish within 0.05s"}

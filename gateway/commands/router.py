@@ -32,6 +32,8 @@ from gateway.settings import CommandSettings
 log = logging.getLogger(__name__)
 
 MAX_ID_LENGTH = 128
+# A command (a device that never answers a write, say) is given up after this long.
+COMMAND_TIMEOUT = 60.0
 # Requests shown in status.
 RECENT = 20
 # A JSON answer bigger than this is replaced by an error (the broker or the client
@@ -112,6 +114,8 @@ class CommandRouter:
             request = json.loads(payload)
         except (ValueError, UnicodeDecodeError) as err:
             raise _Refused("bad_json", f"request is not JSON: {err}") from None
+        except RecursionError:
+            raise _Refused("bad_json", "request is nested too deeply") from None
         if not isinstance(request, dict):
             raise _Refused("bad_json", "request must be a JSON object")
         if self.key is not None:
@@ -209,13 +213,19 @@ class CommandRouter:
         outcome = "ok"
         body: dict[str, object]
         try:
-            body = {"id": request_id, "ok": True, "result": await handler(args)}
+            async with asyncio.timeout(COMMAND_TIMEOUT):
+                result = await handler(args)
+            body = {"id": request_id, "ok": True, "result": result}
             _check_size(body)
         except BadArgs as err:
             raise _Refused("bad_args", str(err), request_id) from None
         except CommandError as err:
             outcome = "failed"
             body = {"id": request_id, "ok": False, "error": str(err)}
+        except TimeoutError:
+            outcome = "failed"
+            error = f"did not finish within {COMMAND_TIMEOUT:g}s"
+            body = {"id": request_id, "ok": False, "error": error}
         except Exception as err:
             # A bug in a handler or a driver: answered and logged, the gateway runs on.
             log.exception("command %s id=%s failed", command, request_id)

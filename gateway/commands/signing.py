@@ -47,5 +47,5 @@ def verified(key: bytes, command: str, outer: dict[str, object]) -> object:
         raise SignatureError("bad signature")
     try:
         return json.loads(signed)
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise SignatureError(f"the signed request is not JSON: {err}") from None
