@@ -19,12 +19,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import systemd_notify
+from gateway.commands.builtins import RELOAD_TIMEOUT, builtin_handlers
+from gateway.commands.journal import FILE_NAME as COMMANDS_FILE
+from gateway.commands.journal import AnswerJournal
+from gateway.commands.router import CommandError, CommandRouter
+from gateway.commands.signing import load_key
 from gateway.config import load_config
 from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.ingest import DeviceSink
 from gateway.interfaces import Driver, GatewayView, Uplink
-from gateway.local import serve
+from gateway.local import rest, serve
 from gateway.settings import DeviceSettings, MqttSettings, Settings
 from gateway.store import Store, schema
 from gateway.uplinks.mqtt import MqttUplink
@@ -86,6 +91,15 @@ class Gateway:
         self._local_bound = asyncio.Event()
         # Set at each reload: the local server reads its token file and certificate again.
         self._local_reload = asyncio.Event()
+        # Commands: devices stopped by device.disable (until enabled or restarted), the
+        # supervisor they act through, and the end of the next reload.
+        self.commands: CommandRouter | None = None
+        self.view: GatewayView | None = None
+        self._disabled: set[str] = set()
+        self._sup: Supervisor | None = None
+        self._changing = asyncio.Lock()
+        self._reload_done = asyncio.Event()
+        self._reload_error: str | None = None
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -105,6 +119,20 @@ class Gateway:
                 uplinks=self.uplinks,
                 started=time.time(),
             )
+            self.view = view
+            commands = self.settings.commands
+            journal = AnswerJournal(
+                data_dir / COMMANDS_FILE, commands.remember, commands.remember_count
+            )
+            await asyncio.to_thread(journal.load)
+            key = await asyncio.to_thread(load_key, commands.hmac_key_file)
+            self.commands = CommandRouter(
+                commands,
+                journal,
+                builtin_handlers(self, view, lambda: self.settings.commands),
+                key=key,
+            )
+            view.commands = self.commands
             try:
                 await self._supervise(self.store, view)
             except* GatewayError as failed:
@@ -123,6 +151,7 @@ class Gateway:
     async def _supervise(self, store: Store, view: GatewayView) -> None:
         async with asyncio.TaskGroup() as group:
             sup = Supervisor(group)
+            self._sup = sup
             for name, child in _children_of(self.settings).items():
                 self._start(sup, store, view, name, child)
             helpers = [
@@ -171,18 +200,24 @@ class Gateway:
             if self._stop.is_set():
                 return
             self._reload.clear()
-            await self._do_reload(sup, store, view)
+            async with self._changing:
+                await self._do_reload(sup, store, view)
+            self._reload_done.set()
+            self._reload_done = asyncio.Event()
 
     async def _do_reload(self, sup: Supervisor, store: Store, view: GatewayView) -> None:
         source = self.settings.source
+        self._reload_error = None
         if source is None:
-            log.warning("reload requested but the configuration has no file to reload from")
+            self._reload_error = "the configuration has no file to reload from"
+            log.warning("reload requested but %s", self._reload_error)
             return
         self.notifier.notify(reloading=True)
         try:
             new = await asyncio.to_thread(load_config, source)
         except ConfigError as exc:
             log.error("reload refused, still running on the previous configuration: %s", exc)
+            self._reload_error = f"reload refused: {exc}"
             self.notifier.notify(ready=True, status="reload refused: bad configuration")
             return
         for what, old_value, new_value in (
@@ -194,6 +229,16 @@ class Gateway:
         # Gateway identity and store settings stay as they were until a restart.
         new = replace(new, gateway=self.settings.gateway, store=self.settings.store)
         self.settings = new
+        if self.commands is not None:
+            try:
+                key = await asyncio.to_thread(load_key, new.commands.hmac_key_file)
+            except (OSError, ValueError) as exc:
+                # Checked when the file was read; gone since: no command runs unsigned.
+                log.error("commands: cannot read the HMAC key, no command runs: %s", exc)
+                new = replace(new, commands=replace(new.commands, allow=()))
+                self.settings = new
+                key = None
+            self.commands.configure(new.commands, key)
         await self._restart_changed(sup, store, view, new)
         self._local_reload.set()
         self.notifier.notify(ready=True, status=systemd_notify.status_line(view))
@@ -202,7 +247,7 @@ class Gateway:
     async def _restart_changed(
         self, sup: Supervisor, store: Store, view: GatewayView, new: Settings
     ) -> None:
-        wanted = _children_of(new)
+        wanted = _children_of(new, self._disabled)
         for name in sorted(sup.names("")):
             if name not in wanted or sup.settings_of(name) != wanted[name]:
                 log.info("stopping %s (removed or changed)", name)
@@ -230,13 +275,62 @@ class Gateway:
             self.drivers[child.id] = driver
             coro = run_device(driver, sink)
         elif isinstance(child, MqttSettings):
-            uplink = MqttUplink(child, self.settings.gateway.id, store, dead_letters=store)
+            uplink = MqttUplink(
+                child,
+                self.settings.gateway.id,
+                store,
+                dead_letters=store,
+                commands=self.commands,
+            )
             self.uplinks[uplink.name] = uplink
             coro = uplink.run()
         else:
             self._local_bound = asyncio.Event()
             coro = serve(view, self._local_bound, self._local_reload)
         sup.start(name, child, coro)
+
+    # What the built-in commands act on (gateway.commands.builtins.Runtime).
+
+    def status_body(self) -> dict[str, object]:
+        assert self.view is not None
+        return rest.status_body(self.view, None)
+
+    def configured_devices(self) -> set[str]:
+        return {d.id for d in self.settings.devices if d.enabled}
+
+    async def set_device_enabled(self, device: str, enabled: bool) -> bool:
+        sup, store, view = self._sup, self.store, self.view
+        if sup is None or store is None or view is None:
+            raise CommandError("the gateway is starting")
+        name = f"device:{device}"
+        async with self._changing:
+            running = name in sup.names(name)
+            if enabled:
+                self._disabled.discard(device)
+                wanted = _children_of(self.settings, self._disabled)
+                if running or name not in wanted:
+                    return False
+                log.info("%s: enabled by command", device)
+                self._start(sup, store, view, name, wanted[name])
+                return True
+            self._disabled.add(device)
+            if not running:
+                return False
+            log.info("%s: disabled by command", device)
+            await sup.stop(name)
+            del self.drivers[device]
+            return True
+
+    async def reload(self) -> None:
+        done = self._reload_done
+        self.request_reload()
+        try:
+            async with asyncio.timeout(RELOAD_TIMEOUT):
+                await done.wait()
+        except TimeoutError:
+            raise CommandError(f"the reload did not end within {RELOAD_TIMEOUT:g}s") from None
+        if self._reload_error is not None:
+            raise CommandError(self._reload_error)
 
     async def _report_status(self, view: GatewayView) -> None:
         while True:
@@ -260,9 +354,14 @@ async def _end_with_store(store: Store) -> None:
     raise StoreError(f"the store stopped: {reason}")
 
 
-def _children_of(settings: Settings) -> dict[str, object]:
-    """Each supervised child's name and the settings that, when changed, restart it."""
-    children: dict[str, object] = {f"device:{d.id}": d for d in settings.devices if d.enabled}
+def _children_of(settings: Settings, disabled: set[str] | None = None) -> dict[str, object]:
+    """Each supervised child's name and the settings that, when changed, restart it.
+
+    ``disabled``: devices stopped by command, left stopped."""
+    off = disabled or set()
+    children: dict[str, object] = {
+        f"device:{d.id}": d for d in settings.devices if d.enabled and d.id not in off
+    }
     if settings.uplink.mqtt is not None:
         children["uplink:mqtt"] = settings.uplink.mqtt
     if settings.local is not None:

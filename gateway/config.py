@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any, get_args
 from urllib.parse import urlsplit
 
+from gateway.commands.names import COMMANDS
+from gateway.commands.signing import load_key
 from gateway.driver_registry import drivers
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.fields import ID_PATTERN, ID_RULE, Convert, check_table, keys_of
@@ -41,6 +43,7 @@ from gateway.fields import strings as _strings
 from gateway.fields import text as _text
 from gateway.fields import toml_value as toml_value  # noqa: PLC0414 - public here too
 from gateway.settings import (
+    CommandSettings,
     DeviceSettings,
     Durability,
     GatewaySettings,
@@ -52,6 +55,7 @@ from gateway.settings import (
     Settings,
     StoreSettings,
     UplinkSettings,
+    WriteRule,
 )
 from gateway.uplinks.broker import BrokerAddress
 
@@ -170,6 +174,25 @@ def _log_level(value: object) -> str:
     if level not in LOG_LEVELS:
         raise _Invalid(f"must be one of {_one_of(LOG_LEVELS)} (got {toml_value(value)})")
     return level
+
+
+def _command_names(value: object) -> tuple[str, ...]:
+    names = _strings(value)
+    for name in names:
+        if name not in COMMANDS:
+            raise _Invalid(
+                f"{name!r} is not a command: one of {_one_of(COMMANDS)}"
+                + _did_you_mean(name, COMMANDS)
+            )
+    return names
+
+
+def _finite(value: object) -> float:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise _Invalid(f"must be a number, not {_kind(value)}")
+    if not math.isfinite(value):
+        raise _Invalid("must be a finite number")
+    return float(value)
 
 
 def _topic_prefix(value: object) -> str:
@@ -319,6 +342,14 @@ class _Parser:
             raise _Invalid(f"{path} cannot be read: {exc.strerror}") from None
         return path
 
+    def hmac_key_file(self, value: object) -> Path:
+        path = self.readable_file(value)
+        try:
+            load_key(path)
+        except (OSError, ValueError) as exc:
+            raise _Invalid(str(exc)) from None
+        return path
+
     def token_file(self, value: object) -> Path:
         path = self.readable_file(value)
         try:
@@ -346,6 +377,7 @@ class _Parser:
                 "uplink": _pass,
                 "local": _pass,
                 "health": _pass,
+                "commands": _pass,
             },
         )
         gateway = self.gateway(top.values.get("gateway", {}))
@@ -354,6 +386,8 @@ class _Parser:
         uplink = self.uplink(top.values.get("uplink", {}))
         local = self.local(top.values["local"]) if "local" in top.values else None
         health = self.health(top.values.get("health", {}))
+        known = None if devices is None else {d.id for d in devices}
+        commands = self.commands(top.values.get("commands", {}), known)
         if self.problems or devices is None:
             return None
         return Settings(
@@ -363,6 +397,7 @@ class _Parser:
             uplink=uplink,
             local=local,
             health=health,
+            commands=commands,
             source=source,
         )
 
@@ -524,6 +559,46 @@ class _Parser:
             "device_silent_factor": _number(positive=True),
         }
         return HealthSettings(**self.section(data, "health", spec).values)
+
+    def commands(self, data: object, devices: set[str] | None) -> CommandSettings:
+        """``devices``: the ids of the file's devices, which write rules must name."""
+        spec: dict[str, Convert] = {
+            "allow": _command_names,
+            "max_bytes": _size(64),
+            "max_per_second": _number(positive=True),
+            "remember": _duration(positive=True),
+            "remember_count": _integer(1, 1_000_000),
+            "writes": _pass,
+            "hmac_key_file": self.hmac_key_file,
+        }
+        section = self.section(data, "commands", spec)
+        writes = section.values.pop("writes", [])
+        if not isinstance(writes, list):
+            self.problem(section.key("writes"), "must be an array of tables ([[commands.writes]])")
+            writes = []
+        rules = []
+        for index, item in enumerate(writes):
+            rule = self.write_rule(item, f"commands.writes[{index}]", devices)
+            if rule is not None:
+                rules.append(rule)
+        return CommandSettings(**section.values, writes=tuple(rules))
+
+    def write_rule(self, data: object, path: str, devices: set[str] | None) -> WriteRule | None:
+        spec: dict[str, Convert] = {
+            "device": _identifier,
+            "sensor": _string,
+            "min": _finite,
+            "max": _finite,
+        }
+        section = self.section(data, path, spec, required=("device", "sensor"))
+        if section.bad:
+            return None
+        rule = WriteRule(**section.values)
+        if devices is not None and rule.device not in devices:
+            self.problem(section.key("device"), f"no device {rule.device!r} in the file")
+        if rule.min is not None and rule.max is not None and rule.min > rule.max:
+            self.problem(section.key("max"), f"must not be less than min ({rule.min})")
+        return rule
 
     # Rules across keys -------------------------------------------------
 

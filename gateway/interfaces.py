@@ -158,6 +158,37 @@ class Uplink(Protocol):
 
 
 @dataclass(slots=True)
+class CommandStatus:
+    """Counters of the command router, read by the status API and /metrics."""
+
+    # Requests executed, by command and by outcome ("ok" or "failed").
+    executed: dict[tuple[str, str], int] = field(default_factory=dict)
+    # Requests answered without running, by reason ("not_allowed", "bad_json", ...).
+    refused: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0  # requests whose id was seen before: the stored result sent again
+    subscribed: bool = False  # the MQTT uplink's command subscription is acknowledged
+    # The latest requests, newest last: time, command, id, how it came, ok, error.
+    recent: list[dict[str, object]] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class CommandAnswer:
+    """A command's result payload, and why it was refused before running (None if it ran)."""
+
+    body: dict[str, object]
+    refused: str | None = None
+
+
+class Commands(Protocol):
+    status: CommandStatus
+
+    async def handle(
+        self, command: str, payload: bytes, *, via: str, expires_at: float | None = None
+    ) -> CommandAnswer:
+        """Check and run one request; never raises for a bad request."""
+
+
+@dataclass(slots=True)
 class GatewayView:
     """What the local server, /metrics and /healthz read of a running gateway."""
 
@@ -166,6 +197,7 @@ class GatewayView:
     devices: Mapping[str, Driver]
     uplinks: Mapping[str, Uplink]
     started: float  # time.time() at start
+    commands: Commands | None = None
 
     @property
     def gateway_id(self) -> str:

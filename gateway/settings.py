@@ -247,6 +247,35 @@ class HealthSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WriteRule:
+    """One ``[[commands.writes]]`` entry: a sensor of a device that may be written."""
+
+    device: str
+    sensor: str
+    # Bounds for numeric values (inclusive); None: no bound on that side.
+    min: float | None = None
+    max: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSettings:
+    # Commands that may run; nothing runs unless listed here.
+    allow: tuple[str, ...] = ()
+    # A request larger than this is refused unread.
+    max_bytes: int = 4096
+    # Requests per second (over MQTT and the local API together), with a small burst.
+    max_per_second: float = 10.0
+    # Request ids are remembered (and their results sent again) this long, and at most
+    # this many of them.
+    remember: float = 24 * 3600.0
+    remember_count: int = 10_000
+    # Only these device/sensor pairs may be written, within their bounds.
+    writes: tuple[WriteRule, ...] = ()
+    # With a key, only requests signed with it run (gateway.commands.signing).
+    hmac_key_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     gateway: GatewaySettings = field(default_factory=GatewaySettings)
     store: StoreSettings = field(default_factory=StoreSettings)
@@ -254,5 +283,6 @@ class Settings:
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
     local: LocalSettings | None = None
     health: HealthSettings = field(default_factory=HealthSettings)
+    commands: CommandSettings = field(default_factory=CommandSettings)
     # Where the configuration was read from; used to reload it on SIGHUP.
     source: Path | None = None

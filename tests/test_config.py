@@ -25,6 +25,7 @@ from gateway.driver_registry import drivers
 from gateway.errors import ConfigError
 from gateway.fields import parse_duration, parse_size
 from gateway.settings import (
+    CommandSettings,
     GatewaySettings,
     HealthSettings,
     LocalSettings,
@@ -613,6 +614,7 @@ SECTIONS: dict[str, tuple[type[Any], dict[str, Any], Any]] = {
     "[uplink.mqtt]": (MqttSettings, {"uplink": {"mqtt": {}}}, lambda s: s.uplink.mqtt),
     "[local]": (LocalSettings, {"local": {"token": TOKEN}}, lambda s: s.local),
     "[health]": (HealthSettings, {}, lambda s: s.health),
+    "[commands]": (CommandSettings, {}, lambda s: s.commands),
 }
 
 

@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass
 
 from gateway import __version__
-from gateway.interfaces import GatewayView
+from gateway.interfaces import CommandStatus, GatewayView
 from gateway.local.connections import ConnectionCounters
 from gateway.local.health import uplink_down_seconds
 from gateway.local.stream import StreamCounters
@@ -86,6 +86,8 @@ def declare(
     _devices(out, view)
     _store(out, view, now)
     _uplinks(out, view, now)
+    if view.commands is not None:
+        _commands(out, view.commands.status)
     out.metric(
         "edge_gateway_local_clients", "gauge", "Connected stream clients.", [({}, counters.clients)]
     )
@@ -320,6 +322,27 @@ def _uplinks(out: Families, view: GatewayView, now: float) -> None:
         "edge_gateway_uplink_publish_latency_seconds",
         "Seconds from commit to the peer's acknowledgement.",
         [({"uplink": n}, status[n].publish_latency) for n in names],
+    )
+
+
+def _commands(out: Families, status: CommandStatus) -> None:
+    out.metric(
+        "edge_gateway_commands_total",
+        "counter",
+        'Commands run, by command and outcome ("ok" or "failed").',
+        [({"command": c, "outcome": o}, n) for (c, o), n in sorted(status.executed.items())],
+    )
+    out.metric(
+        "edge_gateway_commands_refused_total",
+        "counter",
+        "Command requests answered without running, by reason.",
+        [({"reason": r}, n) for r, n in sorted(status.refused.items())],
+    )
+    out.metric(
+        "edge_gateway_commands_duplicates_total",
+        "counter",
+        "Command requests whose id was answered before: the stored answer was sent again.",
+        [({}, status.duplicates)],
     )
 
 

@@ -10,10 +10,11 @@ from aiohttp import web
 
 from gateway import __version__
 from gateway.globs import check_device_glob
-from gateway.interfaces import DeviceStatus
+from gateway.interfaces import CommandStatus, DeviceStatus, GatewayView
 from gateway.local import health
-from gateway.local.keys import HUB, LATEST, VIEW
+from gateway.local.keys import COUNTERS, HUB, LATEST, VIEW
 from gateway.local.latest import sensor_of
+from gateway.local.stream.client import StreamCounters
 from gateway.reading import MAX_SENSOR_NAME, StoredReading, join_payloads
 
 DEFAULT_LIMIT = 100
@@ -57,12 +58,15 @@ def _device_status(status: DeviceStatus) -> dict[str, object]:
 
 
 async def status(request: web.Request) -> web.Response:
-    view = request.app[VIEW]
-    counters = request.app[HUB].counters
+    return web.json_response(status_body(request.app[VIEW], request.app[HUB].counters))
+
+
+def status_body(view: GatewayView, counters: StreamCounters | None) -> dict[str, object]:
+    """What ``/api/v1/status`` answers; without ``counters`` (no local server), no "local"."""
     now = time.time()
     reasons = health.reasons(view, now)
     stats = view.log.stats()
-    body = {
+    body: dict[str, object] = {
         "gateway": view.gateway_id,
         "version": __version__,
         "time": now,
@@ -95,15 +99,54 @@ async def status(request: web.Request) -> web.Response:
             device_id: _device_status(driver.status)
             for device_id, driver in sorted(view.devices.items())
         },
-        "local": {
+    }
+    if counters is not None:
+        body["local"] = {
             "clients": counters.clients,
             "gaps": counters.gaps,
             "closed_slow": counters.closed_slow,
             "inbound_errors": counters.inbound_errors,
             "refused_busy": counters.refused_busy,
-        },
+        }
+    if view.commands is not None:
+        body["commands"] = command_status(view.commands.status)
+    return body
+
+
+# The HTTP status of a request refused before it ran; one that ran answers 200,
+# with "ok" saying whether it succeeded.
+REFUSAL_STATUS = {
+    "too_large": 413,
+    "rate_limited": 429,
+    "unknown_command": 404,
+    "not_allowed": 403,
+}
+
+
+async def command(request: web.Request) -> web.Response:
+    """``POST /api/v1/commands/{name}``: the body is the request, as over MQTT."""
+    commands = request.app[VIEW].commands
+    if commands is None:
+        raise web.HTTPNotFound(
+            text=json.dumps({"error": "commands are not available"}),
+            content_type="application/json",
+        )
+    payload = await request.read()
+    answer = await commands.handle(request.match_info["name"], payload, via="local")
+    status = 200 if answer.refused is None else REFUSAL_STATUS.get(answer.refused, 400)
+    if status != 200:
+        request.app[COUNTERS].requests_refused[str(status)] += 1
+    return web.json_response(answer.body, status=status)
+
+
+def command_status(status: CommandStatus) -> dict[str, object]:
+    return {
+        "subscribed": status.subscribed,
+        "executed": {f"{c}/{o}": n for (c, o), n in sorted(status.executed.items())},
+        "refused": dict(sorted(status.refused.items())),
+        "duplicates": status.duplicates,
+        "recent": status.recent,
     }
-    return web.json_response(body)
 
 
 async def readings(request: web.Request) -> web.Response:

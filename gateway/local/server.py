@@ -158,6 +158,7 @@ def create_app(view: GatewayView, *, send_timeout: float = SEND_TIMEOUT) -> web.
     app.router.add_get("/api/v1/status", rest.status)
     app.router.add_get("/api/v1/readings", rest.readings)
     app.router.add_get("/api/v1/devices", rest.devices)
+    app.router.add_post("/api/v1/commands/{name}", rest.command)
     app.router.add_get(STREAM_PATH, stream)
     app.router.add_get("/", dashboard)
     app.router.add_static("/static", STATIC_DIR)

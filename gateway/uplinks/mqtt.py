@@ -25,8 +25,9 @@ from concurrent.futures import Executor, ThreadPoolExecutor
 import paho.mqtt.client as mqtt
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.commands.mqtt import MAX_INBOUND_PACKET, MqttCommandChannel
 from gateway.errors import StoreClosedError, StoreError, UplinkError
-from gateway.interfaces import ReadingLog, SampleSink, UplinkStatus
+from gateway.interfaces import Commands, ReadingLog, SampleSink, UplinkStatus
 from gateway.rate import TokenBucket
 from gateway.reading import DeadLetter
 from gateway.retry import Backoff, Failure, retry_delay
@@ -68,6 +69,8 @@ class MqttUplink:
         log: ReadingLog,
         name: str = "mqtt",
         dead_letters: SampleSink | None = None,
+        *,
+        commands: Commands | None = None,
     ) -> None:
         self.name = name
         self.status = UplinkStatus()
@@ -81,6 +84,12 @@ class MqttUplink:
             raise UplinkError(name, f"url: {err}") from err
         self.client_id = settings.client_id or f"edge-gateway-{gateway_id}"
         self.status_topic = f"{settings.topic_prefix}/{gateway_id}/status"
+        # Requests from the cloud arrive on this uplink's connection (docs/commands.md).
+        self._commands = (
+            None
+            if commands is None
+            else MqttCommandChannel(commands, settings.topic_prefix, gateway_id)
+        )
         self._planner = TelemetryPlanner(gateway_id, settings.topic_prefix, settings.batch_max)
         self._rate = (
             TokenBucket(settings.max_messages_per_second)
@@ -105,6 +114,8 @@ class MqttUplink:
             await self._run()
         finally:
             self.log.remove_listener(self._tail.on_commit)
+            if self._commands is not None:
+                await self._commands.close()
 
     async def _run(self) -> None:
         self._confirmed = await self.log.register_consumer(self.name)
@@ -171,6 +182,8 @@ class MqttUplink:
             # One more than the window: the status message shares the connection.
             max_inflight=settings.max_inflight + 1,
             connect_timeout=CONNECT_TIMEOUT,
+            # Bounds what a publisher on the command topics can make us read.
+            maximum_packet_size=None if self._commands is None else MAX_INBOUND_PACKET,
         )
         return await MqttConnection.open(self.name, options, executor)
 
@@ -196,6 +209,8 @@ class MqttUplink:
             )
             window.take_slot()
             status.add_done_callback(functools.partial(self._on_status_ack, window))
+            if self._commands is not None:
+                self._commands.attach(connection)
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(connection.run(), name=f"{self.name}-keepalive")
@@ -210,6 +225,8 @@ class MqttUplink:
             await connection.close((self.status_topic, self._status_payload("offline")))
             raise
         finally:
+            if self._commands is not None:
+                self._commands.detach()
             window.close()
             connection.abort()
             self.status.in_flight = 0

@@ -27,11 +27,13 @@ import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
@@ -71,6 +73,8 @@ class ConnectOptions:
     will_payload: bytes
     max_inflight: int
     connect_timeout: float
+    # MQTT 5: the largest packet the broker may send us (None: no limit announced).
+    maximum_packet_size: int | None = None
 
 
 def _kind_of_code(code: int) -> Failure:
@@ -150,8 +154,16 @@ class MqttConnection:
         """Runs on a worker thread: no loop-bound callback is installed yet."""
         address = options.address
         if options.protocol == mqtt.MQTTv5:
+            properties = None
+            if options.maximum_packet_size is not None:
+                properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                properties.MaximumPacketSize = options.maximum_packet_size
             rc = self._client.connect(
-                address.host, address.port, options.keepalive, clean_start=True
+                address.host,
+                address.port,
+                options.keepalive,
+                clean_start=True,
+                properties=properties,
             )
         else:
             rc = self._client.connect(address.host, address.port, options.keepalive)
@@ -259,7 +271,12 @@ class MqttConnection:
     # The interface of the uplink.
 
     def publish(
-        self, topic: str, payload: bytes, *, retain: bool = False
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        properties: Properties | None = None,
     ) -> asyncio.Future[ReasonCode]:
         """Publish at QoS 1; the future gets the PUBACK's reason code (Success for MQTT 3.1.1).
 
@@ -271,9 +288,9 @@ class MqttConnection:
             raise self._lost.result()
         future: asyncio.Future[ReasonCode] = self._loop.create_future()
         if self._held or self._window_full():
-            self._held.append(_Held(topic, payload, retain, future))
+            self._held.append(_Held(topic, payload, retain, future, properties))
         else:
-            self._send(topic, payload, retain, future)
+            self._send(topic, payload, retain, future, properties)
         return future
 
     def _window_full(self) -> bool:
@@ -283,17 +300,22 @@ class MqttConnection:
         while self._held and not self._window_full() and not self._lost.done():
             held = self._held.popleft()
             try:
-                self._send(held.topic, held.payload, held.retain, held.future)
+                self._send(held.topic, held.payload, held.retain, held.future, held.properties)
             except ValueError as err:
                 held.future.set_exception(err)
 
     def _send(
-        self, topic: str, payload: bytes, retain: bool, future: asyncio.Future[ReasonCode]
+        self,
+        topic: str,
+        payload: bytes,
+        retain: bool,
+        future: asyncio.Future[ReasonCode],
+        properties: Properties | None = None,
     ) -> None:
         client = self._client
         self._publishing = True
         try:
-            info = client.publish(topic, payload, qos=1, retain=retain)
+            info = client.publish(topic, payload, qos=1, retain=retain, properties=properties)
         finally:
             self._publishing = False
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -303,6 +325,36 @@ class MqttConnection:
         # Sending now saves a turn of the loop (and two epoll changes) per message
         # over waiting to be told the socket is writable, which it nearly always is.
         # A failed send loses the connection, which cancels the future.
+        if client.want_write():
+            client.loop_write()
+            if client.want_write() and self._fd >= 0:
+                self._loop.add_writer(self._fd, self._on_writable)
+
+    def subscribe(
+        self,
+        topic: str,
+        on_message: Callable[[mqtt.MQTTMessage], None],
+        on_subscribed: Callable[[bool], None],
+    ) -> None:
+        """Subscribe to ``topic`` at QoS 1: ``on_message`` gets each message on the loop,
+        ``on_subscribed`` whether the broker granted the subscription."""
+        client = self._client
+
+        def message(_client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
+            on_message(msg)
+
+        def granted(
+            _client: mqtt.Client,
+            _userdata: Any,
+            _mid: int,
+            reasons: list[ReasonCode],
+            _properties: Properties | None,
+        ) -> None:
+            on_subscribed(all(not reason.is_failure for reason in reasons))
+
+        client.on_message = message
+        client.on_subscribe = granted
+        client.subscribe(topic, qos=1)
         if client.want_write():
             client.loop_write()
             if client.want_write() and self._fd >= 0:
@@ -404,6 +456,7 @@ class _Held:
     payload: bytes
     retain: bool
     future: asyncio.Future[ReasonCode]
+    properties: Properties | None = None
 
 
 def _pending(sock: object) -> bool:

@@ -1,0 +1,147 @@
+"""The built-in commands, each an async handler of its arguments.
+
+They act on the running gateway through ``Runtime`` (implemented by
+``gateway.app.Gateway``), so they can be tested against a small runtime of
+their own. Device reads and writes go to the driver's own ``read_now()`` and
+``write(sensor, value)`` methods: a driver without them answers that the device
+cannot be read or written on demand.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+from gateway.commands.router import Args, BadArgs, CommandError, Handler
+from gateway.interfaces import GatewayView
+from gateway.settings import CommandSettings, WriteRule
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# How long `reload` waits for the new configuration to be in force.
+RELOAD_TIMEOUT = 30.0
+
+
+class Runtime(Protocol):
+    """What the built-in commands need of the running gateway."""
+
+    def status_body(self) -> dict[str, object]: ...
+
+    def configured_devices(self) -> set[str]: ...
+
+    async def set_device_enabled(self, device: str, enabled: bool) -> bool:
+        """Start or stop a configured device; False when it already was so."""
+
+    async def reload(self) -> None:
+        """Reload the configuration file and return once it is in force."""
+
+
+def builtin_handlers(
+    runtime: Runtime, view: GatewayView, settings: Callable[[], CommandSettings]
+) -> dict[str, Handler]:
+    """The handlers by command name; ``settings`` gives the ``[commands]`` now in force."""
+
+    async def ping(_args: Args) -> object:
+        return {"gateway": view.gateway_id, "last_seq": view.log.last_seq}
+
+    async def status(_args: Args) -> object:
+        return runtime.status_body()
+
+    async def log_level(args: Args) -> object:
+        level = _text(args, "level").upper()
+        if level not in LOG_LEVELS:
+            raise BadArgs(f'"level" must be one of {", ".join(LOG_LEVELS)}')
+        root = logging.getLogger()
+        previous = logging.getLevelName(root.level)
+        root.setLevel(level)
+        return {"level": level, "previous": previous}
+
+    async def reload(_args: Args) -> object:
+        await runtime.reload()
+        return {"reloaded": True}
+
+    def configured(args: Args) -> str:
+        device = _text(args, "device")
+        if device not in runtime.configured_devices():
+            raise BadArgs(f"no device {device!r} in the configuration")
+        return device
+
+    async def enable(args: Args) -> object:
+        device = configured(args)
+        changed = await runtime.set_device_enabled(device, True)
+        return {"device": device, "enabled": True, "changed": changed}
+
+    async def disable(args: Args) -> object:
+        device = configured(args)
+        changed = await runtime.set_device_enabled(device, False)
+        return {"device": device, "enabled": False, "changed": changed}
+
+    def running(device: str) -> object:
+        driver = view.devices.get(device)
+        if driver is None:
+            raise CommandError(f"device {device!r} is not running")
+        return driver
+
+    async def read(args: Args) -> object:
+        device = configured(args)
+        method = getattr(running(device), "read_now", None)
+        if not callable(method):
+            raise CommandError(f"device {device} cannot be read on demand")
+        return {"device": device, "values": await _maybe_await(method())}
+
+    async def write(args: Args) -> object:
+        device = configured(args)
+        sensor = _text(args, "sensor")
+        if "value" not in args:
+            raise BadArgs('"value" is required')
+        value = args["value"]
+        _check_write(settings().writes, device, sensor, value)
+        method = getattr(running(device), "write", None)
+        if not callable(method):
+            raise CommandError(f"device {device} cannot be written")
+        confirmed = await _maybe_await(method(sensor, value))
+        return {"device": device, "sensor": sensor, "value": value, "confirmed": confirmed}
+
+    return {
+        "ping": ping,
+        "status": status,
+        "log_level": log_level,
+        "reload": reload,
+        "device.enable": enable,
+        "device.disable": disable,
+        "device.read": read,
+        "device.write": write,
+    }
+
+
+def _check_write(rules: tuple[WriteRule, ...], device: str, sensor: str, value: object) -> None:
+    """A write must match a ``[[commands.writes]]`` rule, within its bounds."""
+    rule = next((r for r in rules if r.device == device and r.sensor == sensor), None)
+    if rule is None:
+        raise BadArgs(f"writing {sensor!r} of {device!r} is not allowed here")
+    if value is None or isinstance(value, dict | list):
+        raise BadArgs('"value" must be a number, a boolean or a string')
+    if rule.min is None and rule.max is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadArgs(f'"value" must be a number for {sensor!r} of {device!r}')
+    if rule.min is not None and value < rule.min:
+        raise BadArgs(f'"value" {value} is below the allowed minimum {rule.min:g}')
+    if rule.max is not None and value > rule.max:
+        raise BadArgs(f'"value" {value} is above the allowed maximum {rule.max:g}')
+
+
+def _text(args: Mapping[str, object], name: str) -> str:
+    value = args.get(name)
+    if not isinstance(value, str) or not value:
+        raise BadArgs(f'"{name}" must be a non-empty string')
+    return value
+
+
+async def _maybe_await(value: object) -> object:
+    # Drivers may answer at once or after the device confirmed (a coroutine).
+    if inspect.isawaitable(value):
+        return await value
+    return value

@@ -1,0 +1,14 @@
+"""The names of the built-in commands, as ``[commands] allow`` and the topics spell them."""
+
+from __future__ import annotations
+
+COMMANDS = (
+    "ping",
+    "status",
+    "log_level",
+    "reload",
+    "device.enable",
+    "device.disable",
+    "device.read",
+    "device.write",
+)
