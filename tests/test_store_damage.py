@@ -20,28 +20,12 @@ import pytest
 
 from gateway.errors import StoreError
 from gateway.store import Store, check, schema, writer
-from tests.fixtures.common import wait_until
-from tests.test_store_cli import queue
-from tests.test_store_support import opened, sample
+from tests.support.cli import queue
+from tests.support.common import wait_until
+from tests.support.store import opened, sample
+from tests.support.store_damage import PAGE, damage_page, readings_leaves
 
-PAGE = 4096
 COUNT = 5000
-
-
-def readings_leaves(db: Path) -> list[int]:
-    """The leaf pages of the readings table, in seq order, as the file holds it now."""
-    with contextlib.closing(sqlite3.connect(db)) as conn:
-        rows = conn.execute(
-            "SELECT pageno FROM dbstat WHERE name = 'readings' AND pagetype = 'leaf' ORDER BY path"
-        ).fetchall()
-    return [int(p) for (p,) in rows]
-
-
-def damage_page(db: Path, pageno: int) -> None:
-    """Overwrite one page of the file with bytes no b-tree page can start with."""
-    with db.open("r+b") as f:
-        f.seek((pageno - 1) * PAGE)
-        f.write(b"\xa5" * PAGE)
 
 
 def moved_aside(data_dir: Path) -> list[Path]:

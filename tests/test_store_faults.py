@@ -19,8 +19,8 @@ from gateway.errors import StoreError
 from gateway.reading import DeadLetter, Sample, encode
 from gateway.settings import StoreSettings
 from gateway.store import Store, planner, writer
-from tests.fixtures.common import wait_until
-from tests.test_store_support import opened, sample
+from tests.support.common import wait_until
+from tests.support.store import opened, sample
 
 
 def _values(payloads: list[bytes]) -> list[float]:

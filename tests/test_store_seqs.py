@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from gateway.store import schema
-from tests.test_store_damage import damage_page, readings_leaves
-from tests.test_store_support import opened, sample
+from tests.support.store import opened, sample
+from tests.support.store_damage import damage_page, readings_leaves
 
 DB_FILES = ("readings.db", "readings.db-wal")
 SEQ_FILES = ("seq.floor", "seq.run")

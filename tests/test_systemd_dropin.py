@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_systemd_unit import MAX_EXPOSURE, REPO, UNIT, exposure, make_root, verify
+from tests.support.systemd import MAX_EXPOSURE, REPO, UNIT, exposure, make_root, verify
 
 TOKEN = "dropin-test-token-0123456789"
 

@@ -1,12 +1,18 @@
-"""Helpers shared by the store's test files (no tests here)."""
+"""Real stores on files in the test's directory: opened with given options, readings to
+put in them, the ``store`` fixture for tests of what consumes one, and a write lock held
+from outside."""
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from gateway.reading import Sample
 from gateway.settings import StoreSettings
@@ -29,3 +35,22 @@ async def opened(data_dir: Path, **options: Any) -> AsyncIterator[Store]:
         yield store
     finally:
         await store.close()
+
+
+@contextlib.contextmanager
+def write_locked(path: Path) -> Iterator[None]:
+    """Hold the database's write lock from outside, so the writer waits inside a commit."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+async def store(tmp_path: Path) -> AsyncIterator[Store]:
+    # durability "normal": these tests are about consumers, not power loss.
+    async with opened(tmp_path, durability="normal") as store:
+        yield store
