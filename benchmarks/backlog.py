@@ -21,11 +21,11 @@ from benchmarks.harness import (
     Child,
     Gateway,
     GatewayConfig,
-    Mosquitto,
     PtyLink,
     RssSampler,
     cpu_percent,
     memory_breakdown,
+    private_broker,
     python_module,
     scratch_dir,
     snapshot,
@@ -56,7 +56,7 @@ def measure_drain(count: int) -> dict[str, Any]:
         if fill["last_seq"] != count or fill["dropped"]:
             raise BenchError(f"prefill stored {fill['last_seq']} of {count} readings")
         fill_seconds = time.monotonic() - t0
-        with Mosquitto(work) as broker, subscriber(work, broker, "gateway") as sub:
+        with private_broker(work) as broker, subscriber(work, broker, "gateway") as sub:
             # One idle device, as a real gateway has, so its reader runs too.
             config = GatewayConfig(config_dir, [("idle-1", link.path)], broker.url)
             with Gateway(config) as gw, RssSampler(gw.pid) as rss:

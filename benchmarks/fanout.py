@@ -39,13 +39,12 @@ from benchmarks.harness import (
     Child,
     Gateway,
     GatewayConfig,
-    Mosquitto,
     PacedWriter,
     PtyLink,
     RssSampler,
     cpu_percent,
-    free_port,
     listening,
+    private_broker,
     python_module,
     scratch_dir,
     snapshot,
@@ -55,6 +54,7 @@ from benchmarks.pipeline import prime, settled
 from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import LatencySplit, latency_summary
+from tests.support.common import free_port
 
 MIB = 1024 * 1024
 # (clients, readings per second, p99 target in ms): issue targets on 2 cores.
@@ -92,7 +92,7 @@ def stream_server(
             wait_for(lambda: listening(port), 20, "the naive server to listen")
             yield StreamServer(server.pid, f"ws://127.0.0.1:{port}/api/v1/stream", None)
         return
-    with Mosquitto(work) as broker:
+    with private_broker(work) as broker:
         config = GatewayConfig(
             work,
             [("paced-1", link.path)],

@@ -1,8 +1,9 @@
 """Process plumbing shared by the benchmarks.
 
-A private mosquitto on a free port, the gateway as a subprocess with a generated
-configuration, pseudo-terminals fed by a paced line writer, helper processes that
-report progress as JSON lines, and process sampling (CPU, RSS, bytes written).
+A private mosquitto on a free port (the tests' own, from tests/support/), the gateway
+as a subprocess with a generated configuration, pseudo-terminals fed by a paced line
+writer, helper processes that report progress as JSON lines, and process sampling
+(CPU, RSS, bytes written).
 Everything binds to 127.0.0.1 and is stopped by whoever started it.
 """
 
@@ -12,7 +13,6 @@ import contextlib
 import json
 import os
 import resource
-import shutil
 import signal
 import socket
 import subprocess
@@ -29,22 +29,18 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 import tomli_w
 
+from tests.support.common import free_port
+from tests.support.mosquitto import Mosquitto
+
 TOKEN = "bench-token-0123456789"
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class BenchError(RuntimeError):
     """A benchmark could not run (a part failed to start, a deadline passed)."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def listening(port: int) -> bool:
@@ -289,64 +285,24 @@ class Child:
 # ---------------------------------------------------------------- broker
 
 
-@dataclass
-class Mosquitto:
-    """A private broker on a free loopback port, with no limit on queued QoS 1 messages."""
+@contextlib.contextmanager
+def private_broker(work: Path) -> Iterator[Mosquitto]:
+    """The tests' mosquitto in ``work``, with no limit on queued or in-flight QoS 1 messages.
 
-    work: Path
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def start(self) -> None:
-        conf = self.work / f"mosquitto-{self.port}.conf"
-        conf.write_text(
-            "\n".join(
-                [
-                    f"listener {self.port} 127.0.0.1",
-                    "allow_anonymous true",
-                    "persistence false",
-                    # A slow subscriber must not lose QoS 1 messages: that would read as
-                    # lost readings rather than as a slow consumer.
-                    "max_queued_messages 0",
-                    "max_inflight_messages 0",
-                    "log_dest stderr",
-                    "log_type error",
-                    "log_type warning",
-                    "",
-                ]
-            )
-        )
-        log = (self.work / f"mosquitto-{self.port}.log").open("wb")
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=log, stderr=log)
-        log.close()
-
-        def up() -> bool:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise BenchError(f"mosquitto exited with {self.proc.returncode}")
-            return listening(self.port)
-
-        wait_for(up, 10, "mosquitto to listen")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            terminate(self.proc, 10)
-
-    def __enter__(self) -> Mosquitto:
-        self.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    A slow subscriber must not lose QoS 1 messages: that would read as lost readings
+    rather than as a slow consumer.
+    """
+    mosquitto = Mosquitto(
+        work / "mosquitto", persistence=False, extra_config=["max_inflight_messages 0"]
+    )
+    try:
+        mosquitto.start()
+    except pytest.fail.Exception as exc:  # how the tests' helpers report; a benchmark's is this
+        raise BenchError(str(exc)) from None
+    try:
+        yield mosquitto
+    finally:
+        mosquitto.stop()
 
 
 # ---------------------------------------------------------------- pseudo-terminals

@@ -29,13 +29,13 @@ from benchmarks.harness import (
     Child,
     Gateway,
     GatewayConfig,
-    Mosquitto,
     PacedWriter,
     ProcSnapshot,
     PtyLink,
     RssSampler,
     counters,
     cpu_percent,
+    private_broker,
     python_module,
     scratch_dir,
     snapshot,
@@ -46,6 +46,7 @@ from benchmarks.harness import (
 from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import LatencySplit, latency_summary
+from tests.support.mosquitto import Mosquitto
 
 # "As fast as possible": the simulator waits on a full pty, so the reader sets the pace.
 MAX_RATE = 1_000_000.0
@@ -251,7 +252,7 @@ def measure_throughput(
     n_devices = 1 if kind == "naive" else plan.devices
     try:
         with (
-            Mosquitto(work) as broker,
+            private_broker(work) as broker,
             subscriber(work, broker, fmt) as sub,
             counters(n_devices, work, offered / n_devices) as (devices, simulators),
             running_target(kind, work, broker, devices, durability, profile) as target,
@@ -314,7 +315,7 @@ def measure_paced(
     arrivals_path = work / "arrivals.json"
     link = PtyLink(work / "tty-paced")
     try:
-        with Mosquitto(work) as broker:
+        with private_broker(work) as broker:
             sub = subscriber(work, broker, fmt, arrivals_path)
             try:
                 devices = [("paced-1", link.path)]

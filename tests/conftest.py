@@ -1,10 +1,10 @@
-"""Shared fixtures: each group lives in its own module under tests/fixtures/."""
+"""Shared fixtures: each group lives in its own module under tests/support/."""
 
 pytest_plugins = [
-    "tests.fixtures.common",
-    "tests.fixtures.gateway_proc",
-    "tests.fixtures.mosquitto",
-    "tests.fixtures.powercut",
-    "tests.fixtures.store",
-    "tests.fixtures.tcp_proxy",
+    "tests.support.common",
+    "tests.support.gateway_proc",
+    "tests.support.mosquitto",
+    "tests.support.powercut",
+    "tests.support.store",
+    "tests.support.tcp_proxy",
 ]

@@ -32,9 +32,9 @@ from gateway.reading import Sample
 from gateway.retry import Backoff
 from gateway.settings import Settings
 from gateway.systemd_dropin import render
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
 
 # One step of a 10-bit code at 3.3 V: a reading is within it of the voltage set (the
 # chip's code is the nearest step).

@@ -37,8 +37,8 @@ import pytest
 import trustme
 import yaml
 
-from tests.fixtures.common import free_port, wait_until_sync
-from tests.test_systemd_unit import add_host_units, verify
+from tests.support.common import free_port, wait_until_sync
+from tests.support.systemd import add_host_units, verify
 
 # The first play builds a wheel and installs a release from the package index (also
 # the upgrade test): minutes on a loaded 2-core machine, more than the default bound.

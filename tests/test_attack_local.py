@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from gateway.local.redact import redact
-from tests.fixtures.gateway_proc import TOKEN, GatewayProcess, gateway_process
+from tests.support.gateway_proc import TOKEN, GatewayProcess, gateway_process
 
 __all__ = ["gateway_process"]  # the fixture, used by name
 

@@ -14,11 +14,19 @@ import pytest
 
 from gateway.errors import StoreError
 from gateway.store import schema
-from tests.fixtures.common import wait_until
-from tests.test_store_damage import damage_the_middle, fill
-from tests.test_store_faults import _fill_filesystem, _tiny_filesystem
-from tests.test_store_seqs import DB_FILES, SEQ_FILES, copy, next_seq, put
-from tests.test_store_support import opened, sample
+from tests.support.common import wait_until
+from tests.support.store import (
+    DB_FILES,
+    SEQ_FILES,
+    copy,
+    fill_filesystem,
+    next_seq,
+    opened,
+    put,
+    sample,
+    tiny_filesystem,
+)
+from tests.support.store_damage import damage_the_middle, fill
 
 
 @pytest.mark.parametrize(
@@ -78,11 +86,11 @@ async def test_a_fresh_log_that_cannot_start_on_a_full_disk_leaks_no_descriptors
 ) -> None:
     # Damage on a card that is also full: every attempt at a fresh log fails until
     # space returns, and each must leave nothing open behind it.
-    with _tiny_filesystem(tmp_path / "fs") as fs:
+    with tiny_filesystem(tmp_path / "fs") as fs:
         await fill(fs, 2000, min_free_bytes=0)
         async with opened(fs, min_free_bytes=0) as store:
             await wait_until(lambda: store.stats().integrity_checks == 1, message="check done")
-            filler = _fill_filesystem(fs)
+            filler = fill_filesystem(fs)
             damage_the_middle(fs)
             with pytest.raises(StoreError, match="reading the log failed"):
                 await store.read_after(0, 2000)

@@ -10,9 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sqlite3
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -25,8 +24,9 @@ from gateway.settings import StoreSettings
 from gateway.store import Store
 from gateway.store.ingress import Congestion
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import running, wait_open
+from tests.support.common import wait_until
+from tests.support.drivers import running, wait_open
+from tests.support.store import write_locked
 
 
 @contextlib.asynccontextmanager
@@ -36,18 +36,6 @@ async def opened(path: Path, high_water: int, **kwargs: int) -> AsyncIterator[St
         yield store
     finally:
         await store.close()
-
-
-@contextlib.contextmanager
-def write_locked(path: Path) -> Iterator[None]:
-    """Hold the database's write lock from outside, so the writer waits inside a commit."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield
-        conn.execute("ROLLBACK")
-    finally:
-        conn.close()
 
 
 def values(stored: list[StoredReading]) -> list[int]:

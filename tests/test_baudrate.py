@@ -17,8 +17,8 @@ from gateway.errors import ConfigError
 from gateway.reading import Sample
 from gateway.retry import Backoff
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,7 @@ import tomli_w
 from drivers.serial_port import BAUDRATES
 from gateway import __version__, cli
 from gateway.errors import StoreError
+from tests.support.cli import edge_gateway
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,17 +46,6 @@ BAD_CONFIG_LINES = [
     + ', or another whole number of bits per second from 50 to 12000000 (got "9600")',
     'edge-gateway: devices[1].prot: unknown key (did you mean "port"?)',
 ]
-
-
-def edge_gateway(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *map(str, args)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-        check=False,
-    )
 
 
 @pytest.fixture

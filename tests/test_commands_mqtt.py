@@ -17,9 +17,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.commands.signing import sign
-from tests.fixtures.common import wait_until, wait_until_sync
-from tests.fixtures.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto
+from tests.support.common import wait_until, wait_until_sync
+from tests.support.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
+from tests.support.mosquitto import Mosquitto
 
 BASE = "edge/gw-test/cmd"
 REPLIES = "replies/test-client"

@@ -33,6 +33,7 @@ from gateway.settings import (
     Settings,
     StoreSettings,
 )
+from tests.support.config import parse, problems, write
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "examples").glob("*.toml"))
@@ -40,22 +41,6 @@ TOKEN = "0123456789abcdef-token"
 
 DEVICE = '[[devices]]\nid = "d1"\ndriver = "serial_line"\nport = "/dev/ttyUSB0"\n'
 GPIO = '[[devices]]\nid = "g1"\ndriver = "gpio_input"\npin = 17\n'
-
-
-def write(tmp_path: Path, text: str, name: str = "gateway.toml") -> Path:
-    path = tmp_path / name
-    path.write_text(text, encoding="utf-8")
-    return path
-
-
-def problems(tmp_path: Path, text: str) -> list[str]:
-    with pytest.raises(ConfigError) as caught:
-        load_config(write(tmp_path, text))
-    return [str(p) for p in caught.value.problems]
-
-
-def parse(tmp_path: Path, text: str) -> Settings:
-    return load_config(write(tmp_path, text))
 
 
 def serial_devices(settings: Settings) -> list[SerialLineSettings]:

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.local import TOKEN
-from tests.test_cli import edge_gateway
-from tests.test_local_api import issue_server_cert
+from tests.support.cli import edge_gateway
+from tests.support.local import TOKEN, issue_server_cert
 
 
 def write(path: Path, text: str, mode: int) -> Path:

@@ -28,8 +28,8 @@ from gateway.settings import (
 )
 from gateway.store import Store
 from simulators.pty_device import PtyDevice
-from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.local import TOKEN, FakeUplink, local_settings
+from tests.support.common import free_port, wait_until
+from tests.support.local import TOKEN, FakeUplink, local_settings
 
 pytestmark = pytest.mark.browser
 

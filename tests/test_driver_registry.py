@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import tomllib
 from collections.abc import Iterator
@@ -19,25 +18,9 @@ from gateway.driver_registry import ENTRY_POINT_GROUP, DriverSpec, drivers
 from gateway.errors import ConfigError, ConfigProblem
 from gateway.fields import Given, check_table, choice, key, tables, text
 from gateway.settings import DeviceSettings, driver_tag
+from tests.support.imports import imported_modules
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module ``path`` imports, at any depth of its code (also inside functions)."""
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module is not None and not node.level:
-            names.add(node.module)
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "import_module":
-            names.update(
-                a.value
-                for a in node.args
-                if isinstance(a, ast.Constant) and isinstance(a.value, str)
-            )
-    return names
 
 
 def test_the_core_never_imports_a_driver_module() -> None:
@@ -161,6 +144,7 @@ from typing import Literal
 from gateway.driver_registry import DriverSpec
 from gateway.fields import choice, key, tables, text
 from gateway.settings import DeviceSettings, driver_tag
+from tests.support.imports import imported_modules
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,15 +13,22 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.tcp_proxy import TcpProxy
-from tests.test_mqtt_support import delivered
+from tests.support.common import wait_until
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.gateway_status import (
+    DRAIN_TIMEOUT,
+    acked_at_least,
+    committed_at_least,
+    drained,
+    last_seq,
+    uplink_state_is_not,
+)
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.mqtt_uplink import delivered
+from tests.support.tcp_proxy import TcpProxy
 
 # Readings that must be committed in each phase while the fault is in place.
 PHASE_READINGS = 300
-DRAIN_TIMEOUT = 60.0
 
 
 def check_delivery(subscriber: MqttSubscriber, last_seq: int) -> None:
@@ -48,44 +55,6 @@ async def stop_and_check_delivery(
     )
     assert gw.terminate() == 0
     check_delivery(subscriber, last)
-
-
-def committed_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return int((await gw.status())["store"]["last_seq"]) >= n
-
-    return check
-
-
-def acked_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return int((await gw.status())["uplinks"]["mqtt"]["acked_seq"]) >= n
-
-    return check
-
-
-def uplink_state_is_not(gw: GatewayProcess, state: str) -> Callable[[], Awaitable[bool]]:
-    async def check() -> bool:
-        return bool((await gw.status())["uplinks"]["mqtt"]["state"] != state)
-
-    return check
-
-
-def drained(gw: GatewayProcess) -> Callable[[], Awaitable[bool]]:
-    """Nothing waits in the log and the uplink has everything acknowledged."""
-
-    async def check() -> bool:
-        status = await gw.status()
-        return bool(
-            status["store"]["depth"] == 0
-            and status["uplinks"]["mqtt"]["acked_seq"] == status["store"]["last_seq"]
-        )
-
-    return check
-
-
-async def last_seq(gw: GatewayProcess) -> int:
-    return int((await gw.status())["store"]["last_seq"])
 
 
 async def fault_cycle(gw: GatewayProcess, proxy: TcpProxy, broker: Mosquitto) -> None:

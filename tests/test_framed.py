@@ -21,12 +21,11 @@ from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError
 from gateway.reading import Sample
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.test_sim_cli import start_sim, stop
-from tests.test_sim_pty import PortReader
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.sim import PortReader, start_sim, stop
 
 DEVICE = '[[devices]]\nid = "node-1"\ndriver = "framed"\nport = "/dev/ttyACM0"\n'
 

@@ -28,8 +28,8 @@ from gateway.driver_registry import create_driver, drivers
 from gateway.errors import DriverError
 from gateway.reading import Sample
 from gateway.retry import Backoff
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
 
 # The core -----------------------------------------------------------------
 

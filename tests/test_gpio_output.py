@@ -28,9 +28,9 @@ from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError, DriverError
 from gateway.reading import Sample
 from gateway.retry import Backoff
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
 
 
 class ListSink(RecordingSink):

@@ -20,7 +20,7 @@ from gateway.reading import (
     encode,
 )
 from gateway.store import admin
-from tests.test_store_support import opened
+from tests.support.store import opened
 
 
 async def test_bad_and_surplus_sensor_names_become_counted_dead_letters(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-import trustme
 
 from gateway import __version__
 from gateway.errors import ConfigError, StoreError
@@ -20,8 +19,15 @@ from gateway.local.latest import sensor_of
 from gateway.reading import Sample, encode
 from gateway.settings import GatewaySettings, Settings, StoreSettings
 from gateway.store import Store
-from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.local import TOKEN, local_gateway, local_settings, receive_json
+from tests.support.common import free_port, wait_until
+from tests.support.local import (
+    TOKEN,
+    issue_server_cert,
+    local_gateway,
+    local_settings,
+    parse_samples,
+    receive_json,
+)
 
 METRIC_NAMES = [
     "edge_gateway_info",
@@ -71,15 +77,6 @@ METRIC_NAMES = [
     "process_open_fds",
     "process_start_time_seconds",
 ]
-
-
-def parse_samples(text: str) -> dict[str, float]:
-    samples: dict[str, float] = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            samples[name] = float(value)
-    return samples
 
 
 async def test_healthz_needs_no_token_and_reports_ok(tmp_path: Path) -> None:
@@ -309,15 +306,6 @@ async def test_dashboard_is_self_contained(tmp_path: Path) -> None:
             async with gw.session.get(gw.url(asset)) as resp:
                 assert resp.status == 200
                 assert "https://" not in await resp.text()
-
-
-def issue_server_cert(tmp_path: Path) -> tuple[trustme.CA, Path, Path]:
-    ca = trustme.CA()
-    server_cert = ca.issue_cert("127.0.0.1", "localhost")
-    cert, key = tmp_path / "local.crt", tmp_path / "local.key"
-    server_cert.cert_chain_pems[0].write_to_path(cert)
-    server_cert.private_key_pem.write_to_path(key)
-    return ca, cert, key
 
 
 async def test_serve_over_tls_answers_https_and_wss(tmp_path: Path) -> None:

@@ -9,9 +9,8 @@ from pathlib import Path
 import aiohttp
 
 from gateway.local.connections import ACCEPT_BURST, FD_RESERVE, connection_limit
-from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.local import local_settings, served
-from tests.test_local_api import parse_samples
+from tests.support.common import free_port, wait_until
+from tests.support.local import local_settings, parse_samples, served
 
 
 async def scrape(port: int) -> dict[str, float]:

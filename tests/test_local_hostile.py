@@ -19,9 +19,9 @@ from typing import Any
 import aiohttp
 
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.test_local_api import parse_samples
+from tests.support.common import wait_until
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.local import parse_samples
 
 # Low enough that a thousand sockets would exhaust it without the connection bounds.
 FD_LIMIT = 256
@@ -56,7 +56,7 @@ async def hostile_peers(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.fixtures.hostile_peers",
+        "tests.support.hostile_peers",
         "--port",
         str(port),
         "--sources",

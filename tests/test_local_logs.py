@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from gateway.local.redact import redact
-from tests.fixtures.common import free_port
-from tests.fixtures.local import TOKEN, local_settings, served
+from tests.support.common import free_port
+from tests.support.local import TOKEN, local_settings, served
 
 BAD_REQUESTS = [
     # A header line without a colon.

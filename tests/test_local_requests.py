@@ -13,9 +13,15 @@ import pytest
 from gateway.globs import MAX_GLOB_LENGTH, check_device_glob, glob_matcher, sqlite_glob
 from gateway.local.keys import HUB
 from gateway.local.server import CONTENT_SECURITY_POLICY
-from tests.fixtures.common import wait_until
-from tests.fixtures.local import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
-from tests.test_local_api import parse_samples
+from tests.support.common import wait_until
+from tests.support.local import (
+    TOKEN,
+    LocalGateway,
+    local_gateway,
+    local_settings,
+    parse_samples,
+    receive_json,
+)
 
 STREAM = "/api/v1/stream"
 

@@ -11,10 +11,9 @@ import aiohttp
 import pytest
 import trustme
 
-from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.gateway_proc import TOKEN, GatewayProcess
-from tests.fixtures.local import local_settings, receive_json, served
-from tests.test_local_api import issue_server_cert
+from tests.support.common import free_port, wait_until
+from tests.support.gateway_proc import TOKEN, GatewayProcess
+from tests.support.local import issue_server_cert, local_settings, receive_json, served
 
 NEW_TOKEN = "rotated-token-abcdefghijklmnop"
 

@@ -20,9 +20,9 @@ from gateway.local.stream import StreamClient, StreamCounters, text_frame
 from gateway.local.stream.frames import commit_messages as _messages
 from gateway.reading import StoredReading
 from gateway.store import Store
-from tests.fixtures.common import wait_for_value, wait_until
-from tests.fixtures.local import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
-from tests.test_mqtt_support import put
+from tests.support.common import wait_for_value, wait_until
+from tests.support.local import TOKEN, LocalGateway, local_gateway, local_settings, receive_json
+from tests.support.mqtt_uplink import put
 
 STREAM = "/api/v1/stream"
 

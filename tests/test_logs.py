@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from gateway.logs import LineFormatter, RepeatFilter, setup_logging, stream_is_journal
-from tests.fixtures.common import wait_until_sync
+from tests.support.common import wait_until_sync
 
 ROOT = Path(__file__).resolve().parents[1]
 

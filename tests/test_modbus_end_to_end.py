@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from drivers.modbus_rtu.device import METER_REGISTERS
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.common import wait_until
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
 
 
 def meter_keys(slave_id: int) -> dict[str, object]:

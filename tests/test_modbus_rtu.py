@@ -20,8 +20,8 @@ from drivers.modbus_rtu.transport import ModbusRtuDriver
 from gateway.errors import DriverError
 from gateway.reading import Sample
 from simulators.modbus_bus import ModbusBus
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running
 
 
 class Sink(RecordingSink):

@@ -18,10 +18,9 @@ from collections.abc import Callable
 
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
-from tests.fixtures.common import wait_until
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.mqtt_wire import MqttWireProxy, StandInBroker
-from tests.test_mqtt_support import (
+from tests.support.common import wait_until
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.mqtt_uplink import (
     GATEWAY,
     assert_complete_and_ordered,
     put,
@@ -29,6 +28,7 @@ from tests.test_mqtt_support import (
     settings_for,
     stored_payloads,
 )
+from tests.support.mqtt_wire import MqttWireProxy, StandInBroker
 
 DEVICES = ("thermo-1", "thermo-2", "meter-7")
 

@@ -8,9 +8,9 @@ from gateway.interfaces import CommitListener, StoreStats
 from gateway.reading import StoredReading
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
-from tests.fixtures.common import wait_for_value, wait_until
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.test_mqtt_support import GATEWAY, put, running, settings_for
+from tests.support.common import wait_for_value, wait_until
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.mqtt_uplink import GATEWAY, put, running, settings_for
 
 
 class CountingLog:

@@ -8,15 +8,15 @@ from pathlib import Path
 
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
-from tests.fixtures.common import wait_until
-from tests.fixtures.mosquitto import (
+from tests.support.common import wait_until
+from tests.support.mosquitto import (
     Mosquitto,
     MqttSubscriber,
     TlsFiles,
     make_tls_files,
     write_password_file,
 )
-from tests.test_mqtt_support import (
+from tests.support.mqtt_uplink import (
     GATEWAY,
     assert_complete_and_ordered,
     put,

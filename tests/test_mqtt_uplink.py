@@ -7,10 +7,9 @@ from typing import Any
 
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
-from tests.fixtures.common import wait_for_value, wait_until
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.tcp_proxy import TcpProxy
-from tests.test_mqtt_support import (
+from tests.support.common import wait_for_value, wait_until
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.mqtt_uplink import (
     GATEWAY,
     assert_complete_and_ordered,
     put,
@@ -18,6 +17,7 @@ from tests.test_mqtt_support import (
     settings_for,
     stored_payloads,
 )
+from tests.support.tcp_proxy import TcpProxy
 
 
 async def test_delivers_per_device_messages_and_advances_cursor(

@@ -19,12 +19,11 @@ from gateway.errors import ConfigError
 from gateway.reading import Sample
 from gateway.retry import Backoff
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.test_sim_cli import start_sim, stop
-from tests.test_sim_pty import PortReader
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.sim import PortReader, start_sim, stop
 
 # Where the simulated receiver drives its circle (about 160 m round a point in Munich).
 CENTRE = (48.1173, 11.5167)

@@ -34,10 +34,10 @@ from gateway.config import load_config
 from gateway.driver_registry import create_driver
 from gateway.errors import ConfigError
 from gateway.reading import Sample
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
 
 BOILER = "28-0316a2799bff"
 RETURN = "28-0416b3a1c2ff"

@@ -37,12 +37,12 @@ import pytest
 
 from gateway.store.schema import DB_NAME, WAL_AUTOCHECKPOINT_BYTES
 from simulators import PtyDevice
-from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.powercut import PowerCutRig, sync_dir, write_file
-from tests.fixtures.tcp_proxy import TcpProxy
-from tests.test_end_to_end import DRAIN_TIMEOUT, drained, last_seq
+from tests.support.common import free_port, wait_until
+from tests.support.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
+from tests.support.gateway_status import DRAIN_TIMEOUT, drained, last_seq
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.powercut import PowerCutRig, sync_dir, write_file
+from tests.support.tcp_proxy import TcpProxy
 
 DEFAULT_CUTS = 10
 SOAK_CUTS = int(os.environ.get("POWERCUT_SOAK_CUTS", "200"))

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures import powercut
-from tests.fixtures.powercut import PowerCutRig, sync_dir, write_file
+from tests.support import powercut
+from tests.support.powercut import PowerCutRig, sync_dir, write_file
 
 PAGE = 4096
 

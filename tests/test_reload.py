@@ -7,8 +7,8 @@ import signal
 from pathlib import Path
 
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.common import wait_until
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
 
 
 async def test_sighup_adds_and_removes_devices_without_closing_the_store(

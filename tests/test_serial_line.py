@@ -21,8 +21,8 @@ from gateway.reading import Sample
 from gateway.retry import Backoff
 from gateway.settings import DeviceSettings
 from simulators import PtyDevice
-from tests.fixtures.common import wait_for_value, wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
+from tests.support.common import wait_for_value, wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
 
 
 def fast() -> Backoff:

@@ -25,8 +25,8 @@ from gateway.errors import ConfigError, DriverError
 from gateway.reading import Sample, Value
 from gateway.retry import Backoff
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import RecordingSink, running, wait_open
+from tests.support.common import wait_until
+from tests.support.drivers import RecordingSink, running, wait_open
 
 TS = 1764086400.5
 

@@ -4,40 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
-from tests.fixtures.common import wait_until
-from tests.test_sim_pty import PortReader, counter_bytes
-
-ROOT = Path(__file__).resolve().parent.parent
-# The sub-command module on its own, as gateway.cli wires it under `edge-gateway sim`.
-SIM = (
-    "import argparse, sys\n"
-    "from simulators.cli import configure_parser, run\n"
-    "p = argparse.ArgumentParser(prog='edge-gateway sim')\n"
-    "configure_parser(p)\n"
-    "sys.exit(run(p.parse_args()))\n"
-)
-
-
-async def start_sim(*args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        SIM,
-        *args,
-        cwd=ROOT,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def stop(proc: asyncio.subprocess.Process, sig: signal.Signals) -> tuple[int, bytes]:
-    proc.send_signal(sig)
-    async with asyncio.timeout(10):
-        _, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, err
+from tests.support.common import wait_until
+from tests.support.sim import PortReader, counter_bytes, start_sim, stop
 
 
 async def test_sim_runs_until_sigterm(tmp_path: Path) -> None:

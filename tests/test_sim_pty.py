@@ -13,40 +13,8 @@ import pytest
 from drivers.serial_line.codec import REASON_NUL, LineDecoder
 from drivers.serial_line.device import CounterSource, garbage_line
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-
-
-class PortReader:
-    """Reads a device's slave through its link, without blocking, as a gateway would."""
-
-    def __init__(self, path: Path) -> None:
-        self.fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
-        self.data = bytearray()
-        self.hung_up = False
-
-    def poll(self) -> bytearray:
-        while not self.hung_up:
-            try:
-                chunk = os.read(self.fd, 65536)
-            except BlockingIOError:
-                break
-            except OSError:  # EIO: the other side is gone
-                self.hung_up = True
-                break
-            if not chunk:
-                self.hung_up = True
-            self.data += chunk
-        return self.data
-
-    def lines(self) -> int:
-        return self.poll().count(b"\n")
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
-def counter_bytes(first: int, last: int) -> bytes:
-    return b"".join(b"n=%d\n" % i for i in range(first, last + 1))
+from tests.support.common import wait_until
+from tests.support.sim import PortReader, counter_bytes
 
 
 async def test_counter_writes_exact_lines_in_raw_mode(tmp_path: Path) -> None:

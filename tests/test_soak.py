@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.fixtures.gateway_proc import GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.tcp_proxy import TcpProxy
 from tests.soak import campaign
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.tcp_proxy import TcpProxy
 
 
 async def _campaign(

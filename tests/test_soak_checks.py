@@ -11,13 +11,13 @@ from typing import Any
 import pytest
 
 from gateway.reading import Sample
-from tests.fixtures.mosquitto import Received
 from tests.soak import report
 from tests.soak.campaign import trends
 from tests.soak.ledger import DatabaseRead, Ledger, canonical, judge, read_database
 from tests.soak.sampler import Sample as SoakSample
 from tests.soak.trend import TrendBound, fit, theil_sen
-from tests.test_store_support import opened
+from tests.support.mosquitto import Received
+from tests.support.store import opened
 
 FDS = TrendBound("fds", "fds", floor=8.0, per_hour=8.0)
 

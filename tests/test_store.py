@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 from gateway.errors import StoreClosedError, StoreError
 from gateway.reading import DeadLetter, Sample, StoredReading, encode
 from gateway.store import Store
-from tests.fixtures.common import wait_until
-from tests.test_store_support import opened, sample
+from tests.support.common import wait_until
+from tests.support.store import opened, sample
 
 
 async def test_fresh_store_starts_at_one_and_stores_encoded_bytes(tmp_path: Path) -> None:

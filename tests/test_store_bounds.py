@@ -8,8 +8,8 @@ from pathlib import Path
 from gateway.reading import DeadLetter
 from gateway.store import Store, schema, trim
 from gateway.store.planner import TransactionPlan, growth_bound
-from tests.fixtures.common import wait_until
-from tests.test_store_support import opened, sample
+from tests.support.common import wait_until
+from tests.support.store import opened, sample
 
 MAX_BYTES = 256 * 1024
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 from pathlib import Path
@@ -12,14 +11,8 @@ import tomli_w
 
 from gateway.errors import StoreError
 from gateway.reading import DeadLetter
-from gateway.store import queue_cli
-from tests.test_store_support import opened, sample
-
-
-def queue(*argv: str) -> int:
-    parser = argparse.ArgumentParser(prog="edge-gateway queue")
-    queue_cli.configure_parser(parser)
-    return queue_cli.run(parser.parse_args(argv))
+from tests.support.cli import queue
+from tests.support.store import opened, sample
 
 
 async def _prepare(data_dir: Path) -> None:

@@ -13,10 +13,10 @@ import aiohttp
 
 from gateway.store import schema
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.test_store_damage import damage_page, readings_leaves
+from tests.support.common import wait_until
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.store_damage import damage_page, readings_leaves
 
 
 async def get_text(url: str) -> str:

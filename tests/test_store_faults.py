@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
 import signal
-import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,8 +16,8 @@ from gateway.errors import StoreError
 from gateway.reading import DeadLetter, Sample, encode
 from gateway.settings import StoreSettings
 from gateway.store import Store, planner, writer
-from tests.fixtures.common import wait_until
-from tests.test_store_support import opened, pages, sample
+from tests.support.common import wait_until
+from tests.support.store import fill_filesystem, opened, pages, sample, tiny_filesystem
 
 
 def _values(payloads: list[bytes]) -> list[float]:
@@ -97,30 +94,12 @@ async def test_full_buffer_drops_by_policy_and_counts(
             assert after[0] == pytest.approx(20.0 + committed / 10)  # the oldest survive
 
 
-@contextlib.contextmanager
-def _tiny_filesystem(where: Path) -> Iterator[Path]:
-    where.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(where)], check=True)
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=True)
-
-
-def _fill_filesystem(path: Path) -> Path:
-    filler = path / "filler"
-    with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
-        while True:
-            f.write(b"\0" * 4096)
-    return filler
-
-
 async def test_real_full_filesystem_degrades_then_recovers(tmp_path: Path) -> None:
-    with _tiny_filesystem(tmp_path / "fs") as fs:
+    with tiny_filesystem(tmp_path / "fs") as fs:
         async with opened(fs, min_free_bytes=0) as store:
             store.put_samples([sample(i) for i in range(10)])
             await store.flush()
-            filler = _fill_filesystem(fs)
+            filler = fill_filesystem(fs)
             store.put_samples([sample(i) for i in range(5000)])
             await wait_until(lambda: store.health_reason == "disk full", message="disk full")
             assert store.last_seq < 5010

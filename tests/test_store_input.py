@@ -30,10 +30,9 @@ from gateway.store.ingress import (
     MAX_PENDING_REQUESTS,
 )
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.drivers import running, wait_open
-from tests.test_backpressure import write_locked
-from tests.test_store_support import opened, sample
+from tests.support.common import wait_until
+from tests.support.drivers import running, wait_open
+from tests.support.store import opened, sample, write_locked
 
 BIG = 60 * 1024  # a dead letter of some 15 pages
 

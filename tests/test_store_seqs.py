@@ -9,7 +9,6 @@ before the last commits). See docs/store.md, *Seqs*.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 import struct
 from pathlib import Path
@@ -17,30 +16,8 @@ from pathlib import Path
 import pytest
 
 from gateway.store import schema
-from tests.test_store_damage import damage_page, readings_leaves
-from tests.test_store_support import opened, sample
-
-DB_FILES = ("readings.db", "readings.db-wal")
-SEQ_FILES = ("seq.floor", "seq.run")
-
-
-def copy(src: Path, dst: Path, names: tuple[str, ...]) -> None:
-    dst.mkdir(exist_ok=True)
-    for name in names:
-        if (src / name).exists():
-            shutil.copyfile(src / name, dst / name)
-
-
-async def next_seq(data_dir: Path, durability: str = "full") -> int:
-    async with opened(data_dir, durability=durability) as store:
-        store.put_samples([sample(0)])
-        return await store.flush()
-
-
-async def put(store_dir: Path, count: int, durability: str = "full") -> int:
-    async with opened(store_dir, durability=durability) as store:
-        store.put_samples([sample(i) for i in range(count)])
-        return await store.flush()
+from tests.support.store import DB_FILES, SEQ_FILES, copy, next_seq, opened, put, sample
+from tests.support.store_damage import damage_page, readings_leaves
 
 
 async def test_a_crash_under_full_continues_right_after_the_last_commit(tmp_path: Path) -> None:

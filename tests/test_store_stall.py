@@ -14,7 +14,7 @@ from gateway.reading import Sample
 from gateway.settings import StoreSettings
 from gateway.store import Store
 from gateway.store.store import STALL_AFTER
-from tests.test_store_support import pages
+from tests.support.store import pages
 
 
 async def test_a_running_writer_is_not_stalled_and_a_silent_one_is(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import pytest
 
 from gateway.settings import DeviceAccess, DeviceSettings, Settings
 from gateway.systemd_dropin import render
-from tests.test_systemd_unit import MAX_EXPOSURE, REPO, UNIT, exposure, make_root, verify
+from tests.support.systemd import MAX_EXPOSURE, REPO, UNIT, exposure, make_root, verify
 
 TOKEN = "dropin-test-token-0123456789"
 

@@ -25,7 +25,7 @@ from gateway.interfaces import (
 )
 from gateway.settings import Settings
 from gateway.systemd_notify import Notifier, status_line, watchdog
-from tests.fixtures.common import wait_until
+from tests.support.common import wait_until
 
 # Ten pings a second keeps the tests short. The stall is twice the lag bound, so the
 # tick after it is late whatever the machine's load; the other ticks are not asserted

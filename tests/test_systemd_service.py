@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from tests.fixtures.common import free_port, wait_until_sync
-from tests.test_systemd_unit import UNIT, service_section
+from tests.support.common import free_port, wait_until_sync
+from tests.support.systemd import UNIT, service_section
 
 PR_SET_MDWE = 65
 PR_MDWE_REFUSE_EXEC_GAIN = 1

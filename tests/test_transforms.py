@@ -9,7 +9,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +23,10 @@ from gateway.interfaces import DeviceStatus
 from gateway.reading import DeadLetter, Sample, Value
 from gateway.store import admin
 from gateway.transforms import Deadband, Transforms, TransformSettings, deadband
-from tests.fixtures.common import wait_until
-from tests.test_config import parse, problems
-from tests.test_store_support import opened
+from tests.support.common import wait_until
+from tests.support.config import parse, problems
+from tests.support.store import opened
+from tests.support.transforms import aggregate_reference, deadband_reference, interval_reference
 
 DEVICE = "dev-1"
 
@@ -59,42 +60,6 @@ def sent(samples: Sequence[Sample]) -> list[tuple[float, Value]]:
 
 
 # References: the rules as plainly as they can be written ---------------------------------
-
-
-def deadband_reference(
-    points: Sequence[tuple[float, Value]], band: Callable[[float], float]
-) -> list[tuple[float, Value]]:
-    kept: list[tuple[float, Value]] = []
-    for ts, value in points:
-        if not kept or abs(value - kept[-1][1]) > band(kept[-1][1]):  # type: ignore[operator, arg-type]
-            kept.append((ts, value))
-    return kept
-
-
-def interval_reference(
-    points: Sequence[tuple[float, Value]], interval: float
-) -> list[tuple[float, Value]]:
-    kept: list[tuple[float, Value]] = []
-    for ts, value in points:
-        if not kept or ts - kept[-1][0] >= interval:
-            kept.append((ts, value))
-    return kept
-
-
-def aggregate_reference(
-    points: Sequence[tuple[float, Value]], window: float, aggregate: str
-) -> list[tuple[float, Value]]:
-    groups: dict[int, list[Value]] = {}
-    for ts, value in points:
-        groups.setdefault(math.floor(ts / window), []).append(value)
-    compute: dict[str, Callable[[list[Any]], Value]] = {
-        "min": min,
-        "max": max,
-        "mean": lambda vs: sum(vs) / len(vs),
-        "last": lambda vs: vs[-1],
-        "count": len,
-    }
-    return [((index + 1) * window, compute[aggregate](vs)) for index, vs in groups.items()]
 
 
 # Each operation --------------------------------------------------------------------------

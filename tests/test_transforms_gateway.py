@@ -12,12 +12,12 @@ from typing import Any
 
 from gateway.store import admin
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.test_mqtt_support import delivered
-from tests.test_store_support import opened
-from tests.test_transforms import deadband_reference
+from tests.support.common import wait_until
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.mqtt_uplink import delivered
+from tests.support.store import opened
+from tests.support.transforms import deadband_reference
 
 LINES = 60
 

@@ -23,9 +23,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from simulators import PtyDevice
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.tcp_proxy import TcpProxy
 from tests.soak import report
 from tests.soak.faults import (
     BrokerRestart,
@@ -43,7 +40,10 @@ from tests.soak.faults import (
 from tests.soak.ledger import Ledger, integrity, judge, read_database
 from tests.soak.sampler import Sample, Sampler
 from tests.soak.trend import Trend, TrendBound, fit
-from tests.test_end_to_end import drained
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.gateway_status import drained
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.tcp_proxy import TcpProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 

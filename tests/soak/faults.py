@@ -28,17 +28,17 @@ import aiohttp
 import pytest
 
 from simulators import PtyDevice
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.fixtures.tcp_proxy import TcpProxy
 from tests.soak.ledger import Ledger, read_database
-from tests.test_end_to_end import (
+from tests.support.common import wait_until
+from tests.support.gateway_proc import GatewayProcess
+from tests.support.gateway_status import (
     acked_at_least,
     committed_at_least,
     last_seq,
     uplink_state_is_not,
 )
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.tcp_proxy import TcpProxy
 
 Condition = Callable[[], bool | Awaitable[bool]]
 

@@ -26,7 +26,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.fixtures.mosquitto import Received
+from tests.support.mosquitto import Received
 
 
 def canonical(reading: object) -> str:

@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import psutil
 
-from tests.fixtures.gateway_proc import TOKEN, GatewayProcess
+from tests.support.gateway_proc import TOKEN, GatewayProcess
 
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=5.0)
 LAG_METRIC = "edge_gateway_store_oldest_unsent_age_seconds"

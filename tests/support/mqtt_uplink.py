@@ -1,4 +1,4 @@
-"""Helpers shared by the MQTT test files (no tests here): readings, a running uplink."""
+"""The MQTT uplink in-process: its settings, readings to send, a running uplink, delivery checks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from gateway.reading import Sample
 from gateway.settings import MqttSettings
 from gateway.store import Store
 from gateway.uplinks import MqttUplink
-from tests.fixtures.mosquitto import MqttSubscriber
+from tests.support.mosquitto import MqttSubscriber
 
 GATEWAY = "gw-test"
 
