@@ -1,5 +1,5 @@
-"""The soak campaign (tests/soak/): kill -9, link faults, broker restarts, unplug/replug,
-disk full and a damaged page against the real gateway, watched and reported.
+"""The soak campaign (tests/soak/): kill -9, power cuts, link faults, broker restarts,
+unplug/replug, disk full and a damaged page against the real gateway, watched and reported.
 
 The default suite runs the short campaign (the restarting faults once, the others in
 rounds for about a minute; report in soak-report/short/). `make soak` runs the long one

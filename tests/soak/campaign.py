@@ -2,9 +2,12 @@
 
 A campaign runs rounds of fault steps against the real gateway (two counter devices on
 ptys, MQTT through a TCP proxy to a real mosquitto, the data directory on a tmpfs of its
-own) while a sampler watches it. A round is: the restarting faults (kill -9, and a
-damaged page while damages remain), then link dead, broker restart, unplug/replug,
-link reset and disk full. Restarting faults run only in the first rounds
+own) while a sampler watches it. With power cuts, the data directory is on the
+power-cut filesystem (tests/support/powercut.py) whose durable state lives on that
+tmpfs: the cut drops what was not fsynced, and filling the tmpfs fills the disk the
+gateway's fsyncs write back to. A round is: the restarting faults (kill -9, a power
+cut, and a damaged page while damages remain), then link dead, broker restart,
+unplug/replug, link reset and disk full. Restarting faults run only in the first rounds
 (``restart_until``); after that one gateway process lives to the end, and the RSS and
 fd trends are fitted over the whole rounds in the second half of its life. The campaign
 ends with the first round that ends after ``duration`` with ``min_unplugs`` done; then
@@ -32,6 +35,7 @@ from tests.soak.faults import (
     KillNine,
     LinkBlackhole,
     LinkReset,
+    PowerCut,
     Rig,
     UnplugReplug,
     moved_aside,
@@ -43,6 +47,7 @@ from tests.soak.trend import Trend, TrendBound, fit
 from tests.support.gateway_proc import DeviceSpec, GatewayProcess
 from tests.support.gateway_status import drained
 from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.powercut import PowerCutRig, fuse_unavailable
 from tests.support.tcp_proxy import TcpProxy
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -63,6 +68,7 @@ class Plan:
     damage_every: int  # rounds
     rates: tuple[float, float]  # lines per second of the two devices
     disk_size: str  # the data directory's tmpfs
+    power_cuts: bool  # the data directory on the power-cut rig, a cut in each restarting round
     sample_interval: float
     progress: int  # readings acknowledged after each fault
     timeout: float  # deadline of each condition
@@ -84,6 +90,7 @@ SHORT = Plan(
     damage_every=1,
     rates=(100.0, 50.0),
     disk_size="64m",
+    power_cuts=True,
     sample_interval=0.5,
     progress=50,
     timeout=60.0,
@@ -106,20 +113,25 @@ def long_plan() -> Plan:
         damage_every=4,
         rates=rates,
         disk_size=f"{disk_mib}m",
+        power_cuts=True,
         sample_interval=2.0,
         progress=200,
         timeout=120.0,
     )
 
 
-def round_steps(plan: Plan, round_no: int, elapsed: float, damages: int) -> list[FaultStep]:
-    """One round's faults, in order. A new fault (a power cut) is one more entry here;
-    if it replaces the gateway process it says so and stays out of the steady phase."""
+def round_steps(
+    plan: Plan, round_no: int, elapsed: float, damages: int, power_cuts: bool
+) -> list[FaultStep]:
+    """One round's faults, in order. A fault that replaces the gateway process says so
+    and stays out of the steady phase."""
     damage: list[FaultStep] = (
         [DamagedPage()] if damages < plan.max_damages and round_no % plan.damage_every == 0 else []
     )
+    cut: list[FaultStep] = [PowerCut()] if power_cuts else []
     steps: list[FaultStep] = [
         KillNine(),
+        *cut,
         *damage,
         LinkBlackhole(),
         BrokerRestart(),
@@ -169,13 +181,25 @@ async def run(
         },
         started_utc=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     )
+    no_cuts = fuse_unavailable() if plan.power_cuts else "not in this plan"
+    if no_cuts:
+        # Every other fault still runs; the report says why the cuts did not.
+        outcome.parameters["power_cuts"] = f"none: {no_cuts}"
     t0 = time.monotonic()
     sampler = Sampler(gw, t0, plan.sample_interval)
     ledger = Ledger()
     read_back = False
     try:
         async with AsyncExitStack() as stack:
-            stack.enter_context(tmpfs(gw.data_dir, plan.disk_size))
+            disk = stack.enter_context(tmpfs(workdir / "disk", plan.disk_size))
+            powercut = None
+            if not no_cuts:
+                powercut = PowerCutRig(disk / "rig")
+                powercut.mount()
+                stack.callback(powercut.unmount)
+                gw.data_path = powercut.mountpoint / "data"
+            else:
+                gw.data_path = disk / "data"
             devices = {
                 "dev-a": await stack.enter_async_context(
                     PtyDevice("counter", workdir / "dev-a", rate=plan.rates[0])
@@ -194,10 +218,11 @@ async def run(
                 broker,
                 subscriber,
                 devices,
-                gw.data_dir,
+                disk,
                 ledger,
                 plan.progress,
                 plan.timeout,
+                powercut,
             )
             await stack.enter_async_context(sampler.running())
             await rig.restart_gateway()
@@ -207,6 +232,7 @@ async def run(
             finally:
                 outcome.campaign_end = time.monotonic() - t0
                 outcome.unplugs = rig.unplugs
+                outcome.parameters["power cuts done"] = rig.cuts
             for device in devices.values():
                 device.pause()
             await rig.wait(drained(gw), "log drained")
@@ -247,7 +273,10 @@ async def _faults(plan: Plan, rig: Rig, t0: float, outcome: report.Outcome) -> N
     plugged, link up, delivery caught up), which the trend window starts and ends on."""
     round_no = 0
     while True:
-        for step in round_steps(plan, round_no, time.monotonic() - t0, rig.damages):
+        steps = round_steps(
+            plan, round_no, time.monotonic() - t0, rig.damages, rig.powercut is not None
+        )
+        for step in steps:
             start = time.monotonic() - t0
             detail = "FAILED"
             try:

@@ -7,10 +7,11 @@ replaces the gateway process (kill -9, a damaged page, and a power cut) says so 
 ``restarts_gateway``: the campaign keeps those out of its steady phase, so that one
 process lives long enough for the RSS and fd trend to mean something.
 
-A power cut plugs in as one more step: it needs the data directory on the power-cut
-filesystem (``Rig.data_disk``), cuts, remounts, starts the gateway and waits for
-delivery like ``KillNine``; ``Ledger`` then gets what the cut may undo as an exclusion,
-as ``DamagedPage`` does for its file.
+A power cut needs the data directory on the power-cut filesystem (``Rig.powercut``,
+whose durable state lives on ``Rig.data_disk``): it cuts, remounts, starts the gateway
+and waits for delivery like ``KillNine``. It needs no exclusion in the ledger: the
+campaign runs with ``durability = "full"``, so what the cut undoes was never committed
+nor delivered, and the database must pass ``integrity_check`` after every cut.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import aiohttp
 import pytest
 
 from simulators import PtyDevice
-from tests.soak.ledger import Ledger, read_database
+from tests.soak.ledger import Ledger, integrity, read_database
 from tests.support.common import wait_until
 from tests.support.gateway_proc import GatewayProcess
 from tests.support.gateway_status import (
@@ -38,6 +39,7 @@ from tests.support.gateway_status import (
     uplink_state_is_not,
 )
 from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.powercut import PowerCutRig
 from tests.support.tcp_proxy import TcpProxy
 
 Condition = Callable[[], bool | Awaitable[bool]]
@@ -54,12 +56,15 @@ class Rig:
     broker: Mosquitto
     subscriber: MqttSubscriber
     devices: dict[str, PtyDevice]
-    data_disk: Path  # the data directory, on a filesystem of its own
+    data_disk: Path  # the filesystem of its own that holds the data directory
     ledger: Ledger
     progress: int  # readings acknowledged after a fault for delivery to count as resumed
     timeout: float  # deadline of every condition a step waits for
+    # The power-cut filesystem the data directory is on, its backing on data_disk.
+    powercut: PowerCutRig | None = None
     unplugs: int = 0
     damages: int = 0
+    cuts: int = 0
 
     async def wait(self, predicate: Condition, message: str) -> None:
         await wait_until(predicate, timeout=self.timeout, interval=POLL, message=message)
@@ -102,6 +107,38 @@ class KillNine:
         await rig.delivery_resumes(self.name)
         assert rig.gw.proc is not None
         return f"pid {killed} killed, restarted as {rig.gw.proc.pid}"
+
+
+class PowerCut:
+    """Power lost under load: what was not fsynced is gone (every other cut torn).
+
+    The gateway is SIGKILLed by the cut, with the disk frozen first; the power comes
+    back (a fresh mount), the database must pass ``integrity_check`` before the gateway
+    starts on it, and delivery must resume.
+    """
+
+    name = "power cut"
+    restarts_gateway = True
+
+    async def run(self, rig: Rig) -> str:
+        powercut, proc = rig.powercut, rig.gw.proc
+        assert powercut is not None, "a power cut needs the data directory on the rig"
+        assert proc is not None
+        tear = rig.cuts % 2 == 0  # the first torn: a short campaign cuts once
+        # In a thread: the proxy and the devices run on this loop meanwhile.
+        summary = await asyncio.to_thread(powercut.cut, [proc], tear=tear)
+        rig.gw.proc = None
+        rig.cuts += 1
+        await asyncio.to_thread(powercut.mount)
+        check = integrity(rig.gw.data_dir / "readings.db")
+        if check != "ok":
+            pytest.fail(f"integrity_check after power cut {rig.cuts} ({summary}): {check}")
+        await rig.restart_gateway()
+        await rig.delivery_resumes(self.name)
+        return (
+            f"pid {proc.pid} cut ({'torn' if tear else 'unsynced dropped'}, seed "
+            f"{summary['seed']}, {len(summary['torn'])} pages torn); integrity ok, restarted"
+        )
 
 
 class LinkBlackhole:
