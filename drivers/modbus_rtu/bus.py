@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient
+from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
@@ -38,10 +39,13 @@ class Failure(Exception):
     (bytes heard, no valid answer: CRC error, wrong slave, truncated), "exception" (the
     slave answered with a Modbus exception) or "port" (the port cannot be used)."""
 
-    def __init__(self, kind: str, detail: str, raw: bytes = b"") -> None:
+    def __init__(self, kind: str, detail: str, raw: bytes = b"", code: int | None = None) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+        self.detail = detail
         self.raw = raw
+        # The slave's Modbus exception code, for kind "exception".
+        self.code = code
 
 
 class BusConflict(Exception):
@@ -145,7 +149,7 @@ class Bus:
                 raise Failure("bad frame", str(exc), self._heard) from None
             if response.isError():
                 code = response.exception_code
-                raise Failure("exception", f"exception code {code}")
+                raise Failure("exception", f"exception code {code} ({_meaning(code)})", code=code)
             return response
 
     async def read(self, slave: int, block: Block, answer_within: float) -> list[int]:
@@ -191,6 +195,13 @@ class Bus:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+def _meaning(code: int) -> str:
+    try:
+        return ExcCodes(code).name.lower().replace("_", " ")
+    except ValueError:
+        return "not a standard code"
 
 
 _buses: dict[str, Bus] = {}
