@@ -149,7 +149,7 @@ async def test_a_write_is_answered_once_the_slave_confirmed_and_read_back(
             "id": "w-refused",
             "ok": False,
             "error": "meter-2: slave 2 refused the write of setpoint: "
-            "Modbus exception code 4 (device failure)",
+            "Modbus exception code 4 (slave device failure)",
         }
         too_high = await cloud.request(
             "device.write", "w-high", {"device": "meter-1", "sensor": "setpoint", "value": 40}

@@ -49,7 +49,7 @@ async def test_read_now_fails_with_the_reason_when_the_slave_does_not_answer(
             await driver.read_now()
         sim.meters[1].silent = False
         sim.meters[1].exception = ExcCodes.DEVICE_FAILURE
-        with pytest.raises(DriverError, match=r"exception code 4 \(device failure\)"):
+        with pytest.raises(DriverError, match=r"exception code 4 \(slave device failure\)"):
             await driver.read_now()
 
 
@@ -82,7 +82,7 @@ async def test_a_write_is_confirmed_by_the_slave_before_it_returns(tmp_path: Pat
             await driver.write("setpoint", 10)
         assert str(refused.value) == (
             "meter-1: slave 1 refused the write of setpoint: "
-            "Modbus exception code 3 (illegal value)"
+            "Modbus exception code 3 (illegal data value)"
         )
         assert driver.counts["exception"] == 1
         sim.meters[1].exception = None

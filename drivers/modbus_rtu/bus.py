@@ -20,7 +20,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusSerialClient
-from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
@@ -197,11 +196,23 @@ class Bus:
             client.close()
 
 
+# The exception codes of the Modbus application protocol, named as the spec names them.
+_EXCEPTIONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "slave device failure",
+    5: "acknowledge",
+    6: "slave device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
 def _meaning(code: int) -> str:
-    try:
-        return ExcCodes(code).name.lower().replace("_", " ")
-    except ValueError:
-        return "not a standard code"
+    return _EXCEPTIONS.get(code, "not a standard code")
 
 
 _buses: dict[str, Bus] = {}
