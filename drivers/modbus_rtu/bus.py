@@ -38,13 +38,11 @@ class Failure(Exception):
     (bytes heard, no valid answer: CRC error, wrong slave, truncated), "exception" (the
     slave answered with a Modbus exception) or "port" (the port cannot be used)."""
 
-    def __init__(self, kind: str, detail: str, raw: bytes = b"", code: int | None = None) -> None:
+    def __init__(self, kind: str, detail: str, raw: bytes = b"") -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
         self.raw = raw
-        # The slave's Modbus exception code, for kind "exception".
-        self.code = code
 
 
 class BusConflict(Exception):
@@ -148,7 +146,7 @@ class Bus:
                 raise Failure("bad frame", str(exc), self._heard) from None
             if response.isError():
                 code = response.exception_code
-                raise Failure("exception", f"exception code {code} ({_meaning(code)})", code=code)
+                raise Failure("exception", f"exception code {code} ({_meaning(code)})")
             return response
 
     async def read(self, slave: int, block: Block, answer_within: float) -> list[int]:
