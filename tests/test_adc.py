@@ -27,7 +27,7 @@ from drivers.adc.transport import AdcDriver
 from gateway.app import Gateway
 from gateway.config import load_config, parse_config
 from gateway.driver_registry import create_driver
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DriverError
 from gateway.reading import Sample
 from gateway.retry import Backoff
 from gateway.settings import Settings
@@ -219,3 +219,28 @@ async def test_an_adc_in_a_running_gateway_to_mqtt(
     assert {(r["device"], r["sensor"], r["unit"]) for r in readings} == {("tank", "level", "cm")}
     for reading in readings:
         assert reading["value"] == pytest.approx(12.0, abs=10 * LSB10)
+
+
+async def test_read_now_converts_every_channel_between_polls(factory: MockFactory) -> None:
+    chip, sink = SimulatedMcp3xxx(factory), ListSink()
+    chip.volts[0], chip.volts[1] = 1.0, 2.0
+    settings = adc(
+        AdcChannel(channel=0, sensor="battery", scale=4.0),
+        AdcChannel(channel=1, sensor="raw"),
+        poll_interval=3600.0,
+    )
+    driver = AdcDriver(settings, sink, pin_factory=factory)
+    with pytest.raises(DriverError, match=r"tank: MCP3008 on SPI 0.0 not open \(state starting\)"):
+        await driver.read_now()
+    async with running(driver):
+        await wait_until(lambda: len(sink.batches) == 1, message="the first poll")
+        chip.volts[1] = 3.0
+        values = await driver.read_now()
+    assert values == {
+        "battery": pytest.approx(4.0, abs=4 * LSB10),
+        "raw": pytest.approx(3.0, abs=LSB10),
+    }
+    # Stored as a poll's readings, and no poll came between.
+    assert len(sink.batches) == 2
+    assert sink.values("raw")[-1] == values["raw"]
+    assert chip.conversions == 4

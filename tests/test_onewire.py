@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from drivers.onewire.settings import OneWireSettings
 from drivers.onewire.transport import REASON_NO_FILE, OneWireDriver
 from gateway.config import load_config
 from gateway.driver_registry import create_driver
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, DriverError
 from gateway.reading import Sample
 from tests.support.common import wait_until
 from tests.support.drivers import RecordingSink, running, wait_open
@@ -299,3 +300,20 @@ async def test_probes_to_mqtt_end_to_end(
     assert set(values("flow")) == {61.5}
     assert set(values(OLD)) == {18.0, 19.0}
     assert {r["unit"] for r in readings} == {"°C"}
+
+
+async def test_read_now_reads_every_probe_between_polls(tmp_path: Path) -> None:
+    tree, sink = W1Tree(tmp_path / "w1"), ListSink()
+    tree.plug(BOILER, 61.5)
+    tree.plug(OLD, -3.25, style="w1_slave")
+    driver = OneWireDriver(probes(tree, names={BOILER: "flow"}, poll_interval=3600.0), sink)
+    async with running(driver):
+        await wait_until(lambda: len(sink.samples) == 2, message="the first poll")
+        tree.set(BOILER, 62.0)
+        assert await driver.read_now() == {"flow": 62.0, OLD: -3.25}
+        # Stored as a poll's readings, and no poll came between.
+        assert sink.values("flow") == [61.5, 62.0]
+        # The bus master gone: the tree cannot be listed.
+        shutil.rmtree(tree.folder)
+        with pytest.raises(DriverError, match=r"probes: cannot list .*w1-gpio overlay"):
+            await driver.read_now()

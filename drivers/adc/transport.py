@@ -24,8 +24,9 @@ from drivers.adc.settings import CHANNELS, AdcSettings
 from drivers.fault_log import FaultLog
 from drivers.gpio_input.transport import classify_pin_error, open_failure, pin_errors
 from drivers.off_loop import open_off_loop
+from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
-from gateway.reading import Sample
+from gateway.reading import Sample, Value
 from gateway.retry import Backoff, Failure
 
 log = logging.getLogger(__name__)
@@ -56,6 +57,9 @@ class AdcDriver:
         self._faults = FaultLog(settings.id, log)
         self._clock = clock
         self._what = f"{settings.chip} on SPI {settings.spi_bus}.{settings.spi_device}"
+        self._channels: list[Any] | None = None
+        # One conversion at a time on the SPI bus: a poll and a read_now take turns.
+        self._converting = asyncio.Lock()
 
     async def run(self) -> None:
         try:
@@ -78,9 +82,11 @@ class AdcDriver:
             self.status.state = "open"
             self._faults.clear()
             log.info("%s: %s open", self.device_id, self._what)
+            self._channels = channels
             try:
                 fault = await self._poll_until_failed(channels)
             finally:
+                self._channels = None
                 closing = loop.run_in_executor(None, _close_all, channels)
                 # The bus is released before run() returns, even when it was cancelled.
                 await asyncio.shield(closing)
@@ -92,7 +98,7 @@ class AdcDriver:
         due = loop.time()
         while True:
             try:
-                volts = await asyncio.to_thread(_read_all, channels)
+                volts = await self._convert(channels)
             except pin_errors() as exc:
                 fault = classify_pin_error(exc)
                 self._failed(fault, f"cannot read {self._what}: {exc}")
@@ -102,6 +108,24 @@ class AdcDriver:
             # A schedule, not a sleep after each poll, so polls do not drift.
             due = max(due + self.settings.poll_interval, loop.time())
             await asyncio.sleep(due - loop.time())
+
+    async def read_now(self) -> dict[str, Value]:
+        """Read every channel now (between polls), store the readings as a poll's, and
+        answer with the values by sensor. DriverError if the chip is not open or the
+        read fails (the poll that follows finds the failure and reopens)."""
+        channels = self._channels
+        if channels is None:
+            raise DriverError(self.device_id, f"{self._what} not open (state {self.status.state})")
+        try:
+            volts = await self._convert(channels)
+        except pin_errors() as exc:
+            exc.__traceback__ = None
+            raise DriverError(self.device_id, f"cannot read {self._what}: {exc}") from None
+        return {sample.sensor: sample.value for sample in self._report(volts)}
+
+    async def _convert(self, channels: list[Any]) -> list[float]:
+        async with self._converting:
+            return await asyncio.to_thread(_read_all, channels)
 
     def _open_chip(self) -> list[Any]:
         """Runs in an executor: one gpiozero device per configured channel."""
@@ -127,7 +151,7 @@ class AdcDriver:
             raise
         return opened
 
-    def _report(self, volts: list[float]) -> None:
+    def _report(self, volts: list[float]) -> list[Sample]:
         ts = self._clock()
         samples = []
         for channel, value in zip(self.settings.channels, volts, strict=True):
@@ -137,6 +161,7 @@ class AdcDriver:
         self._sink.put_samples(samples)
         self.status.readings += len(samples)
         self.status.last_reading_ts = ts
+        return samples
 
     def _failed(self, fault: Failure, message: str) -> None:
         self.status.state = "waiting"

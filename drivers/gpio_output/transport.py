@@ -146,12 +146,23 @@ class GpioOutputDriver:
             raise DriverError(self.device_id, self.status.last_error) from None
         return self._report(device)
 
+    def read_now(self) -> dict[str, float | int]:
+        """The level the pin holds now. Not stored: the readings are the output's
+        changes, and this is the last of them."""
+        device = self._device
+        if device is None:
+            raise DriverError(self.device_id, f"output not open (state {self.status.state})")
+        return {self.sensor: self._level(device)}
+
+    def _level(self, device: Any) -> float | int:
+        return float(device.value) if self.settings.pwm else int(device.value)
+
     def _device_value(self, level: float) -> float | bool:
         return level if self.settings.pwm else level == 1.0
 
     def _report(self, device: Any) -> float | int:
         """The level the pin holds, as a reading; returned as the write's confirmation."""
-        value: float | int = float(device.value) if self.settings.pwm else int(device.value)
+        value = self._level(device)
         ts = self._clock()
         unit = self.settings.units.get(self.sensor)
         self._sink.put_samples([Sample(self.device_id, self.sensor, value, ts, unit)])

@@ -41,6 +41,7 @@ class Failure(Exception):
     def __init__(self, kind: str, detail: str, raw: bytes = b"") -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
+        self.detail = detail
         self.raw = raw
 
 
@@ -145,7 +146,7 @@ class Bus:
                 raise Failure("bad frame", str(exc), self._heard) from None
             if response.isError():
                 code = response.exception_code
-                raise Failure("exception", f"exception code {code}")
+                raise Failure("exception", f"exception code {code} ({_meaning(code)})")
             return response
 
     async def read(self, slave: int, block: Block, answer_within: float) -> list[int]:
@@ -191,6 +192,25 @@ class Bus:
         client, self._client = self._client, None
         if client is not None:
             client.close()
+
+
+# The exception codes of the Modbus application protocol, named as the spec names them.
+_EXCEPTIONS = {
+    1: "illegal function",
+    2: "illegal data address",
+    3: "illegal data value",
+    4: "slave device failure",
+    5: "acknowledge",
+    6: "slave device busy",
+    7: "negative acknowledge",
+    8: "memory parity error",
+    10: "gateway path unavailable",
+    11: "gateway target device failed to respond",
+}
+
+
+def _meaning(code: int) -> str:
+    return _EXCEPTIONS.get(code, "not a standard code")
 
 
 _buses: dict[str, Bus] = {}

@@ -21,7 +21,7 @@ from collections.abc import Callable
 
 from drivers.fault_log import FaultLog
 from drivers.modbus_rtu.bus import Bus, BusConflict, Failure, shared_bus
-from drivers.modbus_rtu.codec import Value, encode, plan
+from drivers.modbus_rtu.codec import Value, decode, encode, plan
 from drivers.modbus_rtu.settings import ModbusRtuSettings
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
@@ -79,9 +79,9 @@ class ModbusRtuDriver:
         silent_polls = 0
         while True:
             started = loop.time()
-            answered = await self._poll(bus)
+            _samples, silence = await self._read(bus)
             self.polls += 1
-            if answered:
+            if silence is None:
                 silent_polls = 0
                 self.status.state = "open"
                 await asyncio.sleep(max(0.0, started + self.settings.poll_interval - loop.time()))
@@ -94,10 +94,11 @@ class ModbusRtuDriver:
             # took a whole timeout, and the bus must then go to the others.
             await asyncio.sleep(backoff)
 
-    async def _poll(self, bus: Bus) -> bool:
-        """One read of every block; False if the slave did not answer."""
+    async def _read(self, bus: Bus) -> tuple[list[Sample], Failure | None]:
+        """One read of every block, its readings put in the sink; with the failure that
+        ended it if the slave did not answer."""
         samples: list[Sample] = []
-        answered = True
+        silence: Failure | None = None
         clean = True
         for block in self.blocks:
             try:
@@ -107,7 +108,7 @@ class ModbusRtuDriver:
                 clean = False
                 if failure.kind == "exception":
                     continue
-                answered = False
+                silence = failure
                 break
             ts = self._clock()
             for register, value in block.values(words):
@@ -119,7 +120,22 @@ class ModbusRtuDriver:
             self.status.last_reading_ts = samples[-1].ts
         if clean:
             self._faults.clear()
-        return answered
+        return samples, silence
+
+    async def read_now(self) -> dict[str, Value]:
+        """Poll the slave now, through the bus owner (between the other requests of the
+        bus), store the readings as a poll's, and answer with the values by sensor.
+        DriverError if the slave did not answer; registers it refused with an exception
+        are left out."""
+        bus = self._bus
+        if bus is None:
+            raise DriverError(self.device_id, f"not running (state {self.status.state})")
+        samples, silence = await self._read(bus)
+        if silence is not None:
+            raise DriverError(self.device_id, f"read failed: {silence}")
+        if not samples:
+            raise DriverError(self.device_id, f"read failed: {self.status.last_error}")
+        return {sample.sensor: sample.value for sample in samples}
 
     def _failed(self, failure: Failure) -> None:
         self.counts[failure.kind] += 1
@@ -134,9 +150,11 @@ class ModbusRtuDriver:
         # One line per kind of failure while it repeats, not one per poll.
         self._faults.report(logging.WARNING, f"slave {self.settings.slave_id}: {failure.kind}")
 
-    async def write(self, sensor: str, value: Value) -> None:
-        """Set a ``writable`` register or coil through the bus; returns once the slave
-        confirmed it. DriverError if it cannot be written or the slave did not confirm."""
+    async def write(self, sensor: str, value: Value) -> Value:
+        """Set a ``writable`` register or coil through the bus; returns, once the slave
+        confirmed it, the value written (after rounding to the register's type).
+        DriverError if it cannot be written or the slave did not confirm; a slave's
+        refusal carries its Modbus exception code."""
         register = self._registers.get(sensor)
         if register is None:
             raise DriverError(self.device_id, f"no register named {sensor!r}")
@@ -153,4 +171,11 @@ class ModbusRtuDriver:
             await bus.write(self.settings.slave_id, register, words, self.settings.timeout)
         except Failure as failure:
             self._failed(failure)
+            if failure.kind == "exception":
+                raise DriverError(
+                    self.device_id,
+                    f"slave {self.settings.slave_id} refused the write of {sensor}: "
+                    f"Modbus {failure.detail}",
+                ) from None
             raise DriverError(self.device_id, f"write of {sensor} failed: {failure}") from None
+        return decode(register, words)

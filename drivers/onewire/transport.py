@@ -24,8 +24,9 @@ from pathlib import Path
 from drivers.fault_log import FaultLog
 from drivers.onewire.codec import PROBE_ID, Refused, decode
 from drivers.onewire.settings import OneWireSettings
+from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
-from gateway.reading import DeadLetter, Sample
+from gateway.reading import DeadLetter, Sample, Value
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,8 @@ class OneWireDriver:
         self._sink = sink
         self._clock = clock
         self._faults = FaultLog(settings.id, log)
+        # One poll at a time, a read_now's included: each may hold the bus for seconds.
+        self._polling = asyncio.Lock()
 
     async def run(self) -> None:
         try:
@@ -107,21 +110,34 @@ class OneWireDriver:
         base = Path(self.settings.base_path)
         due = loop.time()
         while True:
-            try:
-                reads = await asyncio.to_thread(read_tree, base, self._clock)
-            except OSError as exc:
-                self._tree_failed(exc)
-            else:
-                if self.status.state != "open":
-                    self._faults.clear()
-                    log.info("%s: reading 1-Wire probes under %s", self.device_id, base)
-                self.status.state = "open"
-                self._take(reads)
+            await self._poll(base)
             # A schedule, not a sleep after each poll, so polls do not drift.
             due = max(due + self.settings.poll_interval, loop.time())
             await asyncio.sleep(due - loop.time())
 
-    def _tree_failed(self, exc: OSError) -> None:
+    async def read_now(self) -> dict[str, Value]:
+        """Read every probe now (after a poll under way, if any), store the readings as a
+        poll's, and answer with the values by sensor; a probe that could not be read is
+        left out (a dead letter, as in a poll). DriverError if the tree cannot be listed."""
+        samples = await self._poll(Path(self.settings.base_path))
+        if isinstance(samples, str):
+            raise DriverError(self.device_id, samples)
+        return {sample.sensor: sample.value for sample in samples}
+
+    async def _poll(self, base: Path) -> list[Sample] | str:
+        """One read of the tree: its readings, or why it cannot be listed."""
+        async with self._polling:
+            try:
+                reads = await asyncio.to_thread(read_tree, base, self._clock)
+            except OSError as exc:
+                return self._tree_failed(exc)
+            if self.status.state != "open":
+                self._faults.clear()
+                log.info("%s: reading 1-Wire probes under %s", self.device_id, base)
+            self.status.state = "open"
+            return self._take(reads)
+
+    def _tree_failed(self, exc: OSError) -> str:
         message = (
             f"cannot list {self.settings.base_path}: {exc.strerror or exc} "
             "(no 1-Wire bus master: is the w1-gpio overlay enabled?)"
@@ -132,8 +148,9 @@ class OneWireDriver:
         self._faults.report(logging.WARNING, message)
         self._gone(self.present)
         self.present = frozenset()
+        return message
 
-    def _take(self, reads: list[ProbeRead]) -> None:
+    def _take(self, reads: list[ProbeRead]) -> list[Sample]:
         seen = frozenset(read.probe for read in reads)
         for probe in sorted(seen - self.present):
             log.info("%s: probe %s found", self.device_id, probe)
@@ -155,6 +172,7 @@ class OneWireDriver:
             self._sink.put_samples(samples)
             self.status.readings += len(samples)
             self.status.last_reading_ts = samples[-1].ts
+        return samples
 
     def _gone(self, probes: frozenset[str]) -> None:
         for probe in sorted(probes):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from gateway.commands.router import Args, BadArgs, CommandError, Handler
+from gateway.errors import DriverError
 from gateway.interfaces import GatewayView
 from gateway.settings import CommandSettings, WriteRule
 
@@ -89,7 +90,7 @@ def builtin_handlers(
         method = getattr(running(device), "read_now", None)
         if not callable(method):
             raise CommandError(f"device {device} cannot be read on demand")
-        return {"device": device, "values": await _maybe_await(method())}
+        return {"device": device, "values": await _from_driver(method)}
 
     async def write(args: Args) -> object:
         device = configured(args)
@@ -101,7 +102,7 @@ def builtin_handlers(
         method = getattr(running(device), "write", None)
         if not callable(method):
             raise CommandError(f"device {device} cannot be written")
-        confirmed = await _maybe_await(method(sensor, value))
+        confirmed = await _from_driver(method, sensor, value)
         return {"device": device, "sensor": sensor, "value": value, "confirmed": confirmed}
 
     return {
@@ -140,8 +141,14 @@ def _text(args: Mapping[str, object], name: str) -> str:
     return value
 
 
-async def _maybe_await(value: object) -> object:
-    # Drivers may answer at once or after the device confirmed (a coroutine).
-    if inspect.isawaitable(value):
-        return await value
+async def _from_driver(method: Callable[..., object], *args: object) -> object:
+    """The driver's answer; its DriverError (the device's own reason) becomes the
+    command's error, not an internal one."""
+    try:
+        value = method(*args)
+        # Drivers may answer at once or after the device confirmed (a coroutine).
+        if inspect.isawaitable(value):
+            return await value
+    except DriverError as err:
+        raise CommandError(str(err)) from None
     return value
