@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from gateway.errors import ConfigError
 from gateway.interfaces import DeviceStatus, Driver, GatewayView
 from gateway.settings import CommandSettings, Settings, WriteRule
 from gateway.store import Store
+from tests.support.commands import Runtime, request
 
 ALL = (
     "ping",
@@ -30,10 +30,6 @@ ALL = (
     "device.read",
     "device.write",
 )
-
-
-def request(request_id: str, args: Mapping[str, object] | None = None, **more: object) -> bytes:
-    return json.dumps({"id": request_id, "args": dict(args or {}), **more}).encode()
 
 
 class Counting:
@@ -203,26 +199,6 @@ class ReadOnlyDriver:
 
     async def run(self) -> None:
         await asyncio.Event().wait()
-
-
-class Runtime:
-    def __init__(self, view: GatewayView) -> None:
-        self.view = view
-        self.enabled: dict[str, bool] = {}
-
-    def status_body(self) -> dict[str, object]:
-        return {"gateway": self.view.gateway_id}
-
-    def configured_devices(self) -> set[str]:
-        return set(self.view.devices)
-
-    async def set_device_enabled(self, device: str, enabled: bool) -> bool:
-        changed = self.enabled.get(device, True) != enabled
-        self.enabled[device] = enabled
-        return changed
-
-    async def reload(self) -> None:
-        raise CommandError("no file")
 
 
 async def test_writes_follow_the_write_rules_and_the_driver(store: Store, tmp_path: Path) -> None:

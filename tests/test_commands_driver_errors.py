@@ -14,7 +14,7 @@ from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, Driver, GatewayView
 from gateway.settings import CommandSettings, Settings, WriteRule
 from gateway.store import Store
-from tests.test_commands import Runtime, request
+from tests.support.commands import Runtime, request
 
 
 class RefusingDriver:

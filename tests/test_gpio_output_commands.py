@@ -17,9 +17,9 @@ from gpiozero.pins.mock import MockFactory
 
 from gateway.app import Gateway
 from gateway.config import parse_config
-from tests.fixtures.common import free_port, wait_until
-from tests.fixtures.drivers import wait_open
-from tests.fixtures.gateway_proc import TOKEN
+from tests.support.common import free_port, wait_until
+from tests.support.drivers import wait_open
+from tests.support.gateway_proc import TOKEN
 
 
 async def test_device_write_switches_the_pin_and_stores_its_new_state(

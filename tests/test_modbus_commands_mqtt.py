@@ -16,11 +16,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from drivers.modbus_rtu.device import METER_REGISTERS
-from tests.fixtures.common import wait_until
-from tests.fixtures.gateway_proc import DeviceSpec, GatewayProcess
-from tests.fixtures.mosquitto import Mosquitto, MqttSubscriber
-from tests.test_commands_mqtt import REPLIES, CommandClient, subscribed
-from tests.test_modbus_end_to_end import meter_keys
+from tests.support.commands import REPLIES, CommandClient, subscribed
+from tests.support.common import wait_until
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.modbus import meter_keys
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
 
 WRITABLE = {r.sensor for r in METER_REGISTERS if r.writable}
 

@@ -14,34 +14,8 @@ import pytest
 from drivers.modbus_rtu.device import METER_REGISTERS
 from tests.support.common import wait_until
 from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.modbus import meter_keys
 from tests.support.mosquitto import Mosquitto, MqttSubscriber
-
-
-def meter_keys(slave_id: int) -> dict[str, object]:
-    """The modbus_rtu keys of one simulated meter, every register of its map."""
-    registers: list[dict[str, object]] = []
-    for register in METER_REGISTERS:
-        entry: dict[str, object] = {
-            "sensor": register.sensor,
-            "table": register.table,
-            "address": register.address,
-            "type": register.type,
-            "word_order": register.word_order,
-            "byte_order": register.byte_order,
-            "scale": register.scale,
-        }
-        if register.type == "string":
-            entry["length"] = register.length
-        if register.unit:
-            entry["unit"] = register.unit
-        registers.append(entry)
-    return {
-        "slave_id": slave_id,
-        "poll_interval": "100ms",
-        "timeout": "500ms",
-        "retry_max": "1s",
-        "registers": registers,
-    }
 
 
 @pytest.fixture

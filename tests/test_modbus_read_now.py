@@ -13,8 +13,8 @@ from drivers.modbus_rtu import bus as bus_module
 from drivers.modbus_rtu.device import METER_REGISTERS
 from gateway.errors import DriverError
 from simulators.modbus_bus import ModbusBus
-from tests.fixtures.common import wait_until
-from tests.test_modbus_rtu import polled
+from tests.support.common import wait_until
+from tests.support.modbus import polled
 
 # Long enough that no scheduled poll comes between the first one and the test's requests.
 QUIET = {"poll_interval": 3600.0}

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -15,50 +13,12 @@ from pymodbus.constants import ExcCodes
 
 from drivers.modbus_rtu import bus as bus_module
 from drivers.modbus_rtu.device import METER_REGISTERS
-from drivers.modbus_rtu.settings import ModbusRtuSettings
 from drivers.modbus_rtu.transport import ModbusRtuDriver
 from gateway.errors import DriverError
-from gateway.reading import Sample
 from simulators.modbus_bus import ModbusBus
 from tests.support.common import wait_until
-from tests.support.drivers import RecordingSink, running
-
-
-class Sink(RecordingSink):
-    def __init__(self) -> None:
-        super().__init__()
-        self.samples: list[Sample] = []
-
-    def put_samples(self, samples: Sequence[Sample]) -> None:
-        self.samples.extend(samples)
-
-    def values(self, sensor: str) -> list[Any]:
-        return [s.value for s in self.samples if s.sensor == sensor]
-
-
-def meter(link: Path, slave_id: int, **keys: Any) -> ModbusRtuSettings:
-    # A generous timeout: the simulator shares this loaded machine, and a live slave
-    # must never seem dead.
-    options: dict[str, Any] = {"poll_interval": 0.05, "timeout": 0.5, "retry_max": 1.0}
-    return ModbusRtuSettings(
-        id=f"meter-{slave_id}",
-        port=str(link),
-        slave_id=slave_id,
-        registers=METER_REGISTERS,
-        **(options | keys),
-    )
-
-
-@asynccontextmanager
-async def polled(
-    link: Path, slave_ids: Sequence[int], **keys: Any
-) -> AsyncIterator[dict[int, tuple[ModbusRtuDriver, Sink]]]:
-    """A driver per slave id, all on ``link``, running until the block ends."""
-    found = {i: (ModbusRtuDriver(meter(link, i, **keys), sink := Sink()), sink) for i in slave_ids}
-    async with AsyncExitStack() as stack:
-        for driver, _ in found.values():
-            await stack.enter_async_context(running(driver))
-        yield found
+from tests.support.drivers import running
+from tests.support.modbus import Sink, meter, polled
 
 
 async def test_a_dead_slave_does_not_stall_the_three_others(tmp_path: Path) -> None:
