@@ -61,3 +61,9 @@ clean:
 .PHONY: constraints
 constraints:
 	PYTHON=$(or $(TARGET_PYTHON),python3) tools/freeze-constraints constraints.txt
+
+# Debian bookworm arm64 under qemu-user-static: set-up, demo and the fast tests, as on a
+# Pi (docs/operations.md, Before each release). Root; ARM64_CHECK_CACHE keeps the root.
+.PHONY: arm64-check
+arm64-check:
+	tools/arm64-check
