@@ -30,8 +30,8 @@ from benchmarks.harness import (
     Child,
     Gateway,
     GatewayConfig,
-    Mosquitto,
     PtyLink,
+    private_broker,
     python_module,
     scratch_dir,
     snapshot,
@@ -41,6 +41,7 @@ from benchmarks.pipeline import progress, subscriber
 from benchmarks.plan import Plan
 from benchmarks.report import BenchResult, Figure
 from benchmarks.stats import LatencySplit, latency_summary
+from tests.support.mosquitto import Mosquitto
 
 CPU_SHARE = 0.10
 DEVICES = 4
@@ -253,7 +254,7 @@ def measure(kind: str, plan: Plan, cap: CpuCap) -> dict[str, Any]:
     links = [PtyLink(work / f"tty-pi-{i}") for i in range(1, DEVICES + 1)]
     rate = DEVICES * RATE_PER_DEVICE
     try:
-        with Mosquitto(work) as broker:
+        with private_broker(work) as broker:
             fmt = "gateway" if kind == "gateway" else "naive"
             sub = subscriber(work, broker, fmt, arrivals_path)
             try:

@@ -128,8 +128,9 @@ class MqttUplink:
                 acker = tg.create_task(self._ack_loop(), name=f"{self.name}-ack")
                 try:
                     await self._connect_loop(executor)
-                except StoreClosedError:
-                    # The gateway is shutting down and closed the log first.
+                except* StoreClosedError:
+                    # The gateway is shutting down and closed the log first. It may come
+                    # grouped with what else the connection's tasks raised meanwhile.
                     log.info("%s: the store is closed; stopping", self.name)
                     store_open = False
                     acker.cancel()
