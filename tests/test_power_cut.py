@@ -201,9 +201,11 @@ class Campaign:
         if durability == "full":
             # Within one run seqs follow each other without a gap, so last_seq stands for
             # every seq from the run's first one up. A run may start with a gap (after an
-            # unclean stop under "normal" the store continues above its seq floor), so
-            # below the first seq seen of this run only what was seen counts.
-            run_first = min(this_run, default=committed + 1)
+            # unclean stop under "normal" the store continues above its seq floor), and
+            # the cloud may hand over late copies of readings an earlier "normal" cut
+            # lost: those lie below the run's first seq in the log and were judged then.
+            run_first = min((s for s in this_run if s in log.readings), default=committed + 1)
+            missing -= {s for s in seen_before - before if s < run_first}
             missing |= set(range(run_first, committed + 1)) - log.readings.keys()
             assert not missing, (
                 f"{context}: {len(missing)} committed readings lost, e.g. {sorted(missing)[:10]}"
