@@ -76,8 +76,15 @@ async def test_a_stop_keeps_the_offline_status_behind_a_message_in_flight(
     async with MqttWireProxy(broker.port) as wire:
         uplink = MqttUplink(settings_for(wire.url()), GATEWAY, store)
         async with running(uplink):
+            # The wire itself must have seen the online status and its PUBACK: the
+            # uplink reports "connected" before it publishes the status.
             await wait_until(
-                lambda: uplink.status.state == "connected" and uplink.status.in_flight == 0,
+                lambda: (
+                    uplink.status.state == "connected"
+                    and wire.publishes == 1
+                    and not wire.unacknowledged
+                    and uplink.status.in_flight == 0
+                ),
                 message="online status acknowledged",
             )
             wire.hold_from_broker()
