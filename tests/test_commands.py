@@ -92,6 +92,22 @@ async def test_ids_are_remembered_across_a_restart_within_bounds(tmp_path: Path)
     assert handler.runs == 6
 
 
+async def test_only_commands_that_change_nothing_are_answered_before_their_id_is_on_disk(
+    tmp_path: Path,
+) -> None:
+    handler = Counting()
+    router, _ = router_with(tmp_path, handler)
+    journal_file = tmp_path / "commands.jsonl"
+    await router.handle("device.disable", request("d-1", {"device": "x"}), via="test")
+    assert b'"d-1"' in journal_file.read_bytes()
+    await router.handle("ping", request("p-1"), via="test")
+    # Remembered at once, in memory: a copy sent now runs nothing.
+    await router.handle("ping", request("p-1"), via="test")
+    assert handler.runs == 2
+    await router.written()
+    assert b'"p-1"' in journal_file.read_bytes()
+
+
 async def test_ids_are_forgotten_after_their_time(tmp_path: Path) -> None:
     now = [1000.0]
     journal = AnswerJournal(tmp_path / "c.jsonl", keep=60.0, count=10, clock=lambda: now[0])
