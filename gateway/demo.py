@@ -44,7 +44,9 @@ DEMO_DEVICES = (
 # at first (one request: they are adjacent), and a GPS receiver driving a circle, one fix
 # a second, its position once per fix. Both light enough for a Raspberry Pi.
 METER_ID = "meter-1"
-METER_SENSORS = ("voltage", "current", "power", "energy")
+# The setpoint is writable: the dashboard's command panel can set it (0 to 100).
+METER_SENSORS = ("voltage", "current", "power", "energy", "setpoint")
+SETPOINT_RANGE = (0.0, 100.0)
 METER_POLL = "1s"
 GPS_ID = "gps-1"
 GPS_RATE = 1.0
@@ -218,6 +220,11 @@ def _write_config(
     if broker is not None:
         config["uplink"] = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker}", "topic_prefix": "edge"}}
     config["local"] = {"listen": f"127.0.0.1:{port}", "token": token}
+    low, high = SETPOINT_RANGE
+    config["commands"] = {
+        "allow": ["ping", "device.read", "device.write"],
+        "writes": [{"device": METER_ID, "sensor": "setpoint", "min": low, "max": high}],
+    }
     path = root / "gateway.toml"
     path.write_text(
         "# Written by `edge-gateway demo`: a real configuration you can copy.\n"
