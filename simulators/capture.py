@@ -35,7 +35,6 @@ MAX_CHUNK = 4096
 MAX_FILE_BYTES = 256 * 1024 * 1024
 MAX_LINE = 2 * MAX_CHUNK + 64
 _HEX = re.compile(r"(?:[0-9a-f]{2})+")
-STOP_REASONS = ("duration", "max-bytes", "signal", "port-lost")
 
 
 class CaptureError(GatewayError):
@@ -61,7 +60,9 @@ class Capture:
     started: float  # epoch seconds
     chunks: list[tuple[float, bytes]]  # (seconds since the start, bytes read)
     end: float  # the recording's length: its trailer's, else its last chunk's time
-    stopped: str | None  # why the recording stopped (None: no trailer, it was killed)
+    # Why the recording stopped: "duration", "max-bytes", "signal" or "port-lost" (None:
+    # no trailer, it was killed).
+    stopped: str | None
 
     @property
     def size(self) -> int:

@@ -29,14 +29,20 @@ _PARITY = {"N": serial.PARITY_NONE, "E": serial.PARITY_EVEN, "O": serial.PARITY_
 _PARITY |= {"M": serial.PARITY_MARK, "S": serial.PARITY_SPACE}
 
 
-def _baudrate(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(BAUDRATE_RULE) from None
-    if not MIN_BAUDRATE <= value <= MAX_BAUDRATE:
-        raise argparse.ArgumentTypeError(BAUDRATE_RULE)
-    return value
+def _whole(what: str, low: int, high: int, rule: str) -> Callable[[str], int]:
+    """An argparse type: a whole number of ``what`` from ``low`` to ``high``."""
+
+    def parse(text: str) -> int:
+        if not text.isdigit() or not low <= int(text) <= high:
+            raise argparse.ArgumentTypeError(f"{rule}, not {text!r}")
+        return int(text)
+
+    parse.__name__ = what  # argparse names the type in its errors
+    return parse
+
+
+_baudrate = _whole("baudrate", MIN_BAUDRATE, MAX_BAUDRATE, BAUDRATE_RULE)
+_size = _whole("bytes", 1, 100 * DEFAULT_MAX_BYTES, f"must be 1 to {100 * DEFAULT_MAX_BYTES}")
 
 
 def _seconds(text: str) -> float:
@@ -46,16 +52,6 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
     if not 0 < value < 1e9:
         raise argparse.ArgumentTypeError(f"must be greater than 0, not {text}")
-    return value
-
-
-def _size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be a number of bytes, not {text!r}") from None
-    if not 1 <= value <= 100 * DEFAULT_MAX_BYTES:
-        raise argparse.ArgumentTypeError(f"must be 1 to {100 * DEFAULT_MAX_BYTES}, not {text}")
     return value
 
 
