@@ -23,8 +23,9 @@ from gateway.store import schema
 # evenly spaced runs of consecutive rows adding up to this many.
 MAX_SCAN_ROWS = 200_000
 # SQLite virtual machine steps one query may take before it is interrupted (checked
-# every PROGRESS_EVERY steps): far above what MAX_SCAN_ROWS rows cost, a backstop.
-MAX_STEPS = 400_000_000
+# every PROGRESS_EVERY steps): a backstop about 15 times what MAX_SCAN_ROWS rows cost
+# (some 16 steps a row).
+MAX_STEPS = 50_000_000
 PROGRESS_EVERY = 100_000
 # The boundary search looks this much earlier than asked: readings are committed in
 # seq order, and their ``ts`` (when read) may be a little out of that order.
@@ -180,7 +181,10 @@ def _sampling(total: int, points: int, max_rows: int) -> tuple[int, int]:
 def _seq_range(conn: sqlite3.Connection, start: float, end: float) -> tuple[int | None, int | None]:
     """The seqs bounding the rows read between ``start`` and ``end``: a binary search on
     the primary key (``ts`` has no index), about 2 * log2(rows) point lookups."""
-    first, last = conn.execute("SELECT min(seq), max(seq) FROM readings").fetchone()
+    # Two queries: SQLite reads min() or max() of the key from one end of the b-tree,
+    # but both in one query by a scan of the whole table.
+    (first,) = conn.execute("SELECT min(seq) FROM readings").fetchone()
+    (last,) = conn.execute("SELECT max(seq) FROM readings").fetchone()
     if first is None:
         return None, None
     low = _first_seq_at(conn, first, last, start)
