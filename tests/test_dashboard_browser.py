@@ -352,14 +352,17 @@ async def test_demo_dashboard_shows_meter_gps_history_and_commands(tmp_path: Pat
         box = await page.locator("#history-chart").bounding_box()
         assert box is not None
         y = box["y"] + box["height"] / 2
+        # The last tenth of the day, up to now (past the right edge counts as the edge).
         await page.mouse.move(box["x"] + box["width"] * 0.9, y)
         await page.mouse.down()
-        await page.mouse.move(box["x"] + box["width"] * 0.99, y, steps=4)
+        await page.mouse.move(box["x"] + box["width"] + 20, y, steps=4)
         await page.mouse.up()
         await page.wait_for_function(
             "() => state.history.zoom.length === 1 && state.history.data"
             " && state.history.data.to - state.history.data.from < 20000"
+            " && state.history.data.buckets.length > 0"
         )
+        assert await page.locator("#history-mean").get_attribute("points")
         assert await page.locator("#history-out").is_enabled()
 
         # A write to the meter's setpoint, confirmed by the slave; one out of range refused.

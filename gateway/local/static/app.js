@@ -584,16 +584,18 @@ function drawHistory(body) {
   const range = high - low || Math.abs(high) || 1;
   const x = (t) => (((t - body.from) / span) * CHART_W).toFixed(2);
   const y = (v) => (CHART_H - 6 - ((v - low) / range) * (CHART_H - 12)).toFixed(2);
-  const half = body.bucket_seconds / 2;
-  // The band spans each bucket's min to max; the line joins the means.
-  const top = buckets.map(([t, , max]) => x(t + half) + "," + y(max));
-  const bottom = buckets.map(([t, min]) => x(t + half) + "," + y(min)).reverse();
+  const width = body.bucket_seconds;
+  // Steps, each as wide as its bucket (so a lone bucket still shows): the band spans
+  // each bucket's min to max, the line its mean.
+  const step = (value) => ([t, ...rest]) => [x(t) + "," + y(value(rest)), x(t + width) + "," + y(value(rest))];
+  const top = buckets.flatMap(step(([, max]) => max));
+  const bottom = buckets.flatMap(step(([min]) => min)).reverse();
   $("history-band").setAttribute("points", top.concat(bottom).join(" "));
-  $("history-mean").setAttribute("points", buckets.map(([t, , , mean]) => x(t + half) + "," + y(mean)).join(" "));
+  $("history-mean").setAttribute("points", buckets.flatMap(step(([, , mean]) => mean)).join(" "));
   $("history-high").textContent = formatValue(high);
   $("history-low").textContent = formatValue(low);
   const readings = buckets.reduce((n, b) => n + b[4], 0);
-  let info = readings.toLocaleString() + " readings in " + buckets.length + " buckets of " + formatAge(body.bucket_seconds);
+  let info = readings.toLocaleString() + " readings in " + buckets.length + (buckets.length === 1 ? " bucket" : " buckets") + " of " + formatAge(body.bucket_seconds);
   if (body.sampled) info += " (sampled: " + body.rows_scanned.toLocaleString() + " of " + body.rows_in_window.toLocaleString() + " log rows read)";
   $("history-info").textContent = info + ". Drag across the chart to zoom in.";
 }
