@@ -112,12 +112,29 @@ async def test_a_recorded_gps_replays_into_the_gateway_with_the_same_readings(
     assert replay.bytes_written == len(recorded)
 
 
-async def test_sim_replay_command_plays_a_capture_on_its_link(tmp_path: Path) -> None:
+async def test_a_counter_recorded_to_its_last_byte_replays_byte_for_byte(tmp_path: Path) -> None:
     capture_file = tmp_path / "counter.jsonl"
-    writer = CaptureWriter(capture_file, PortSetup("/dev/ttyUSB0", 9600), 1764086400.0)
-    for n in range(1, 51):
-        writer.add(n * 0.01, b"n=%d\n" % n)
-    writer.close(0.6, "duration")
+    expected = counter_bytes(1, 50)
+    async with PtyDevice("counter", tmp_path / "counter", rate=100, count=50, paused=True) as dev:
+        proc = await asyncio.create_subprocess_exec(
+            *gateway_cmd("record", "--port", str(dev.link), "--out", str(capture_file)),
+            *("--max-bytes", str(len(expected))),
+            cwd=ROOT,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        async with asyncio.timeout(20):
+            assert b"recording" in await proc.stderr.readline()
+        dev.resume()
+        async with asyncio.timeout(20):
+            _, err = await proc.communicate()
+        # Stopped by itself at --max-bytes: a success, said on stderr.
+        assert proc.returncode == 0, err
+        assert b"stopped at --max-bytes" in err
+    capture = read_capture(capture_file)
+    assert capture.stopped == "max-bytes"
+    assert b"".join(data for _, data in capture.chunks) == expected
+
     link = tmp_path / "dev" / "replayed"
     proc = await start_sim("replay", str(capture_file), "--link", str(link), "--delay", "0.2")
     assert proc.stderr is not None
