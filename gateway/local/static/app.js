@@ -45,6 +45,7 @@ const state = {
   history: null, // {device, sensor, preset, zoom: [{window, end}], request}
   deadCount: null,
   deadNext: null,
+  deadPaged: false, // older pages are showing: no refresh from the top meanwhile
   commands: null,
 };
 
@@ -390,7 +391,8 @@ function renderStatus() {
   renderDeadDevices(Object.keys(s.devices));
   if (s.store.dead_letters !== state.deadCount) {
     state.deadCount = s.store.dead_letters;
-    loadDeadLetters(false);
+    // New ones show at the top, unless the technician is reading older pages.
+    if (!state.deadPaged) loadDeadLetters(false);
   }
   const list = $("devices");
   list.replaceChildren(
@@ -693,6 +695,7 @@ async function loadDeadLetters(older) {
     );
     return row;
   });
+  state.deadPaged = older;
   if (older) $("dead-list").append(...rows);
   else $("dead-list").replaceChildren(...rows);
   state.deadNext = body.next;
