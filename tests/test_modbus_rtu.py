@@ -23,37 +23,49 @@ from tests.support.modbus import Sink, meter, polled
 
 async def test_a_dead_slave_does_not_stall_the_three_others(tmp_path: Path) -> None:
     link = tmp_path / "rs485"
-    async with ModbusBus(link, [1, 2, 3, 4], seed=1) as sim:
+    async with ModbusBus(link, [1, 2, 3, 4], baudrate=115200, seed=1) as sim:
         sim.meters[3].silent = True
-        async with polled(link, [1, 2, 3, 4]) as slaves:
+        async with polled(link, [1, 2, 3, 4], baudrate=115200) as slaves:
             live = [slaves[i] for i in (1, 2, 4)]
+            dead, dead_sink = slaves[3]
             await wait_until(
-                lambda: all(len(s.values("energy")) >= 40 for _, s in live),
+                lambda: (
+                    all(len(s.values("energy")) >= 30 for _, s in live)
+                    and dead.slave.state == "dead"
+                ),
                 timeout=60,
-                message="40 polls of each live slave",
+                message="30 polls of each live slave, the silent one given up as dead",
             )
             # One owner for the port, shared by the four devices.
             assert len(bus_module._buses) == 1
             assert bus_module._buses[str(link)].users == 4
-            dead, dead_sink = slaves[3]
-            assert dead.status.state == "waiting"
-            assert dead.status.readings == 0
-            assert dead_sink.samples == []
-            assert set(dead.counts) == {"timeout"}
-            assert "slave 3: timeout" in (dead.status.last_error or "")
-            # Backed off: while each live slave answered 40 polls, the dead one was asked
-            # far fewer times.
-            assert dead.counts["timeout"] < 20
-            for driver, sink in live:
-                assert driver.status.state == "open"
-                assert driver.status.errors == 0
-                # Every poll was answered: the meter counts its answers.
-                energy = sink.values("energy")
-                assert energy == list(range(energy[0], energy[0] + len(energy)))
-                # One reading per register per poll.
-                polls = len(energy)
-                assert len(sink.samples) // polls == len(METER_REGISTERS)
+            polls = [driver.slave.polls for driver, _ in live]
+            timeouts = dead.counts["timeout"]
+            states = {i: driver.status.state for i, (driver, _) in slaves.items()}
         assert bus_module._buses == {}
+    assert states == {1: "open", 2: "open", 3: "waiting", 4: "open"}
+    assert dead.status.readings == 0
+    assert dead_sink.samples == []
+    assert set(dead.counts) == {"timeout"}
+    assert "slave 3: timeout" in (dead.status.last_error or "")
+    assert dead.slave.backoff == 1.0  # retry_max, the ceiling
+    assert dead.slave.last_success is None
+    # Backed off: while each live slave answered 30 polls, the dead one was asked far
+    # fewer times.
+    assert timeouts < 15
+    # The live slaves kept their poll count: the same for each (the bus is handed out in
+    # turn), every poll answered, nothing lost to the dead one.
+    assert max(polls) - min(polls) <= 2, polls
+    for driver, sink in live:
+        assert driver.status.errors == 0
+        assert driver.slave.state == "ok"
+        assert sum(driver.counts.values()) == 0
+        # Every poll was answered: the meter counts its answers.
+        energy = sink.values("energy")
+        assert energy == list(range(energy[0], energy[0] + len(energy)))
+        # One reading per register per poll, a poll per count.
+        assert len(energy) == driver.slave.polls
+        assert len(sink.samples) == len(energy) * len(METER_REGISTERS)
 
 
 async def test_readings_carry_scaled_values_and_units(tmp_path: Path) -> None:
@@ -76,7 +88,7 @@ async def test_readings_carry_scaled_values_and_units(tmp_path: Path) -> None:
     assert sink.values("door")[:2] in ([True, False], [False, True])
 
 
-async def test_exception_responses_and_bad_frames_are_counted_per_slave(tmp_path: Path) -> None:
+async def test_exception_responses_and_crc_errors_are_counted_per_slave(tmp_path: Path) -> None:
     link = tmp_path / "rs485"
     async with ModbusBus(link, [1, 2], seed=3) as sim, polled(link, [1, 2]) as slaves:
         (one, one_sink), (two, two_sink) = slaves[1], slaves[2]
@@ -86,26 +98,31 @@ async def test_exception_responses_and_bad_frames_are_counted_per_slave(tmp_path
         assert two.status.state == "open"
         assert "exception code 4" in (two.status.last_error or "")
         assert one.counts == {}
+        assert two.slave.state == "failing"
+        assert set(two.slave.exception_codes) == {4}
+        assert two.slave.as_json()["exception_codes"] == {"4": two.counts["exception"]}
         assert two_sink.dead == []
         sim.meters[2].exception = None
         await wait_until(lambda: len(two_sink.values("energy")) >= 3, message="slave 2 back")
 
+        await wait_until(lambda: two.slave.state == "ok", message="slave 2 ok again")
         sim.corrupt = True
         await wait_until(
-            lambda: one.counts["bad frame"] >= 2 and two.counts["bad frame"] >= 2,
+            lambda: one.counts["crc error"] >= 2 and two.counts["crc error"] >= 2,
             timeout=30,
-            message="bad frames counted",
+            message="CRC errors counted",
         )
+        assert one.slave.as_json()["crc_errors"] == one.counts["crc error"]
         sim.corrupt = False
         before = len(one_sink.values("energy"))
         await wait_until(
             lambda: len(one_sink.values("energy")) > before + 3, timeout=30, message="recovery"
         )
         await wait_until(lambda: one.status.state == "open", message="slave 1 open again")
-    # Each bad frame is a dead letter with the bytes heard: a frame from that slave.
+    # Each corrupted answer is a dead letter with the bytes heard: a frame from that slave.
     assert one_sink.dead
     for dead in one_sink.dead:
-        assert dead.reason == "modbus bad frame"
+        assert dead.reason == "modbus crc error"
         assert dead.device == "meter-1"
         assert dead.raw[0] == 1
 

@@ -29,13 +29,14 @@ class Sink(RecordingSink):
 def meter(link: Path, slave_id: int, **keys: Any) -> ModbusRtuSettings:
     # A generous timeout: the simulator shares this loaded machine, and a live slave
     # must never seem dead.
-    options: dict[str, Any] = {"poll_interval": 0.05, "timeout": 0.5, "retry_max": 1.0}
+    options: dict[str, Any] = {
+        "poll_interval": 0.05,
+        "timeout": 0.5,
+        "retry_max": 1.0,
+        "registers": METER_REGISTERS,
+    }
     return ModbusRtuSettings(
-        id=f"meter-{slave_id}",
-        port=str(link),
-        slave_id=slave_id,
-        registers=METER_REGISTERS,
-        **(options | keys),
+        id=f"meter-{slave_id}", port=str(link), slave_id=slave_id, **(options | keys)
     )
 
 
