@@ -28,7 +28,7 @@ def modbus_sim(tmp_path: Path) -> Iterator[Path]:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "gateway", "sim", "modbus", "--link", str(link)),
-            *("--slaves", "1,2,3", "--silent", "3", "--seed", "5"),
+            *("--slaves", "1,2,3", "--silent", "3", "--seed", "5", "--baudrate", "115200"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

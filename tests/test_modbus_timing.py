@@ -4,6 +4,7 @@ and poll intervals per register block."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import tty
@@ -26,7 +27,7 @@ from drivers.modbus_rtu.transport import ModbusRtuDriver
 from simulators.modbus_bus import ModbusBus
 from tests.support.common import wait_until
 from tests.support.drivers import running
-from tests.support.modbus import Sink, meter
+from tests.support.modbus import BAUD, Sink, meter
 
 
 def test_the_silent_interval_is_three_and_a_half_characters_then_fixed() -> None:
@@ -127,10 +128,8 @@ async def test_each_block_is_read_at_its_own_interval(tmp_path: Path) -> None:
         Register(sensor="uptime", address=10, type="int64", poll_interval=1.0),
     )
     sink = Sink()
-    driver = ModbusRtuDriver(
-        meter(link, 1, baudrate=115200, registers=registers, poll_interval=0.02), sink
-    )
-    async with ModbusBus(link, [1], baudrate=115200, seed=6), running(driver):
+    driver = ModbusRtuDriver(meter(link, 1, registers=registers, poll_interval=0.02), sink)
+    async with ModbusBus(link, [1], baudrate=BAUD, seed=6), running(driver):
         await wait_until(
             lambda: len(sink.values("voltage")) >= 50, timeout=60, message="50 fast reads"
         )
@@ -139,3 +138,33 @@ async def test_each_block_is_read_at_its_own_interval(tmp_path: Path) -> None:
     # 50 intervals apart; a loaded machine delays both, so only a wide margin is asserted.
     assert 1 <= slow <= fast // 5, (fast, slow)
     assert driver.slave.state == "ok"
+
+
+async def test_the_simulated_bus_moves_bytes_at_its_baud_rate(tmp_path: Path) -> None:
+    """A request and its answer take on the simulated wire at least what they take on a
+    real one: their characters at 11 bits each, and the slave's turnaround between."""
+    link = tmp_path / "rs485"
+    baudrate = 1200
+    block = plan([Register(sensor="n", address=0)])[0]
+    request = read_request(1, block)
+    async with ModbusBus(link, [1], baudrate=baudrate, seed=7) as sim:
+        fd = os.open(link, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        tty.setraw(fd)
+        try:
+            answer = bytearray()
+            sent = time.monotonic()
+            os.write(fd, request)
+
+            def whole() -> bool:
+                with contextlib.suppress(BlockingIOError):
+                    answer.extend(os.read(fd, 4096))
+                return len(answer) >= read_response_size(block)
+
+            await wait_until(whole, timeout=20, interval=0.001, message="the answer")
+            took = time.monotonic() - sent
+        finally:
+            os.close(fd)
+    assert crc_ok(bytes(answer))
+    chars = len(request) + len(answer)
+    assert took >= chars * 11 / baudrate + sim.turnaround
+    assert sim.turnaround == silent_interval(baudrate)  # the least a slave may wait
