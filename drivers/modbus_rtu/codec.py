@@ -121,11 +121,26 @@ class Block:
 
     def values(self, words: Sequence[int]) -> list[tuple[Register, Value]]:
         """Each register's value from the block's words (or bits)."""
-        out = []
+        out: list[tuple[Register, Value]] = []
+        data = b""
         for register in self.registers:
             start = register.address - self.address
-            out.append((register, decode(register, words[start : start + register.words])))
+            unpack = _BIG_ENDIAN.get(register.type)
+            if unpack is None or register.word_order != "big" or register.byte_order != "big":
+                out.append((register, decode(register, words[start : start + register.words])))
+                continue
+            # The common case, unpacked straight from the block's bytes: the same value
+            # as decode() gives, at a third of the cost (benchmarks/codecs.py).
+            if not data:
+                data = b"".join((w & 0xFFFF).to_bytes(2, "big") for w in words)
+            raw: int | float = unpack.unpack_from(data, 2 * start)[0]
+            if register.scale != 1.0 or register.offset != 0.0:
+                raw = raw * register.scale + register.offset
+            out.append((register, raw))
         return out
+
+
+_BIG_ENDIAN = {name: struct.Struct(">" + code) for name, code in _FORMATS.items()}
 
 
 def plan(registers: Sequence[Register], interval: float = 1.0) -> list[Block]:
