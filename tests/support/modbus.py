@@ -11,6 +11,7 @@ from drivers.modbus_rtu.device import METER_REGISTERS
 from drivers.modbus_rtu.settings import ModbusRtuSettings
 from drivers.modbus_rtu.transport import ModbusRtuDriver
 from gateway.reading import Sample
+from simulators.modbus_bus import ModbusBus
 from tests.support.drivers import RecordingSink, running
 
 
@@ -82,3 +83,29 @@ def meter_keys(slave_id: int) -> dict[str, object]:
         "retry_max": "1s",
         "registers": registers,
     }
+
+
+class PluggableBus:
+    """A simulated bus that can be taken off its link and brought back, like an RS-485
+    adapter pulled and plugged in again: ``async with PluggableBus(link, [1]) as bus``."""
+
+    def __init__(self, link: Path, slave_ids: Sequence[int]) -> None:
+        self.link = link
+        self.slave_ids = list(slave_ids)
+        self._bus: ModbusBus | None = None
+
+    async def unplug(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            await bus.__aexit__(None, None, None)
+
+    async def replug(self) -> None:
+        if self._bus is None:
+            self._bus = await ModbusBus(self.link, self.slave_ids, baudrate=BAUD).__aenter__()
+
+    async def __aenter__(self) -> PluggableBus:
+        await self.replug()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.unplug()
