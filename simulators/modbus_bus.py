@@ -22,7 +22,6 @@ import random
 import select
 import threading
 import time
-import tty
 from collections import deque
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,18 +32,11 @@ from pymodbus.server import ModbusSerialServer
 
 from drivers.modbus_rtu.codec import char_time, silent_interval
 from drivers.modbus_rtu.device import SimulatedMeter
+from simulators.pty_link import open_raw_pty, point_link, remove_link
 
 # From the last byte of a request to the first of the answer, at the least: a slave's
 # firmware answers within a few milliseconds, and never before the silent interval.
 DEFAULT_TURNAROUND = 0.002
-
-
-def _open_pty() -> tuple[int, int, str]:
-    master, slave = os.openpty()
-    # Raw: no echo, no line editing, no CR/LF translation of the binary frames.
-    tty.setraw(slave)
-    os.set_blocking(master, False)
-    return master, slave, os.ttyname(slave)
 
 
 class ModbusBus:
@@ -77,8 +69,8 @@ class ModbusBus:
         self._wire: Wire | None = None
 
     async def __aenter__(self) -> ModbusBus:
-        outer_master, outer_slave, outer_path = _open_pty()
-        inner_master, inner_slave, inner_path = _open_pty()
+        outer_master, outer_slave, outer_path = open_raw_pty()
+        inner_master, inner_slave, inner_path = open_raw_pty()
         self._fds = [outer_master, outer_slave, inner_master, inner_slave]
         self._wire = Wire(outer_master, inner_master, self)
         self._wire.start()
@@ -90,11 +82,7 @@ class ModbusBus:
             ignore_missing_devices=True,
         )
         await self._server.serve_forever(background=True)
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(outer_path)
-        tmp.replace(self.link)
+        point_link(self.link, outer_path)
         self.slave_path = outer_path
         return self
 
@@ -107,9 +95,7 @@ class ModbusBus:
         if self._server is not None:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
-        with contextlib.suppress(OSError):
-            if os.readlink(self.link) == self.slave_path:
-                self.link.unlink()
+        remove_link(self.link, self.slave_path)
         if self._wire is not None:
             self._wire.stop()
             self._wire = None
