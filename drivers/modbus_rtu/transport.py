@@ -51,7 +51,6 @@ class ModbusRtuDriver:
         self.slave = SlaveStatus(settings.slave_id)
         self.status = DeviceStatus(detail=self.slave)
         self.blocks = plan(settings.registers, settings.poll_interval)
-        self.polls = 0
         self._registers = {r.sensor: r for r in settings.registers}
         self._sink = sink
         self._clock = clock
@@ -94,7 +93,6 @@ class ModbusRtuDriver:
             ready = {interval for interval, at in due.items() if at <= started}
             blocks = [b for b in self.blocks if b.interval in ready]
             _samples, silence = await self._read(bus, blocks)
-            self.polls += 1
             if silence is None:
                 self.status.state = "open"
                 for interval in ready:
