@@ -10,7 +10,8 @@ when it would have crossed a real line at ``baudrate`` (11 bits a character: 8 d
 bits with parity or a second stop bit, Modbus's framing), one direction at a time, and
 starts a slave's answer no sooner than ``turnaround`` after the request's last byte, as
 a slave's firmware does. So polls per second and the silent interval between frames
-are what they would be on RS-485.
+are what they would be on RS-485. Like a USB adapter, it hands bytes on in chunks (at
+most ``HANDOVER`` after the oldest crossed), the last byte of a frame on time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ from simulators.pty_link import open_raw_pty, point_link, remove_link
 # From the last byte of a request to the first of the answer, at the least: a slave's
 # firmware answers within a few milliseconds, and never before the silent interval.
 DEFAULT_TURNAROUND = 0.002
+# The longest a byte that has crossed waits to be handed on with the ones after it.
+HANDOVER = 0.001
 
 
 class ModbusBus:
@@ -137,7 +140,7 @@ class Wire(threading.Thread):
         while not self._stopping:
             wait = None
             if self._on_wire:
-                wait = max(0.0, self._on_wire[0][0] - time.monotonic())
+                wait = max(0.0, self._next_handover() - time.monotonic())
             readable, _, _ = select.select(sources, [], [], wait)
             for fd in readable:
                 if fd != self._wake_r:
@@ -159,6 +162,19 @@ class Wire(threading.Thread):
         self._free_at = start + len(data) * self._char
         if source == self._gateway:
             self._request_end = self._free_at
+
+    def _next_handover(self) -> float:
+        """When to hand bytes on next: when the frame on the wire ends, or ``HANDOVER``
+        after its oldest byte crossed, whichever is sooner. A USB adapter does the same
+        (an FTDI's latency timer): the last byte of a frame arrives on time, the others
+        in chunks, not one wake-up per byte."""
+        first, target, _ = self._on_wire[0]
+        end = first
+        for due, to, _ in self._on_wire:
+            if to != target or due > first + HANDOVER:
+                break
+            end = due
+        return end
 
     def _deliver(self) -> None:
         now = time.monotonic()

@@ -220,6 +220,7 @@ async def test_a_bus_unplugged_and_plugged_back_is_read_again(tmp_path: Path) ->
                 await wait_until(read_again, timeout=30, message="read after the plug")
             await wait_until(lambda: driver.status.state == "waiting", message="unplugged")
             fds.append(open_fds())
-        assert driver.counts["port"] + driver.counts["timeout"] >= 10
+        # Each unplug is a failure: the port gone, no answer, or an answer cut short.
+        assert sum(driver.counts.values()) >= 10
     # Nothing leaks across unplugs: the count after the second equals the last.
     assert fds[1] == fds[-1], fds
