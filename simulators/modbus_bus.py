@@ -24,7 +24,8 @@ import select
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
+from dataclasses import fields
 from pathlib import Path
 from types import TracebackType
 
@@ -32,7 +33,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer
 
 from drivers.modbus_rtu.codec import char_time, silent_interval
-from drivers.modbus_rtu.device import SimulatedMeter
+from drivers.modbus_rtu.device import METER_REGISTERS, SimulatedMeter
 from simulators.pty_link import open_raw_pty, point_link, remove_link
 
 # From the last byte of a request to the first of the answer, at the least: a slave's
@@ -105,6 +106,16 @@ class ModbusBus:
         for fd in self._fds:
             os.close(fd)
         self._fds = []
+
+
+def meter_register_keys(sensors: Collection[str]) -> list[dict[str, object]]:
+    """The simulated meter's registers named in ``sensors`` as the
+    ``[[devices.registers]]`` keys of a device that reads them (defaults left out)."""
+    return [
+        {f.name: getattr(r, f.name) for f in fields(r) if getattr(r, f.name) != f.default}
+        for r in METER_REGISTERS
+        if r.sensor in sensors
+    ]
 
 
 class Wire(threading.Thread):
