@@ -391,6 +391,9 @@ class GatewayConfig:
     # Extra settings for the store and every device.
     store_settings: dict[str, object] = field(default_factory=dict)
     device_settings: dict[str, object] = field(default_factory=dict)
+    # Options of ``benchmarks.lever_run`` (levers without a configuration key); empty:
+    # the gateway runs as ``python -m gateway``.
+    levers: tuple[str, ...] = ()
 
     @property
     def data_dir(self) -> Path:
@@ -453,7 +456,15 @@ class Gateway:
         argv = [sys.executable]
         if profile is not None:
             argv += ["-m", "cProfile", "-o", str(profile)]
-        argv += ["-m", "gateway", "run", "-c", str(config.path)]
+        if config.levers:
+            if "--uvloop" in config.levers:
+                # uvloop's transports are not asyncio.Transport subclasses, which the local
+                # server asserts of every connection: -O strips the asserts (and only them).
+                argv.append("-O")
+            argv += ["-m", "benchmarks.lever_run", *config.levers, "--"]
+        else:
+            argv += ["-m", "gateway"]
+        argv += ["run", "-c", str(config.path)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -192,7 +192,7 @@ def run(
         plan.dropped += len(plan.samples)
     # The floor's value is read now: inserting may have raised it.
     totals = dataclasses.replace(log.totals, reserved=floor.value)
-    meta = planner.meta_changes(plan, totals, log.written)
+    meta = planner.meta_changes(plan, totals, log.written, log.last_seq)
     if meta:
         write_meta(conn, meta)
 
