@@ -301,7 +301,7 @@ def test_keys_of_one_driver_are_refused_by_the_other(tmp_path: Path) -> None:
         ),
         ("[uplink.kafka]\n", "uplink.kafka: unknown key"),
         ("[uplink.mqt]\n", 'uplink.mqt: unknown key (did you mean "mqtt"?)'),
-        ("[uplinks.mqtt]\n", 'uplinks: unknown key (did you mean "uplink"?)'),
+        ("[uplinks.mqtt]\n", "uplinks: must be an array of tables ([[uplinks]] sections) (one"),
         ("[local]\n", "local.token: required (or token_file)"),
         (f"[local]\ntoken = '{TOKEN}'\nlisten = '8080'\n", 'local.listen: must be "host:port"'),
         ("[local]\ntoken = 'short'\n", "local.token: must be at least 16 characters"),

@@ -11,4 +11,5 @@ COMMANDS = (
     "device.disable",
     "device.read",
     "device.write",
+    "resend",
 )
