@@ -42,6 +42,7 @@ from gateway.fields import string as _string
 from gateway.fields import strings as _strings
 from gateway.fields import text as _text
 from gateway.fields import toml_value as toml_value  # noqa: PLC0414 - public here too
+from gateway.globs import check_device_glob
 from gateway.settings import (
     CommandSettings,
     DeviceSettings,
@@ -59,7 +60,6 @@ from gateway.settings import (
     UplinkStart,
     WriteRule,
 )
-from gateway.globs import check_device_glob
 from gateway.uplinks.broker import BrokerAddress
 from gateway.uplinks.registry import CONTRACT_TYPES, UPLINK_TYPES
 

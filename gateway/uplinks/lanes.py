@@ -56,9 +56,7 @@ class Lane:
             self.tail.on_commit(carried)
         self.seen = batch[-1].seq
 
-    async def read(
-        self, log: ReadingLog, pos: int, wanted: int
-    ) -> tuple[list[StoredReading], int]:
+    async def read(self, log: ReadingLog, pos: int, wanted: int) -> tuple[list[StoredReading], int]:
         """Up to about ``wanted`` carried readings after ``pos``, and the seq up to which
         the answer covers the log (every carried reading up to it is in the list)."""
         tail = self.tail

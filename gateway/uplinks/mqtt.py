@@ -373,7 +373,7 @@ class MqttUplink:
         except ValueError as err:
             # paho refuses the topic (a device id with MQTT wildcards) or the size.
             text = f"cannot publish to {message.topic!r}: {err}"
-            self._failed(lane, window, message, text, True)
+            self._failed(lane, window, message, text, for_good=True)
             return
         future.add_done_callback(functools.partial(self._on_puback, lane, window, message))
 
@@ -390,7 +390,7 @@ class MqttUplink:
         if error is not None:
             # paho refused it when it left the queue of the broker's Receive Maximum.
             text = f"cannot publish to {message.topic!r}: {error}"
-            self._failed(lane, window, message, text, True)
+            self._failed(lane, window, message, text, for_good=True)
             return
         reason = future.result()
         if not reason.is_failure:
@@ -404,7 +404,14 @@ class MqttUplink:
             return
         code = reason.value
         text = f"broker refused {message.topic}: {reason} ({code:#04x})"
-        self._failed(lane, window, message, text, code in REFUSED_FOR_GOOD, code == NOT_AUTHORIZED)
+        self._failed(
+            lane,
+            window,
+            message,
+            text,
+            for_good=code in REFUSED_FOR_GOOD,
+            not_authorized=code == NOT_AUTHORIZED,
+        )
 
     def _failed(
         self,
@@ -412,6 +419,7 @@ class MqttUplink:
         window: InFlightWindow,
         message: TelemetryMessage,
         reason: str,
+        *,
         for_good: bool,
         not_authorized: bool = False,
     ) -> None:
