@@ -111,8 +111,8 @@ async def test_a_new_cursor_starts_at_the_oldest_reading_or_now(tmp_path: Path) 
 
 
 async def test_a_best_effort_cursor_does_not_hold_retention(tmp_path: Path) -> None:
-    # No grace after the start: then every persisted cursor holds, best-effort or not.
-    async with opened(tmp_path, durability="normal", history=0.0, startup_grace=0.0) as store:
+    # Also in the grace after a start, when every persisted cursor holds.
+    async with opened(tmp_path, durability="normal", history=0.0) as store:
         await store.register_consumer("main")
         await store.register_consumer("spare", best_effort=True)
         last = await put(store, 50)

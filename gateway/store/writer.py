@@ -567,9 +567,13 @@ class Writer:
         return True
 
     def _log_state(self) -> LogState:
+        cursors = self.cursors
+        if self.loose:
+            # Best-effort cursors hold nothing, not even in the grace after a start.
+            cursors = {n: s for n, s in cursors.items() if n not in self.loose}
         return LogState(
             last_seq=self.last_seq,
-            cursors=self.cursors,
+            cursors=cursors,
             active=self.active,
             depth=self.depth,
             in_grace=time.monotonic() < self._grace_until,
