@@ -66,6 +66,10 @@ def seqs_of(subscriber: MqttSubscriber) -> set[int]:
     return set(delivered(subscriber))
 
 
+def reached(subscriber: MqttSubscriber, seq: int) -> Callable[[], bool]:
+    return lambda: max(seqs_of(subscriber), default=0) >= seq
+
+
 def connected(gateway: Gateway, name: str) -> Callable[[], bool]:
     return lambda: gateway.uplinks[name].status.state == "connected"
 
@@ -105,12 +109,12 @@ async def outage(
             deadline = time.monotonic() + seconds
             while time.monotonic() < deadline:
                 # The cloud keeps receiving everything while the site is down...
-                target = store.last_seq
-                await wait_until(lambda: max(seqs_of(cloud)) >= target, message="cloud live")
+                await wait_until(reached(cloud, store.last_seq), message="cloud live")
                 await asyncio.sleep(min(1.0, seconds / 10))
             # ... and the log keeps what the site has not had, though the cloud has it all.
             first = await oldest(store)
-            assert first is not None and first <= held + 1
+            assert first is not None
+            assert first <= held + 1
             assert store.stats().depth > 0
             site_broker.start()
         finally:
@@ -212,9 +216,9 @@ async def test_resend_delivers_a_range_again_to_the_named_uplink(
         store = store_of(gateway)
         client = CommandClient(cloud_broker, mqtt.MQTTv311, "cloud-operator")
         try:
-            await wait_until(lambda: gateway.commands is not None, message="router")
-            assert gateway.commands is not None
-            await wait_until(lambda: gateway.commands.status.subscribed, message="subscribed")
+            router = gateway.commands
+            assert router is not None
+            await wait_until(lambda: router.status.subscribed, message="subscribed")
             store.put_samples([Sample("thermo-1", "t", i, time.time()) for i in range(100)])
             await store.flush()
             status = gateway.uplinks["cloud"].status
@@ -232,6 +236,7 @@ async def test_resend_delivers_a_range_again_to_the_named_uplink(
                 "to_seq": 20,
                 "readings": 11,
             }
+
             def twice() -> set[int]:
                 copies = Counter(r["seq"] for r in cloud.readings())
                 return {s for s, n in copies.items() if n == 2}
@@ -242,7 +247,7 @@ async def test_resend_delivers_a_range_again_to_the_named_uplink(
             assert status.acked_seq == 100
             assert status.resent == 11
 
-            refusals = {
+            refusals: dict[str, dict[str, object]] = {
                 "no uplink 'nope' is running (running: cloud, site)": {"uplink": "nope"},
                 '"to_seq" must not be less than "from_seq"': {"from_seq": 5, "to_seq": 4},
                 "at most 100000 seqs per resend": {"from_seq": 1, "to_seq": 200_000},
