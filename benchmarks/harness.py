@@ -389,6 +389,8 @@ class GatewayConfig:
     # Extra settings for the store and every device.
     store_settings: dict[str, object] = field(default_factory=dict)
     device_settings: dict[str, object] = field(default_factory=dict)
+    # Settings of one device, by id, over the others.
+    per_device: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -416,6 +418,7 @@ class GatewayConfig:
                     "reconnect_min": 0.05,
                     "reconnect_max": 0.5,
                     **self.device_settings,
+                    **self.per_device.get(device_id, {}),
                 }
                 for device_id, port in self.devices
             ],
