@@ -8,19 +8,20 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
+import tomli_w
 
 from gateway.app import Gateway
-from gateway.config import parse_config
+from gateway.config import load_config, parse_config
 from gateway.reading import Sample
 from gateway.store import Store
 from tests.support.commands import CommandClient
-from tests.support.common import wait_until
+from tests.support.common import free_port, wait_until
 from tests.support.mosquitto import Mosquitto, MqttSubscriber
 from tests.support.mqtt_uplink import GATEWAY, delivered
 
@@ -295,3 +296,47 @@ async def test_resend_delivers_a_range_again_to_the_named_uplink(
             assert rest["result"]["readings"] == 5
         finally:
             client.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_cursors_follow_the_configured_uplinks_across_reloads(tmp_path: Path) -> None:
+    # Nothing listens there: the uplinks back off, their cursors are what counts.
+    nowhere = f"mqtt://127.0.0.1:{free_port()}"
+    door = {"id": "door", "driver": "serial_line", "port": str(tmp_path / "no-such-port")}
+    config: dict[str, Any] = {
+        "gateway": {"id": GATEWAY, "data_dir": str(tmp_path / "data")},
+        "devices": [door],
+        "uplinks": [
+            {"name": "cloud", "url": nowhere, **FAST},
+            {"name": "site", "url": nowhere, **FAST},
+        ],
+    }
+    path = tmp_path / "gateway.toml"
+    path.write_text(tomli_w.dumps(config), encoding="utf-8")
+    gateway = Gateway(load_config(path))
+    task = asyncio.create_task(gateway.run())
+
+    def cursors(expected: set[str]) -> Callable[[], Awaitable[bool]]:
+        async def holds() -> bool:
+            return set(await store_of(gateway).consumers()) == expected
+
+        return holds
+
+    try:
+        await wait_until(lambda: gateway.store is not None, message="store open")
+        await wait_until(cursors({"cloud", "site"}), message="two cursors")
+        # The door becomes high priority, the site goes: a priority lane for the cloud,
+        # the site's cursor released.
+        door["priority"] = "high"
+        config["uplinks"] = config["uplinks"][:1]
+        path.write_text(tomli_w.dumps(config), encoding="utf-8")
+        await gateway.reload()
+        await wait_until(cursors({"cloud", "cloud:priority"}), message="site released")
+        assert set(gateway.uplinks) == {"cloud"}
+        del door["priority"]
+        path.write_text(tomli_w.dumps(config), encoding="utf-8")
+        await gateway.reload()
+        await wait_until(cursors({"cloud"}), message="priority lane released")
+    finally:
+        gateway.request_stop()
+        await task

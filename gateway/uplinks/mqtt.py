@@ -139,17 +139,18 @@ class MqttUplink:
                 await self._commands.close()
 
     async def _register(self) -> None:
-        start_at = 0
-        # The normal lane first: a new priority lane starts where it is (the normal
-        # lane has sent every high-priority reading before it).
-        for lane in reversed(self._lanes):
-            lane.confirmed = lane.acked_seq = await self.log.register_consumer(
-                lane.cursor,
-                start_now=self.start == "now",
-                start_at=start_at,
-                best_effort=self.best_effort,
+        normal = self._lanes[-1]
+        normal.confirmed = normal.acked_seq = await self.log.register_consumer(
+            normal.cursor, start_now=self.start == "now", best_effort=self.best_effort
+        )
+        if len(self._lanes) > 1:
+            # A new priority lane starts where the normal lane is, never later: the
+            # normal lane passes high-priority readings over from now on, and has sent
+            # those before its cursor.
+            priority = self._lanes[0]
+            priority.confirmed = priority.acked_seq = await self.log.register_consumer(
+                priority.cursor, start_at=normal.confirmed, best_effort=self.best_effort
             )
-            start_at = lane.confirmed
         self._update_acked()
 
     async def _run(self) -> None:
