@@ -32,6 +32,7 @@ from gateway.settings import (
     MqttSettings,
     Settings,
     StoreSettings,
+    UplinkEntry,
 )
 from tests.support.config import parse, problems, write
 
@@ -656,10 +657,13 @@ DEVICES: dict[str, dict[str, Any]] = {
 
 def test_documentation_lists_every_key_of_every_section() -> None:
     documented = documented_keys()
-    assert set(documented) == {*SECTIONS, "[[devices]]"}
+    assert set(documented) == {*SECTIONS, "[[devices]]", "[[uplinks]]"}
     for name, (cls, _, _) in SECTIONS.items():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(documented[name]) == fields, name
+    # An uplink's own keys; those of its type are [uplink.mqtt]'s.
+    common = {f.name for f in dataclasses.fields(UplinkEntry)} - {"transport"}
+    assert set(documented["[[uplinks]]"]) == common
 
 
 def test_documented_defaults_are_the_defaults() -> None:
