@@ -48,6 +48,14 @@ async def test_a_high_priority_reading_arrives_before_the_backlog_drains(
         )
         store.put_samples([Sample("door", "open", 1, now), Sample("plc", "trip", 1, now)])
         last = await store.flush()
+
+        async def priority_cursor_at(seq: int) -> bool:
+            return (await store.consumers()).get("mqtt:priority") == seq
+
+        # Still down, the priority lane has passed over the backlog (none of it is
+        # high): on reconnect it starts at the alarms.
+        await wait_until(lambda: priority_cursor_at(BACKLOG), message="priority lane scouted")
+        assert (await store.consumers())["mqtt"] == 0
         mosquitto.start()
         await wait_until(lambda: subscriber.seqs() >= set(range(1, last + 1)), 60, message="all")
         await wait_until(lambda: uplink.status.acked_seq == last, message="acknowledged")

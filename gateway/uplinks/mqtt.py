@@ -15,11 +15,13 @@ with capped exponential backoff and jitter chosen by the kind of failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import random
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
@@ -187,7 +189,8 @@ class MqttUplink:
         while True:
             self.status.state = "connecting"
             try:
-                connection = await self._open(executor)
+                async with self._scouting():
+                    connection = await self._open(executor)
             except MqttFailure as refused:
                 failure = refused
             else:
@@ -200,7 +203,50 @@ class MqttUplink:
             delay = backoff.delay(failure.kind)
             self.status.state = "backoff"
             log.info("%s: next connection attempt in %.1fs", self.name, delay)
-            await asyncio.sleep(delay)
+            async with self._scouting():
+                await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def _scouting(self) -> AsyncIterator[None]:
+        """While there is no connection, the priority lane follows the log (``_scout``)."""
+        scouts = [
+            asyncio.create_task(self._scout(lane), name=f"{lane.cursor}-scout")
+            for lane in self._lanes[:-1]
+        ]
+        try:
+            yield
+        finally:
+            for task in scouts:
+                task.cancel()
+            for task in scouts:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _scout(self, lane: Lane) -> None:
+        """Move ``lane``'s cursor over what it does not carry, up to the first reading it
+        does (which waits for a connection).
+
+        During an outage the priority lane thus stays at its first unsent alarm rather
+        than where the outage began: on reconnect it need not read the whole backlog
+        before the alarms (it reads only the rows of its devices, without an index).
+        """
+        wanted = self.settings.batch_max * READ_MESSAGES
+        try:
+            while True:
+                pos = lane.confirmed
+                if self.log.last_seq <= pos:
+                    await self.log.wait_beyond(pos)
+                readings, covered = await lane.read(self.log, pos, wanted)
+                if readings:
+                    # Nothing it carries comes before the first reading it was handed.
+                    if readings[0].seq - 1 > pos:
+                        self._confirm(lane, readings[0].seq - 1)
+                    return
+                if covered > pos:
+                    self._confirm(lane, covered)
+        except StoreError:
+            # Closed, or a read failed: delivery reads again from the cursor anyway.
+            return
 
     async def _open(self, executor: Executor) -> MqttConnection:
         settings = self.settings
