@@ -1,8 +1,8 @@
 """Run the benchmarks: ``python -m benchmarks [--quick] [NAME ...]``.
 
-NAME is one of throughput, latency, backlog, fanout, pi, commands, modbus, codecs, or
-a group: pipeline (throughput, latency, backlog) and all (the default). Prints a table
-and writes benchmarks/results/<time>.json and benchmarks/results/latest.json.
+NAME is one of the keys of BENCHMARKS below, or a group: pipeline (throughput,
+latency, backlog) and all (the default); `--help` lists them. Prints a table and
+writes benchmarks/results/<time>.json and benchmarks/results/latest.json.
 """
 
 from __future__ import annotations
@@ -16,7 +16,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import backlog, codecs, commands, fanout, modbus_bus, pi_profile, pipeline
+from benchmarks import (
+    backlog,
+    codecs,
+    commands,
+    fanout,
+    modbus_bus,
+    pi_profile,
+    pipeline,
+    priority,
+)
 from benchmarks.harness import BenchError, load_average, raise_open_files_limit, system_cpu
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import RESULTS, BenchResult, table, write_json
@@ -35,6 +44,7 @@ BENCHMARKS: dict[str, Runner] = {
     "commands": lambda plan, _profile: commands.run_commands(plan),
     "modbus": lambda plan, _profile: modbus_bus.run_modbus(plan),
     "codecs": lambda plan, _profile: codecs.run_codecs(plan),
+    "priority": lambda plan, _profile: priority.run_priority(plan),
 }
 GROUPS = {
     "pipeline": ["throughput", "latency", "backlog"],
@@ -53,7 +63,9 @@ def own_cpu_seconds() -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("names", nargs="*", metavar="NAME", help="default: all")
+    parser.add_argument(
+        "names", nargs="*", metavar="NAME", help=f"default: all; one of {', '.join(BENCHMARKS)}"
+    )
     parser.add_argument("--quick", action="store_true", help="short smoke run (< 60 s)")
     parser.add_argument("--devices", type=int, help="counter devices feeding the gateway")
     parser.add_argument(

@@ -394,6 +394,8 @@ class GatewayConfig:
     # Options of ``benchmarks.lever_run`` (levers without a configuration key); empty:
     # the gateway runs as ``python -m gateway``.
     levers: tuple[str, ...] = ()
+    # Settings of one device, by id, over the others.
+    per_device: dict[str, dict[str, object]] = field(default_factory=dict)
 
     @property
     def data_dir(self) -> Path:
@@ -421,6 +423,7 @@ class GatewayConfig:
                     "reconnect_min": 0.05,
                     "reconnect_max": 0.5,
                     **self.device_settings,
+                    **self.per_device.get(device_id, {}),
                 }
                 for device_id, port in self.devices
             ],

@@ -32,6 +32,7 @@ from gateway.settings import (
     MqttSettings,
     Settings,
     StoreSettings,
+    UplinkEntry,
 )
 from tests.support.config import parse, problems, write
 
@@ -301,7 +302,7 @@ def test_keys_of_one_driver_are_refused_by_the_other(tmp_path: Path) -> None:
         ),
         ("[uplink.kafka]\n", "uplink.kafka: unknown key"),
         ("[uplink.mqt]\n", 'uplink.mqt: unknown key (did you mean "mqtt"?)'),
-        ("[uplinks.mqtt]\n", 'uplinks: unknown key (did you mean "uplink"?)'),
+        ("[uplinks.mqtt]\n", "uplinks: must be an array of tables ([[uplinks]] sections) (one"),
         ("[local]\n", "local.token: required (or token_file)"),
         (f"[local]\ntoken = '{TOKEN}'\nlisten = '8080'\n", 'local.listen: must be "host:port"'),
         ("[local]\ntoken = 'short'\n", "local.token: must be at least 16 characters"),
@@ -656,10 +657,13 @@ DEVICES: dict[str, dict[str, Any]] = {
 
 def test_documentation_lists_every_key_of_every_section() -> None:
     documented = documented_keys()
-    assert set(documented) == {*SECTIONS, "[[devices]]"}
+    assert set(documented) == {*SECTIONS, "[[devices]]", "[[uplinks]]"}
     for name, (cls, _, _) in SECTIONS.items():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(documented[name]) == fields, name
+    # An uplink's own keys; those of its type are [uplink.mqtt]'s.
+    common = {f.name for f in dataclasses.fields(UplinkEntry)} - {"transport"}
+    assert set(documented["[[uplinks]]"]) == common
 
 
 def test_documented_defaults_are_the_defaults() -> None:

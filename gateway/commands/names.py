@@ -11,6 +11,7 @@ COMMANDS = (
     "device.disable",
     "device.read",
     "device.write",
+    "resend",
 )
 
 # Commands that change nothing: running one again is harmless, so their answers are

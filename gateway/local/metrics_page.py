@@ -331,6 +331,19 @@ def _uplinks(out: Families, view: GatewayView, now: float) -> None:
         [({"uplink": n}, status[n].errors) for n in names],
     )
     out.metric(
+        "edge_gateway_uplink_lost_readings_total",
+        "counter",
+        "Readings deleted from the log (bounds, or retention past a best-effort uplink) "
+        "before the uplink sent them.",
+        [({"uplink": n}, status[n].lost) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_resent_readings_total",
+        "counter",
+        "Readings sent again by the resend command.",
+        [({"uplink": n}, status[n].resent) for n in names],
+    )
+    out.metric(
         "edge_gateway_uplink_down_seconds",
         "gauge",
         "Seconds without a connection (0 while connected).",

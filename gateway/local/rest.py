@@ -93,6 +93,8 @@ def status_body(view: GatewayView, counters: StreamCounters | None) -> dict[str,
                 "acked_seq": uplink.status.acked_seq,
                 "in_flight": uplink.status.in_flight,
                 "errors": uplink.status.errors,
+                "lost": uplink.status.lost,
+                "resent": uplink.status.resent,
                 "last_error": uplink.status.last_error,
                 "down_seconds": health.uplink_down_seconds(view, name, now),
             }

@@ -127,6 +127,11 @@ class Waiting:
         self.acks[name] = max(seq, self.acks.get(name, 0))
         self._ack_after[name] = self._dead_taken
 
+    def forget(self, name: str) -> None:
+        """A released consumer: its acks not yet committed are dropped."""
+        self.acks.pop(name, None)
+        self._ack_after.pop(name, None)
+
     def add_register(self, name: str) -> None:
         self.registers.append(name)
 

@@ -80,6 +80,11 @@ def register_cursor(conn: sqlite3.Connection, name: str) -> None:
     conn.execute(REGISTER_CURSOR, (name,))
 
 
+def delete_cursor(conn: sqlite3.Connection, name: str) -> None:
+    """A released consumer's cursor, in a transaction of its own."""
+    conn.execute("DELETE FROM cursors WHERE name = ?", (name,))
+
+
 def advance_cursor(conn: sqlite3.Connection, name: str, seq: int) -> None:
     conn.execute(ADVANCE_CURSOR, (name, seq))
 
