@@ -12,8 +12,8 @@ switches a constant without the product growing a knob for it.
 from __future__ import annotations
 
 import argparse
-import importlib
 import asyncio
+import importlib
 import os
 import sys
 import termios
