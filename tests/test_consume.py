@@ -1,0 +1,190 @@
+"""`edge-gateway consume`: from the broker into the database, each (gateway, seq) once.
+
+On the single-node default, mosquitto, two consumer instances share the load
+through an MQTT 5 shared subscription. A real gateway publishes; one instance is
+killed with SIGKILL mid-stream and comes back under its name; PostgreSQL ends up
+with every seq exactly once. Hostile messages are parked and counted without
+stopping the stream, and a seq hole is reported and asked back with `resend`.
+The 3-node RabbitMQ cluster runs the same chain in tests/soak/test_consume_cluster.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from gateway.cloud.consume import Consumer, ConsumerSettings
+from gateway.cloud.consumer_tables import open_tables
+from gateway.cloud.landing import open_landing
+from gateway.cloud.sources import MqttSharedSource, SourceSettings
+from simulators import PtyDevice
+from tests.support.common import wait_until
+from tests.support.consumer_proc import ConsumerProcess
+from tests.support.consumer_rows import landed_seqs
+from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.gateway_status import DRAIN_TIMEOUT, committed_at_least, drained, last_seq
+from tests.support.mosquitto import Mosquitto, MqttSubscriber
+
+
+async def test_two_instances_land_every_seq_once_across_a_kill9_of_one(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    postgres_url: str,
+    gateway_process: GatewayProcess,
+    consumer_processes: list[ConsumerProcess],
+) -> None:
+    consumers = [
+        ConsumerProcess(tmp_path / "consumers", [mosquitto.url], postgres_url, name)
+        for name in ("a", "b")
+    ]
+    consumer_processes.extend(consumers)
+    for consumer in consumers:
+        consumer.start()
+    for consumer in consumers:
+        await consumer.wait_connected()
+    gw = gateway_process
+    async with PtyDevice("counter", tmp_path / "dev-a", rate=400) as device:
+        gw.devices = [DeviceSpec("dev-a", device.link)]
+        gw.mqtt_url = mosquitto.url
+        gw.start()
+        await gw.wait_healthy()
+        await wait_until(committed_at_least(gw, 300), timeout=30, message="first readings")
+        # Killed while the stream runs: what it held unacknowledged stays in its session.
+        consumers[1].kill9()
+        before = await last_seq(gw)
+        await wait_until(committed_at_least(gw, before + 300), timeout=30, message="more readings")
+        consumers[1].start()
+        await consumers[1].wait_connected()
+        await wait_until(committed_at_least(gw, before + 600), timeout=30, message="even more")
+    await wait_until(drained(gw), timeout=DRAIN_TIMEOUT, message="gateway drained")
+    last = await last_seq(gw)
+    await wait_until(
+        lambda: len(landed_seqs(postgres_url, gw.gateway_id)) >= last,
+        timeout=DRAIN_TIMEOUT,
+        message=f"{last} rows landed",
+    )
+    seqs = landed_seqs(postgres_url, gw.gateway_id)
+    assert seqs == list(range(1, last + 1)), "every seq once, none missing"
+    # Both instances carried part of the stream: the group split it.
+    for consumer in consumers:
+        assert "edge_consumer_rows_landed_total 0\n" not in await consumer.metrics()
+
+
+def _telemetry(gateway: str, seqs: range, device: str = "dev") -> bytes:
+    readings = [{"seq": s, "ts": 1.0 + s, "sensor": "n", "value": s} for s in seqs]
+    return json.dumps({"gateway": gateway, "device": device, "readings": readings}).encode()
+
+
+@asynccontextmanager
+async def running_consumer(
+    broker: Mosquitto, db: Path, **settings: Any
+) -> AsyncIterator[Consumer]:
+    """One consumer in this process, on an SQLite file: quick to start and to inspect."""
+    url = f"sqlite://{db}"
+    source = MqttSharedSource(SourceSettings([broker.url], instance="in-test", linger=0.01))
+    landing = await open_landing(url)
+    tables = await open_tables(url)
+    consumer = Consumer(ConsumerSettings(source.settings, url, **settings), source, landing, tables)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await wait_until(source.connected.is_set, timeout=10, message="consumer subscribed")
+        yield consumer
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await tables.close()
+        await landing.close()
+
+
+def _publisher(broker: Mosquitto) -> mqtt.Client:
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.connect(broker.host, broker.port)
+    client.loop_start()
+    return client
+
+
+def _publish(client: mqtt.Client, topic: str, payload: bytes) -> None:
+    client.publish(topic, payload, qos=1).wait_for_publish(10)
+
+
+async def test_hostile_messages_are_parked_and_counted_and_the_stream_goes_on(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    db = tmp_path / "cloud.db"
+    hostile = [
+        b"\xff\xfe not even text",
+        b"{not json",
+        b"[1, 2, 3]",
+        json.dumps({"gateway": 7, "device": "d", "readings": []}).encode(),
+        json.dumps({"gateway": "gw", "device": "d", "readings": [{"seq": -1}]}).encode(),
+        json.dumps({"gateway": "gw", "device": "d", "readings": [{"seq": True}]}).encode(),
+        # Well formed for the consumer, refused by the landing (no value).
+        json.dumps(
+            {"gateway": "gw", "device": "d", "readings": [{"seq": 9, "ts": 1, "sensor": "n"}]}
+        ).encode(),
+    ]
+    async with running_consumer(mosquitto, db) as consumer:
+        client = _publisher(mosquitto)
+        try:
+            _publish(client, "edge/gw/dev/telemetry", _telemetry("gw", range(1, 4)))
+            for payload in hostile:
+                _publish(client, "edge/gw/dev/telemetry", payload)
+            _publish(client, "edge/gw/dev/telemetry", _telemetry("gw", range(4, 6)))
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        await wait_until(
+            lambda: consumer.stats.messages == len(hostile) + 2, message="every message handled"
+        )
+        metrics = consumer.stats.render()
+    assert consumer.stats.rows_landed == 5
+    assert sum(consumer.stats.hostile.values()) == len(hostile)
+    assert 'edge_consumer_hostile_messages_total{kind="not JSON"} 2' in metrics
+    with sqlite3.connect(db) as conn:
+        parked = conn.execute("SELECT body, reason FROM parked").fetchall()
+        seqs = [row[0] for row in conn.execute("SELECT seq FROM readings ORDER BY seq")]
+    assert sorted(bytes(body) for body, _ in parked) == sorted(hostile)
+    assert any(reason.startswith("refused: readings[0]: value") for _, reason in parked)
+    assert seqs == [1, 2, 3, 4, 5]
+
+
+async def test_a_seq_hole_is_reported_and_asked_back_with_resend(
+    tmp_path: Path, mosquitto: Mosquitto, subscriber_factory: Any
+) -> None:
+    commands: MqttSubscriber = subscriber_factory(mosquitto, "edge/+/cmd/resend")
+    db = tmp_path / "cloud.db"
+    settings = {"gap_age": 0.2, "gap_check": 0.1, "resend_uplink": "mqtt"}
+    async with running_consumer(mosquitto, db, **settings) as consumer:
+        client = _publisher(mosquitto)
+        try:
+            _publish(client, "edge/gw-9/dev/telemetry", _telemetry("gw-9", range(1, 5)))
+            _publish(client, "edge/gw-9/dev/telemetry", _telemetry("gw-9", range(8, 10)))
+            await wait_until(lambda: bool(commands.messages()), message="a resend request")
+            request = commands.messages()[0].json()
+            assert request["args"] == {"uplink": "mqtt", "from_seq": 5, "to_seq": 7}
+            assert commands.messages()[0].topic == "edge/gw-9/cmd/resend"
+            assert consumer.stats.gaps_open == {"gw-9": 1}
+            assert 'edge_consumer_seq_gaps_open{gateway="gw-9"} 1' in consumer.stats.render()
+            # The gateway's answer: the missing readings, published again.
+            _publish(client, "edge/gw-9/dev/telemetry", _telemetry("gw-9", range(5, 8)))
+            await wait_until(lambda: consumer.stats.gaps_open == {}, message="the hole filled")
+        finally:
+            client.loop_stop()
+            client.disconnect()
+    with sqlite3.connect(db) as conn:
+        gaps = conn.execute(
+            "SELECT gateway, from_seq, to_seq, resend_requests, closed_at FROM gaps"
+        ).fetchall()
+    assert len(gaps) == 1
+    gateway, first, last, requests, closed_at = gaps[0]
+    assert (gateway, first, last) == ("gw-9", 5, 7)
+    assert requests >= 1
+    assert closed_at is not None
