@@ -30,7 +30,8 @@ demo: $(RUNTIME_STAMP)
 
 test: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
-		systemd-analyze=systemd fusermount3=fuse3
+		systemd-analyze=systemd fusermount3=fuse3 \
+		/usr/lib/postgresql/15/bin/initdb=postgresql-15
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck

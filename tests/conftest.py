@@ -4,6 +4,7 @@ pytest_plugins = [
     "tests.support.common",
     "tests.support.gateway_proc",
     "tests.support.mosquitto",
+    "tests.support.postgres",
     "tests.support.powercut",
     "tests.support.store",
     "tests.support.tcp_proxy",
