@@ -49,6 +49,16 @@ class Delivery:
 
 Handler = Callable[[list[Delivery]], Awaitable[None]]
 
+# What a lost node or connection raises in aio-pika: OSError covers ConnectionError,
+# and a channel closed under a pending call raises ChannelInvalidStateError (a
+# RuntimeError).
+AMQP_FAILURES = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    OSError,
+    TimeoutError,
+)
+
 
 @dataclass(frozen=True, slots=True)
 class SourceSettings:
@@ -98,12 +108,27 @@ def amqp_routing_key(topic: str) -> str:
     return topic.translate(str.maketrans("/.", "./"))
 
 
+async def declare_telemetry_queue(
+    channel: aio_pika.abc.AbstractChannel, settings: SourceSettings
+) -> aio_pika.abc.AbstractQueue:
+    """The group's quorum queue, bound to every gateway's telemetry topic.
+
+    It must exist before gateways publish: RabbitMQ confirms (and so PUBACKs) a
+    message no queue is bound for, and drops it.
+    """
+    queue = await channel.declare_queue(
+        f"{settings.group}.telemetry", durable=True, arguments={"x-queue-type": "quorum"}
+    )
+    topic = f"{settings.topic_prefix}/+/+/telemetry"
+    await queue.bind("amq.topic", routing_key=amqp_routing_key(topic).replace("+", "*"))
+    return queue
+
+
 class AmqpSource:
     """Competing consumers on one quorum queue, failing over across the cluster's nodes."""
 
     def __init__(self, settings: SourceSettings) -> None:
         self.settings = settings
-        self.queue_name = f"{settings.group}.telemetry"
         self.connected = asyncio.Event()
         self._exchange: aio_pika.abc.AbstractExchange | None = None
 
@@ -112,8 +137,7 @@ class AmqpSource:
         for url in itertools.cycle(self.settings.urls):
             try:
                 await self._session(url, handle)
-            except (aiormq.exceptions.AMQPError, OSError, TimeoutError) as exc:
-                # OSError covers ConnectionError: the node went away.
+            except AMQP_FAILURES as exc:
                 log.warning("consumer: broker %s lost (%s); next node in %.1fs", url, exc, backoff)
             except LandingError as exc:
                 # Dropping the connection hands the unacknowledged batch back to the queue.
@@ -138,11 +162,7 @@ class AmqpSource:
             connection.close_callbacks.add(on_close)
             channel = await connection.channel(publisher_confirms=True)
             await channel.set_qos(prefetch_count=settings.prefetch)
-            queue = await channel.declare_queue(
-                self.queue_name, durable=True, arguments={"x-queue-type": "quorum"}
-            )
-            topic = f"{settings.topic_prefix}/+/+/telemetry"
-            await queue.bind("amq.topic", routing_key=amqp_routing_key(topic).replace("+", "*"))
+            queue = await declare_telemetry_queue(channel, settings)
             self._exchange = await channel.get_exchange("amq.topic")
             inbox: asyncio.Queue[Delivery] = asyncio.Queue()
 
@@ -151,7 +171,7 @@ class AmqpSource:
 
             await queue.consume(deliver, no_ack=False)
             self.connected.set()
-            log.info("consumer: reading %s on %s", self.queue_name, url)
+            log.info("consumer: reading %s on %s", queue.name, url)
             await self._consume(inbox, handle, lost)
             raise ConnectionError("connection closed")
 
@@ -179,7 +199,10 @@ class AmqpSource:
         if self._exchange is None:
             raise ConnectionError("not connected")
         message = aio_pika.Message(payload, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
-        await self._exchange.publish(message, routing_key=amqp_routing_key(topic))
+        try:
+            await self._exchange.publish(message, routing_key=amqp_routing_key(topic))
+        except AMQP_FAILURES as exc:
+            raise ConnectionError(f"publish failed: {exc}") from exc
 
 
 class MqttSharedSource:

@@ -49,6 +49,7 @@ class ConsumerProcess:
                 "--metrics-listen",
                 f"127.0.0.1:{self.metrics_port}",
                 *self.extra,
+                "--debug",
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
