@@ -107,6 +107,11 @@ async def landing_alone(url: str, messages: list[Message]) -> float:
         await landing.close()
 
 
+async def create_table(url: str) -> None:
+    landing = await open_landing(url)
+    await landing.close()
+
+
 async def declare_queue(amqp_url: str) -> None:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
@@ -195,6 +200,7 @@ def run_consumer(plan: Plan) -> BenchResult:
 
         brokers = [cluster.nodes[i].amqp_url for i in (1, 2, 0)]
         url = postgres.url("consumer")
+        asyncio.run(create_table(url))  # polled before the consumers have started
         consumers = [
             ConsumerProcess(workdir / "consumers", brokers, url, name) for name in ("a", "b")
         ]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
 from typing import Any
@@ -31,7 +31,7 @@ from tests.support.consumer_proc import ConsumerProcess
 from tests.support.gateway_proc import DeviceSpec, GatewayProcess
 from tests.support.gateway_status import DRAIN_TIMEOUT, committed_at_least, drained, last_seq
 from tests.support.landing import landed_bodies
-from tests.support.mosquitto import Mosquitto, MqttSubscriber
+from tests.support.mosquitto import Mosquitto, MqttSubscriber, TlsFiles, write_password_file
 
 
 async def test_two_instances_land_every_seq_once_across_a_kill9_of_one(
@@ -85,10 +85,14 @@ def _telemetry(gateway: str, seqs: range, device: str = "dev") -> bytes:
 
 
 @asynccontextmanager
-async def running_consumer(broker: Mosquitto, db: Path, **settings: Any) -> AsyncIterator[Consumer]:
+async def running_consumer(
+    broker_url: str, db: Path, source_options: dict[str, Any] | None = None, **settings: Any
+) -> AsyncIterator[Consumer]:
     """One consumer in this process, on an SQLite file: quick to start and to inspect."""
     url = f"sqlite://{db}"
-    source = MqttSharedSource(SourceSettings([broker.url], instance="in-test", linger=0.01))
+    source = MqttSharedSource(
+        SourceSettings([broker_url], instance="in-test", linger=0.01, **(source_options or {}))
+    )
     landing = await open_landing(url)
     tables = await open_tables(url)
     consumer = Consumer(ConsumerSettings(source.settings, url, **settings), source, landing, tables)
@@ -130,7 +134,7 @@ async def test_hostile_messages_are_parked_and_counted_and_the_stream_goes_on(
             {"gateway": "gw", "device": "d", "readings": [{"seq": 9, "ts": 1, "sensor": "n"}]}
         ).encode(),
     ]
-    async with running_consumer(mosquitto, db) as consumer:
+    async with running_consumer(mosquitto.url, db) as consumer:
         client = _publisher(mosquitto)
         try:
             _publish(client, "edge/gw/dev/telemetry", _telemetry("gw", range(1, 4)))
@@ -160,7 +164,7 @@ async def test_a_seq_hole_is_reported_and_asked_back_with_resend(
     commands: MqttSubscriber = subscriber_factory(mosquitto, "edge/+/cmd/resend")
     db = tmp_path / "cloud.db"
     settings = {"gap_age": 0.2, "gap_check": 0.1, "resend_uplink": "mqtt"}
-    async with running_consumer(mosquitto, db, **settings) as consumer:
+    async with running_consumer(mosquitto.url, db, **settings) as consumer:
         client = _publisher(mosquitto)
         try:
             _publish(client, "edge/gw-9/dev/telemetry", _telemetry("gw-9", range(1, 5)))
@@ -186,3 +190,34 @@ async def test_a_seq_hole_is_reported_and_asked_back_with_resend(
     assert (gateway, first, last) == ("gw-9", 5, 7)
     assert requests >= 1
     assert closed_at is not None
+
+
+async def test_a_managed_broker_over_mutual_tls_with_a_password(
+    tmp_path: Path, mosquitto_factory: Callable[..., Mosquitto], tls_files: TlsFiles
+) -> None:
+    passwords = write_password_file(tmp_path / "passwd", {"cloud": "s3cret", "gw": "pw"})
+    broker = mosquitto_factory(tls=tls_files, password_file=passwords)
+    url = f"mqtts://cloud:s3cret@127.0.0.1:{broker.port}"
+    db = tmp_path / "cloud.db"
+    # The client certificate as AWS IoT Core wants one, and a password besides.
+    tls = {
+        "ca_file": tls_files.ca,
+        "cert_file": tls_files.client_cert,
+        "key_file": tls_files.client_key,
+    }
+    async with running_consumer(url, db, tls) as consumer:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        client.tls_set(
+            ca_certs=str(tls_files.ca),
+            certfile=str(tls_files.client_cert),
+            keyfile=str(tls_files.client_key),
+        )
+        client.username_pw_set("gw", "pw")
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        try:
+            _publish(client, "edge/gw/dev/telemetry", _telemetry("gw", range(1, 4)))
+        finally:
+            client.loop_stop()
+            client.disconnect()
+        await wait_until(lambda: consumer.stats.rows_landed == 3, message="rows over TLS")

@@ -26,6 +26,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from gateway.cloud.consumer_metrics import ConsumerStats, serve_metrics
 from gateway.cloud.consumer_tables import ConsumerTables, open_tables
@@ -234,6 +235,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="ask gateways to resend holes on this uplink (their `resend` command)",
     )
+    for key, what in (
+        ("ca-file", "the broker's CA for mqtts:// (default: the system's CAs)"),
+        ("cert-file", "a client certificate for mqtts:// (AWS IoT Core wants one)"),
+        ("key-file", "the client certificate's key"),
+    ):
+        parser.add_argument(f"--{key}", type=Path, metavar="PATH", help=what)
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
 
@@ -265,6 +272,9 @@ def run(args: argparse.Namespace) -> int:
         group=args.group,
         instance=args.instance,
         batch_max=args.batch_max,
+        ca_file=args.ca_file,
+        cert_file=args.cert_file,
+        key_file=args.key_file,
     )
     try:
         settings = ConsumerSettings(

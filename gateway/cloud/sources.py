@@ -21,9 +21,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aio_pika.abc
@@ -71,6 +74,10 @@ class SourceSettings:
     prefetch: int = 4000
     reconnect_min: float = 0.2
     reconnect_max: float = 5.0
+    # mqtts:// on a managed broker: its CA (None: the system's) and a client certificate.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
 
 
 class Source(Protocol):
@@ -223,12 +230,25 @@ class MqttSharedSource:
             client_id=f"{settings.group}-{settings.instance}",
             protocol=mqtt.MQTTv5,
         )
+        url = urlsplit(settings.urls[0])
+        if url.username is not None:
+            client.username_pw_set(unquote(url.username), unquote(url.password or "") or None)
+        if self.address.tls:
+            context = ssl.create_default_context(
+                cafile=None if settings.ca_file is None else str(settings.ca_file)
+            )
+            if settings.cert_file is not None:
+                context.load_cert_chain(settings.cert_file, settings.key_file)
+            client.tls_set_context(context)
         client.manual_ack_set(True)
         client.max_inflight_messages_set(1000)
         topic = f"$share/{settings.group}/{settings.topic_prefix}/+/+/telemetry"
 
         def on_connect(c: mqtt.Client, _u: object, _f: object, reason: Any, _p: object) -> None:
             if reason.is_failure:
+                log.warning(
+                    "consumer: broker %s refused the connection: %s", self.address.host, reason
+                )
                 return
             c.subscribe(topic, qos=1)
             loop.call_soon_threadsafe(self.connected.set)
@@ -304,6 +324,8 @@ def make_source(settings: SourceSettings) -> Source:
     schemes = {url.split("://", 1)[0] for url in settings.urls}
     if schemes <= {"amqp", "amqps"}:
         return AmqpSource(settings)
-    if schemes == {"mqtt"} and len(settings.urls) == 1:
+    if schemes <= {"mqtt", "mqtts"} and len(settings.urls) == 1:
         return MqttSharedSource(settings)
-    raise ValueError("--broker: give amqp:// URLs (one per RabbitMQ node) or one mqtt:// URL")
+    raise ValueError(
+        "--broker: give amqp:// URLs (one per RabbitMQ node) or one mqtt:// or mqtts:// URL"
+    )
