@@ -19,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
+from gateway.cli import main
 from gateway.cloud.consume import Consumer, ConsumerSettings
 from gateway.cloud.consumer_tables import open_tables
 from gateway.cloud.landing import open_landing
@@ -163,8 +165,9 @@ async def test_a_seq_hole_is_reported_and_asked_back_with_resend(
 ) -> None:
     commands: MqttSubscriber = subscriber_factory(mosquitto, "edge/+/cmd/resend")
     db = tmp_path / "cloud.db"
-    settings = {"gap_age": 0.2, "gap_check": 0.1, "resend_uplink": "mqtt"}
-    async with running_consumer(mosquitto.url, db, **settings) as consumer:
+    async with running_consumer(
+        mosquitto.url, db, gap_age=0.2, gap_check=0.1, resend_uplink="mqtt"
+    ) as consumer:
         client = _publisher(mosquitto)
         try:
             _publish(client, "edge/gw-9/dev/telemetry", _telemetry("gw-9", range(1, 5)))
@@ -200,7 +203,7 @@ async def test_a_managed_broker_over_mutual_tls_with_a_password(
     url = f"mqtts://cloud:s3cret@127.0.0.1:{broker.port}"
     db = tmp_path / "cloud.db"
     # The client certificate as AWS IoT Core wants one, and a password besides.
-    tls = {
+    tls: dict[str, Any] = {
         "ca_file": tls_files.ca,
         "cert_file": tls_files.client_cert,
         "key_file": tls_files.client_key,
@@ -221,3 +224,11 @@ async def test_a_managed_broker_over_mutual_tls_with_a_password(
             client.loop_stop()
             client.disconnect()
         await wait_until(lambda: consumer.stats.rows_landed == 3, message="rows over TLS")
+
+
+def test_bad_urls_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["consume", "--broker", "http://broker", "--db", "mysql://db"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "--broker: give amqp:// URLs" in err
+    assert "--db: expected sqlite://PATH or postgresql://" in err

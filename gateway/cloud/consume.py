@@ -34,11 +34,12 @@ from gateway.cloud.landing import BadReading, Gap, Landing, LandingError, open_l
 from gateway.cloud.sources import Delivery, Source, SourceSettings, make_source
 from gateway.cloud.telemetry import HostileMessage, Telemetry, parse
 from gateway.config import parse_listen
-from gateway.errors import GatewayError
+from gateway.errors import ConfigError, ConfigProblem
 from gateway.logs import setup_logging
 
 log = logging.getLogger(__name__)
 
+DATABASE_SCHEMES = ("sqlite://", "postgresql://", "postgres://")
 GapKey = tuple[str, int, int]  # gateway, first missing seq, last missing seq
 
 
@@ -244,8 +245,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
 
-async def _main(settings: ConsumerSettings) -> None:
-    source = make_source(settings.source)
+async def _main(settings: ConsumerSettings, source: Source) -> None:
     landing = await open_landing(settings.db_url)
     try:
         tables = await open_tables(settings.db_url)
@@ -276,16 +276,27 @@ def run(args: argparse.Namespace) -> int:
         cert_file=args.cert_file,
         key_file=args.key_file,
     )
+    settings = ConsumerSettings(
+        source=source,
+        db_url=args.db,
+        metrics_listen=args.metrics_listen,
+        gap_age=args.gap_age,
+        gap_check=args.gap_check,
+        resend_uplink=args.resend_uplink,
+    )
+    problems: list[ConfigProblem] = []
     try:
-        settings = ConsumerSettings(
-            source=source,
-            db_url=args.db,
-            metrics_listen=args.metrics_listen,
-            gap_age=args.gap_age,
-            gap_check=args.gap_check,
-            resend_uplink=args.resend_uplink,
-        )
-        asyncio.run(_main(settings))
+        broker = make_source(source)
     except ValueError as exc:
-        raise GatewayError(str(exc)) from exc
+        problems.append(ConfigProblem("--broker", str(exc)))
+    if not args.db.startswith(DATABASE_SCHEMES):
+        problems.append(ConfigProblem("--db", "expected sqlite://PATH or postgresql://…"))
+    if args.metrics_listen is not None:
+        try:
+            parse_listen(args.metrics_listen)
+        except ValueError as exc:
+            problems.append(ConfigProblem("--metrics-listen", str(exc)))
+    if problems:
+        raise ConfigError(problems)
+    asyncio.run(_main(settings, broker))
     return 0

@@ -326,6 +326,4 @@ def make_source(settings: SourceSettings) -> Source:
         return AmqpSource(settings)
     if schemes <= {"mqtt", "mqtts"} and len(settings.urls) == 1:
         return MqttSharedSource(settings)
-    raise ValueError(
-        "--broker: give amqp:// URLs (one per RabbitMQ node) or one mqtt:// or mqtts:// URL"
-    )
+    raise ValueError("give amqp:// URLs (one per RabbitMQ node) or one mqtt:// or mqtts:// URL")
