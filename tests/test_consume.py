@@ -26,7 +26,7 @@ from gateway.cli import main
 from gateway.cloud.consume import Consumer, ConsumerSettings
 from gateway.cloud.consumer_tables import open_tables
 from gateway.cloud.landing import open_landing
-from gateway.cloud.sources import MqttSharedSource, SourceSettings
+from gateway.cloud.sources import MqttSharedSource, SourceSettings, without_password
 from simulators import PtyDevice
 from tests.support.common import wait_until
 from tests.support.consumer_proc import ConsumerProcess
@@ -232,3 +232,8 @@ def test_bad_urls_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
     err = capsys.readouterr().err
     assert "--broker: give amqp:// URLs" in err
     assert "--db: expected sqlite://PATH or postgresql://" in err
+
+
+def test_broker_urls_are_logged_without_their_password() -> None:
+    assert without_password("amqp://edge:s3cret@rabbit-1:5672/") == "amqp://edge:***@rabbit-1:5672/"
+    assert without_password("mqtt://127.0.0.1:1883") == "mqtt://127.0.0.1:1883"

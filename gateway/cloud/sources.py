@@ -110,6 +110,15 @@ async def _gather(inbox: asyncio.Queue[Delivery], batch_max: int, linger: float)
     return batch
 
 
+def without_password(url: str) -> str:
+    """``url`` fit for a log line: its password replaced."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"{parts.username}:***@{host}").geturl()
+
+
 def amqp_routing_key(topic: str) -> str:
     """An MQTT topic as RabbitMQ's MQTT plugin routes it: '/' and '.' swap places."""
     return topic.translate(str.maketrans("/.", "./"))
@@ -145,7 +154,8 @@ class AmqpSource:
             try:
                 await self._session(url, handle)
             except AMQP_FAILURES as exc:
-                log.warning("consumer: broker %s lost (%s); next node in %.1fs", url, exc, backoff)
+                node = without_password(url)
+                log.warning("consumer: broker %s lost (%s); next node in %.1fs", node, exc, backoff)
             except LandingError as exc:
                 # Dropping the connection hands the unacknowledged batch back to the queue.
                 log.warning("consumer: database failed (%s); reconnecting in %.1fs", exc, backoff)
@@ -178,7 +188,7 @@ class AmqpSource:
 
             await queue.consume(deliver, no_ack=False)
             self.connected.set()
-            log.info("consumer: reading %s on %s", queue.name, url)
+            log.info("consumer: reading %s on %s", queue.name, without_password(url))
             await self._consume(inbox, handle, lost)
             raise ConnectionError("connection closed")
 
