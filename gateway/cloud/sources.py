@@ -327,7 +327,14 @@ class MqttSharedSource:
         if client is None or not self.connected.is_set():
             raise ConnectionError("not connected")
         info = client.publish(topic, payload, qos=1)
-        await asyncio.to_thread(info.wait_for_publish, 10)
+        try:
+            # paho raises RuntimeError when the connection drops before the PUBACK,
+            # ValueError when its queue refused the message.
+            await asyncio.to_thread(info.wait_for_publish, 10)
+        except (RuntimeError, ValueError) as exc:
+            raise ConnectionError(f"publish failed: {exc}") from exc
+        if not info.is_published():
+            raise ConnectionError("publish not acknowledged within 10 s")
 
 
 def make_source(settings: SourceSettings) -> Source:
