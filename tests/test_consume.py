@@ -76,6 +76,9 @@ async def test_two_instances_land_every_seq_once_across_a_kill9_of_one(
     seqs = sorted(await landed_bodies(postgres_url, gw.gateway_id))
     assert seqs == list(range(1, last + 1)), "every seq landed, none missing"
     await consumers[1].wait_connected()
+    for consumer in consumers:
+        assert consumer.proc is not None
+        assert consumer.proc.poll() is None, f"{consumer.instance} died:\n{consumer.log_text()}"
     # Both instances carried part of the stream: the group split it.
     for consumer in consumers:
         assert "edge_consumer_rows_landed_total 0\n" not in await consumer.metrics()

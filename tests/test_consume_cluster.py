@@ -112,6 +112,9 @@ async def test_every_seq_lands_once_across_kill9_of_a_broker_node_and_a_consumer
             # The primary key (gateway, seq) holds each seq once: the keys are the proof.
             seqs = sorted(await landed_bodies(postgres_url, gw.gateway_id))
             assert seqs == list(range(1, last + 1)), f"{gw.gateway_id}: every seq, no hole"
+        for consumer in consumers:
+            assert consumer.proc is not None
+            assert consumer.proc.poll() is None, f"{consumer.instance} died:\n{consumer.log_text()}"
     finally:
         for gw in gateways:
             gw.stop()
