@@ -108,11 +108,7 @@ class Consumer:
         parked: list[tuple[bytes, str]],
     ) -> tuple[int, int]:
         """(rows new, rows given) of one gateway's messages, in one transaction if all are good."""
-        readings = [
-            {**reading, "device": message.device}
-            for _delivery, message in messages
-            for reading in message.readings
-        ]
+        readings = [reading for _delivery, message in messages for reading in message.readings]
         try:
             return await self.landing.land(gateway, readings), len(readings)
         except BadReading:
@@ -121,10 +117,9 @@ class Consumer:
         # beside it: land them one by one and park the bad one.
         new = total = 0
         for delivery, message in messages:
-            one = [{**reading, "device": message.device} for reading in message.readings]
             try:
-                new += await self.landing.land(gateway, one)
-                total += len(one)
+                new += await self.landing.land(gateway, message.readings)
+                total += len(message.readings)
             except BadReading as exc:
                 parked.append((delivery.body, f"refused: {exc}"))
         return new, total

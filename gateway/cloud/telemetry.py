@@ -62,4 +62,8 @@ def parse(body: bytes) -> Telemetry:
     readings = data.get("readings")
     if not isinstance(readings, list) or not readings:
         raise HostileMessage("readings: expected a non-empty list")
-    return Telemetry(gateway, device, [_reading(r, i) for i, r in enumerate(readings)])
+    checked = [_reading(r, i) for i, r in enumerate(readings)]
+    for reading in checked:
+        # Each reading names its device (docs/mqtt.md); the message's is the fallback.
+        reading.setdefault("device", device)
+    return Telemetry(gateway, device, checked)
