@@ -218,6 +218,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--topic-prefix", default="edge", help="the gateways' topic_prefix")
     parser.add_argument("--batch-max", type=int, default=2000, help="messages per commit")
     parser.add_argument(
+        "--linger",
+        type=float,
+        default=0.25,
+        help="seconds a batch waits for more messages: each gateway in a batch costs one "
+        "transaction, so fuller batches land more rows per transaction",
+    )
+    parser.add_argument(
         "--metrics-listen", metavar="HOST:PORT", help="serve /metrics and /healthz here"
     )
     parser.add_argument(
@@ -267,6 +274,7 @@ def run(args: argparse.Namespace) -> int:
         group=args.group,
         instance=args.instance,
         batch_max=args.batch_max,
+        linger=args.linger,
         ca_file=args.ca_file,
         cert_file=args.cert_file,
         key_file=args.key_file,

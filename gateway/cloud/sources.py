@@ -70,7 +70,7 @@ class SourceSettings:
     group: str = "edge-consumers"
     instance: str = "consumer-1"
     batch_max: int = 2000
-    linger: float = 0.05
+    linger: float = 0.25
     prefetch: int = 4000
     reconnect_min: float = 0.2
     reconnect_max: float = 5.0
