@@ -23,7 +23,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from gateway.cli import main
-from gateway.cloud.consume import Consumer, ConsumerSettings
+from gateway.cloud.consume import Consumer, ConsumerSettings, open_database
 from gateway.cloud.consumer_tables import open_tables
 from gateway.cloud.landing import open_landing
 from gateway.cloud.sources import MqttSharedSource, SourceSettings, without_password
@@ -240,3 +240,11 @@ def test_bad_urls_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
 def test_broker_urls_are_logged_without_their_password() -> None:
     assert without_password("amqp://edge:s3cret@rabbit-1:5672/") == "amqp://edge:***@rabbit-1:5672/"
     assert without_password("mqtt://127.0.0.1:1883") == "mqtt://127.0.0.1:1883"
+
+
+async def test_instances_starting_together_all_open_the_database(postgres_url: str) -> None:
+    # Each creates the tables where missing: the race between them must not stop any.
+    opened = await asyncio.gather(*(open_database(postgres_url) for _ in range(4)))
+    for landing, tables in opened:
+        await tables.close()
+        await landing.close()

@@ -247,22 +247,45 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--log-level", default="info", choices=["debug", "info", "warning"])
 
 
-async def _main(settings: ConsumerSettings, source: Source) -> None:
-    landing = await open_landing(settings.db_url)
-    try:
-        tables = await open_tables(settings.db_url)
+STARTUP_ATTEMPTS = 5
+
+
+async def open_database(url: str) -> tuple[Landing, ConsumerTables]:
+    """The landing and the consumer's tables, created where missing.
+
+    Instances started together race on ``CREATE TABLE IF NOT EXISTS``: PostgreSQL
+    checks for the name before it takes the lock, so the loser fails with a unique
+    violation on its catalog. The table exists by then; the loser tries again.
+    """
+    for attempt in range(1, STARTUP_ATTEMPTS + 1):
         try:
-            consumer = Consumer(settings, source, landing, tables)
-            task = asyncio.current_task()
-            assert task is not None
-            loop = asyncio.get_running_loop()
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(signum, task.cancel)
-            with contextlib.suppress(asyncio.CancelledError):
-                await consumer.run()
-        finally:
-            await tables.close()
+            landing = await open_landing(url)
+            try:
+                return landing, await open_tables(url)
+            except LandingError:
+                await landing.close()
+                raise
+        except LandingError as exc:
+            if attempt == STARTUP_ATTEMPTS:
+                raise
+            log.warning("consumer: opening the database failed (%s); again", exc)
+            await asyncio.sleep(0.2 * attempt)
+    raise AssertionError("unreachable")
+
+
+async def _main(settings: ConsumerSettings, source: Source) -> None:
+    landing, tables = await open_database(settings.db_url)
+    try:
+        consumer = Consumer(settings, source, landing, tables)
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.run()
     finally:
+        await tables.close()
         await landing.close()
 
 
