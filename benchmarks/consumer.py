@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import threading
 import time
 from typing import Any
@@ -218,6 +219,7 @@ def run_consumer(plan: Plan) -> BenchResult:
             consumer.stop()
         cluster.stop()
         postgres.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
     bench = "consumer"
     result.figures = [
