@@ -20,6 +20,7 @@ from benchmarks import (
     backlog,
     codecs,
     commands,
+    consumer,
     fanout,
     modbus_bus,
     pi_profile,
@@ -45,6 +46,7 @@ BENCHMARKS: dict[str, Runner] = {
     "modbus": lambda plan, _profile: modbus_bus.run_modbus(plan),
     "codecs": lambda plan, _profile: codecs.run_codecs(plan),
     "priority": lambda plan, _profile: priority.run_priority(plan),
+    "consumer": lambda plan, _profile: consumer.run_consumer(plan),
 }
 GROUPS = {
     "pipeline": ["throughput", "latency", "backlog"],

@@ -51,6 +51,10 @@ COMMANDS = {
     "queue": _Command(
         "inspect the store: stats, dead letters, replay, purge", "gateway.store.queue_cli"
     ),
+    "consume": _Command(
+        "land telemetry from the broker in a database, once per gateway and seq",
+        "gateway.cloud.consume",
+    ),
     "systemd-dropin": _Command(
         "print the systemd drop-in a configuration needs: its port and devices",
         "gateway.systemd_dropin",
