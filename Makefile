@@ -34,7 +34,7 @@ demo: $(RUNTIME_STAMP)
 test: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
 		systemd-analyze=systemd fusermount3=fuse3 \
-		/usr/lib/postgresql/15/bin/initdb=postgresql-15 rabbitmq-server=rabbitmq-server
+		/usr/lib/postgresql/15/bin/initdb=postgresql-15
 	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck
