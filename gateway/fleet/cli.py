@@ -21,8 +21,12 @@ from typing import Any
 from gateway.config import LOG_LEVELS
 from gateway.errors import GatewayError
 from gateway.fleet.faults import Fault, parse_fault
-from gateway.fleet.fleet import Fleet, FleetOptions, Usage
-from gateway.fleet.usage import Spread, cpu_percent
+
+try:
+    from gateway.fleet.fleet import Fleet, FleetOptions, Usage
+    from gateway.fleet.usage import Spread, cpu_percent
+except ModuleNotFoundError as exc:  # psutil: an extra, not needed to run a gateway
+    raise GatewayError(f"fleet-sim needs {exc.name}: pip install 'edge-gateway[fleet]'") from None
 
 REPORT_NAME = "fleet-report.json"
 TARGETS_NAME = "prometheus-targets.json"
