@@ -179,7 +179,9 @@ class Fleet:
 
     async def _restart_later(self, members: list[Member], delay: float) -> None:
         await asyncio.sleep(delay)
-        await asyncio.gather(*(m.start() for m in members))
+        # A member that fails to start again stays down, and the drain at the end
+        # says so; the others go on.
+        await asyncio.gather(*(m.start() for m in members), return_exceptions=True)
 
     async def _light_later(self, members: list[Member], delay: float) -> None:
         await asyncio.sleep(delay)

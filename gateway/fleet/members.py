@@ -22,6 +22,8 @@ from simulators.tcp_proxy import TcpProxy
 
 # Stopping takes a commit and a last publish; a member that takes longer is killed.
 STOP_TIMEOUT = 60.0
+# A start imports the whole gateway: seconds on a small or busy machine, not minutes.
+START_TIMEOUT = 300.0
 
 
 @dataclass
@@ -120,10 +122,16 @@ class Member:
             )
         self._expected_exit = False
         self._watcher = asyncio.create_task(self._watch(self.process), name=f"watch:{self}")
-        while self.proxy.accepted == connections:
-            if not self.running:
-                raise MemberError(self, "exited while starting")
-            await asyncio.sleep(0.05)
+        try:
+            async with asyncio.timeout(START_TIMEOUT):
+                while self.proxy.accepted == connections:
+                    if not self.running:
+                        raise MemberError(self, "exited while starting")
+                    await asyncio.sleep(0.05)
+        except TimeoutError:
+            raise MemberError(
+                self, f"did not connect to the broker within {START_TIMEOUT:.0f} s"
+            ) from None
 
     async def kill9(self) -> None:
         """SIGKILL, as a power cut or the OOM killer would end it."""
