@@ -1,8 +1,9 @@
 """Run the benchmarks: ``python -m benchmarks [--quick] [NAME ...]``.
 
-NAME is one of throughput, latency, backlog, fanout, pi, fleet, or a group: pipeline
-(throughput, latency, backlog) and all (the default: every one but fleet). Prints a
-table and writes benchmarks/results/<time>.json and benchmarks/results/latest.json.
+NAME is one of throughput, latency, backlog, fanout, pi, commands, modbus, codecs,
+fleet, or a group: pipeline (throughput, latency, backlog) and all (the default: every
+one but fleet). Prints a table and writes benchmarks/results/<time>.json and
+benchmarks/results/latest.json.
 """
 
 from __future__ import annotations
@@ -16,7 +17,16 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import backlog, fanout, fleet, pi_profile, pipeline
+from benchmarks import (
+    backlog,
+    codecs,
+    commands,
+    fanout,
+    fleet,
+    modbus_bus,
+    pi_profile,
+    pipeline,
+)
 from benchmarks.harness import BenchError, load_average, raise_open_files_limit, system_cpu
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import RESULTS, BenchResult, table, write_json
@@ -32,6 +42,9 @@ BENCHMARKS: dict[str, Runner] = {
     "backlog": lambda plan, _profile: backlog.run_backlog(plan),
     "fanout": lambda plan, _profile: fanout.run_fanout(plan),
     "pi": lambda plan, _profile: pi_profile.run_pi(plan),
+    "commands": lambda plan, _profile: commands.run_commands(plan),
+    "modbus": lambda plan, _profile: modbus_bus.run_modbus(plan),
+    "codecs": lambda plan, _profile: codecs.run_codecs(plan),
     "fleet": lambda plan, _profile: fleet.run_fleet(plan),
 }
 GROUPS = {

@@ -23,7 +23,7 @@ import time
 import tty
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,14 +286,16 @@ class Child:
 
 
 @contextlib.contextmanager
-def private_broker(work: Path) -> Iterator[Mosquitto]:
+def private_broker(work: Path, extra_config: Sequence[str] = ()) -> Iterator[Mosquitto]:
     """The tests' mosquitto in ``work``, with no limit on queued or in-flight QoS 1 messages.
 
     A slow subscriber must not lose QoS 1 messages: that would read as lost readings
-    rather than as a slow consumer.
+    rather than as a slow consumer. ``extra_config``: more lines of mosquitto.conf.
     """
     mosquitto = Mosquitto(
-        work / "mosquitto", persistence=False, extra_config=["max_inflight_messages 0"]
+        work / "mosquitto",
+        persistence=False,
+        extra_config=["max_inflight_messages 0", *extra_config],
     )
     try:
         mosquitto.start()

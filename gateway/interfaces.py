@@ -111,6 +111,31 @@ DeviceState = Literal["starting", "open", "waiting", "stopped"]
 UplinkState = Literal["starting", "connecting", "connected", "backoff", "stopped"]
 
 
+@dataclass(frozen=True, slots=True)
+class DeviceFigure:
+    """One number a driver adds to /metrics for its device:
+    ``edge_gateway_device_{name}{device="…", labels…}``."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class DeviceDetail(Protocol):
+    """What a driver shows of a device beyond the common fields of ``DeviceStatus`` (a
+    Modbus slave's counters): under the device in /api/v1/status, and in /metrics."""
+
+    @property
+    def name(self) -> str:
+        """Its key under the device in /api/v1/status."""
+
+    def as_json(self) -> dict[str, object]: ...
+
+    def figures(self) -> list[DeviceFigure]: ...
+
+
 @dataclass(slots=True)
 class DeviceStatus:
     """Live state of one device, read by the status API and /metrics."""
@@ -123,6 +148,7 @@ class DeviceStatus:
     refused_names: int = 0  # samples whose sensor name was refused (gateway.ingest)
     last_reading_ts: float | None = None
     last_error: str | None = None
+    detail: DeviceDetail | None = None
 
 
 class Driver(Protocol):

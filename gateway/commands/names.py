@@ -12,3 +12,7 @@ COMMANDS = (
     "device.read",
     "device.write",
 )
+
+# Commands that change nothing: running one again is harmless, so their answers are
+# sent without waiting for the journal's fsync (see gateway.commands.router).
+READ_ONLY = frozenset({"ping", "status"})

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway import __version__
-from gateway.interfaces import CommandStatus, GatewayView
+from gateway.interfaces import CommandStatus, DeviceFigure, DeviceStatus, GatewayView
 from gateway.local.connections import ConnectionCounters
 from gateway.local.health import uplink_down_seconds
 from gateway.local.stream import StreamCounters
@@ -185,6 +186,23 @@ def _devices(out: Families, view: GatewayView) -> None:
         "Configured interval between readings (0 = not expected).",
         [({"device": i}, expected.get(i, 0.0)) for i in ids],
     )
+    _device_figures(out, status)
+
+
+def _device_figures(out: Families, status: Mapping[str, DeviceStatus]) -> None:
+    """The figures drivers add for their devices, one family per name."""
+    families: dict[str, list[tuple[str, DeviceFigure]]] = {}
+    for device, st in status.items():
+        for figure in st.detail.figures() if st.detail is not None else []:
+            families.setdefault(figure.name, []).append((device, figure))
+    for name, members in sorted(families.items()):
+        first = members[0][1]
+        out.metric(
+            f"edge_gateway_device_{name}",
+            first.kind,
+            first.help,
+            [({"device": device, **dict(f.labels)}, f.value) for device, f in members],
+        )
 
 
 def _store(out: Families, view: GatewayView, now: float) -> None:
@@ -378,5 +396,8 @@ def _connections(out: Families, counters: ConnectionCounters) -> None:
         "edge_gateway_local_requests_refused_total",
         "counter",
         "Requests refused, by HTTP status (400 bad parameter, 401 token, 403 origin or host).",
-        [({"code": c}, counters.requests_refused[c]) for c in ("400", "401", "403")],
+        [
+            ({"code": c}, counters.requests_refused[c])
+            for c in sorted({"400", "401", "403", *counters.requests_refused})
+        ],
     )
