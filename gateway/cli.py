@@ -48,6 +48,10 @@ COMMANDS = {
         "record a serial port's raw bytes and their timing into a capture file",
         "simulators.record",
     ),
+    "fleet-sim": _Command(
+        "N real gateways on this machine, with simulated devices and faults",
+        "gateway.fleet.cli",
+    ),
     "queue": _Command(
         "inspect the store: stats, dead letters, replay, purge", "gateway.store.queue_cli"
     ),
