@@ -1,0 +1,165 @@
+"""Home Assistant discovery on an MQTT uplink, against a real mosquitto: the whole
+gateway in this process, its gpio outputs on gpiozero's mock pins (as in
+tests/test_gpio_output_commands.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gpiozero
+import paho.mqtt.publish as publish
+import pytest
+from gpiozero.pins.mock import MockFactory
+
+from gateway.app import Gateway
+from gateway.commands.router import CommandRouter
+from gateway.config import parse_config
+from gateway.reading import Sample
+from tests.support.common import wait_until
+from tests.support.drivers import wait_open
+from tests.support.mosquitto import Mosquitto, MqttSubscriber, Received
+
+GATEWAY = "gw-ha"
+CONFIGS = "homeassistant/+/gw-ha/+/config"
+STALE = "homeassistant/sensor/gw-ha/old_t/config"
+
+
+def configs(subscriber: MqttSubscriber) -> dict[str, Received]:
+    """The newest config per topic (an empty payload clears one)."""
+    return {m.topic: m for m in subscriber.messages("/config")}
+
+
+def config(subscriber: MqttSubscriber, topic: str) -> dict[str, Any]:
+    body: dict[str, Any] = json.loads(configs(subscriber)[topic].payload)
+    return body
+
+
+def settings_for(broker: Mosquitto, tmp_path: Path) -> Any:
+    return parse_config(
+        {
+            "gateway": {"id": GATEWAY, "data_dir": str(tmp_path / "data")},
+            "devices": [
+                {
+                    "id": "thermo",
+                    "driver": "serial_line",
+                    "port": str(tmp_path / "no-such-port"),
+                    "units": {"t": "°C", "h": "%", "v": "V"},
+                },
+                {"id": "pump", "driver": "gpio_output", "pin": 23},
+                {"id": "fan", "driver": "gpio_output", "pin": 24},
+            ],
+            "uplink": {"mqtt": {"url": broker.url, "home_assistant": True}},
+            "commands": {
+                "allow": ["device.write"],
+                # Only the pump may be written; the fan's switch is refused by the router.
+                "writes": [{"device": "pump", "sensor": "state", "min": 0, "max": 1}],
+            },
+        },
+        None,
+    )
+
+
+@pytest.mark.timeout(60)
+async def test_discovery_and_writes_through_the_router(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    mosquitto: Mosquitto,
+    subscriber_factory: Callable[..., MqttSubscriber],
+) -> None:
+    factory = MockFactory()
+    monkeypatch.setattr(gpiozero.Device, "pin_factory", factory)
+    # A config left by an earlier run for a device no longer configured.
+    stale = {"name": "t", "device": {"identifiers": [f"{GATEWAY}_old"]}}
+    publish.single(
+        STALE, json.dumps(stale), qos=1, retain=True, hostname=mosquitto.host, port=mosquitto.port
+    )
+    live = subscriber_factory(mosquitto, CONFIGS)
+    gateway = Gateway(settings_for(mosquitto, tmp_path))
+    task = asyncio.create_task(gateway.run())
+    try:
+        pump = "homeassistant/switch/gw-ha/pump_state/config"
+        fan = "homeassistant/switch/gw-ha/fan_state/config"
+        await wait_until(lambda: pump in configs(live), message="the pump's config")
+        await wait_until(
+            lambda: configs(live).get(STALE, Received("", b"x", False)).payload == b"",
+            message="the stale config cleared",
+        )
+
+        # Retained: a client that comes later gets every config.
+        late = subscriber_factory(mosquitto, CONFIGS)
+        await wait_until(lambda: fan in configs(late), message="retained configs")
+        held = configs(late)
+        assert all(m.retain for m in held.values())
+        assert STALE not in held
+        t = config(late, "homeassistant/sensor/gw-ha/thermo_t/config")
+        assert t["unit_of_measurement"] == "°C"
+        assert t["device_class"] == "temperature"
+        assert t["unique_id"] == "gw-ha_thermo_t"
+        assert t["state_topic"] == "edge/gw-ha/thermo/telemetry"
+        assert "value_json.readings" in t["value_template"]
+        assert t["device"] == {
+            "identifiers": ["gw-ha_thermo"],
+            "name": "thermo",
+            "via_device": GATEWAY,
+        }
+        # Availability from the retained status topic, whose payload is JSON.
+        assert t["availability"] == [
+            {
+                "topic": "edge/gw-ha/status",
+                "value_template": "{{ value_json.state }}",
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ]
+        assert config(late, "homeassistant/sensor/gw-ha/thermo_h/config")["device_class"] == (
+            "humidity"
+        )
+        assert config(late, "homeassistant/sensor/gw-ha/thermo_v/config")["device_class"] == (
+            "voltage"
+        )
+        switch = config(late, pump)
+        assert switch["command_topic"] == "edge/gw-ha/ha/pump/state/set"
+        assert "device_class" not in switch
+
+        # A sensor no configuration names is announced the first time it is sent.
+        assert gateway.store is not None
+        gateway.store.put_samples([Sample("thermo", "rpm", 1200, time.time())])
+        rpm = "homeassistant/sensor/gw-ha/thermo_rpm/config"
+        await wait_until(lambda: rpm in configs(live), message="the lazy config")
+        assert "device_class" not in config(live, rpm)
+
+        # Switching from Home Assistant: a device.write through the router.
+        await wait_until(lambda: "pump" in gateway.drivers, message="the pump started")
+        await wait_until(lambda: "fan" in gateway.drivers, message="the fan started")
+        await wait_open(gateway.drivers["pump"])
+        await wait_open(gateway.drivers["fan"])
+        router = gateway.commands
+        assert isinstance(router, CommandRouter)
+        # Home Assistant subscribes before the commands: their SUBACK covers both.
+        await wait_until(lambda: router.status.subscribed, message="subscribed")
+        host, port = mosquitto.host, mosquitto.port
+        publish.single(switch["command_topic"], "ON", qos=1, hostname=host, port=port)
+        await wait_until(lambda: factory.pin("GPIO23").state is True, message="the pump on")
+        await wait_until(
+            lambda: router.status.executed.get(("device.write", "ok"), 0) == 1,
+            message="the write counted",
+        )
+        assert router.status.recent[-1]["via"] == "home_assistant"
+
+        # The fan has no write rule: refused by the router, counted, the pin untouched.
+        command = config(late, fan)["command_topic"]
+        publish.single(command, "ON", qos=1, hostname=host, port=port)
+        await wait_until(
+            lambda: router.status.refused.get("bad_args", 0) == 1, message="the refusal"
+        )
+        assert factory.pin("GPIO24").state is False
+    finally:
+        gateway.request_stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(task, 30)
