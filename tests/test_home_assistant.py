@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import gpiozero
+import jinja2.sandbox
 import paho.mqtt.publish as publish
 import pytest
 from gpiozero.pins.mock import MockFactory
@@ -38,6 +39,22 @@ def configs(subscriber: MqttSubscriber) -> dict[str, Received]:
 def config(subscriber: MqttSubscriber, topic: str) -> dict[str, Any]:
     body: dict[str, Any] = json.loads(configs(subscriber)[topic].payload)
     return body
+
+
+def render(template: str, message: dict[str, Any], state: str = "21") -> str:
+    """``template`` rendered as Home Assistant renders a value template (sandboxed Jinja,
+    the JSON payload as ``value_json``, the entity as ``this``)."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment()
+    this = {"state": state}
+    return env.from_string(template).render(value_json=message, this=this).strip()
+
+
+def telemetry(*readings: tuple[str, object]) -> dict[str, Any]:
+    body = [
+        {"seq": i, "ts": 0.0, "device": "d", "sensor": s, "value": v}
+        for i, (s, v) in enumerate(readings)
+    ]
+    return {"gateway": GATEWAY, "device": "d", "readings": body}
 
 
 def settings_for(broker: Mosquitto, tmp_path: Path) -> Any:
@@ -102,7 +119,10 @@ async def test_discovery_and_writes_through_the_router(
         assert t["device_class"] == "temperature"
         assert t["unique_id"] == "gw-ha_thermo_t"
         assert t["state_topic"] == "edge/gw-ha/thermo/telemetry"
-        assert "value_json.readings" in t["value_template"]
+        # The latest of this sensor's readings; none in the message: ignored (empty).
+        message = telemetry(("t", 20.5), ("h", 40), ("t", 21.5))
+        assert render(t["value_template"], message) == "21.5"
+        assert render(t["value_template"], telemetry(("h", 40))) == ""
         assert t["device"] == {
             "identifiers": ["gw-ha_thermo"],
             "name": "thermo",
@@ -126,6 +146,8 @@ async def test_discovery_and_writes_through_the_router(
         switch = config(late, pump)
         assert switch["command_topic"] == "edge/gw-ha/ha/pump/state/set"
         assert "device_class" not in switch
+        assert render(switch["value_template"], telemetry(("state", 1.0))) == "ON"
+        assert render(switch["value_template"], telemetry(("state", 0))) == "OFF"
 
         # A sensor no configuration names is announced the first time it is sent.
         assert gateway.store is not None

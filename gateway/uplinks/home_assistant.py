@@ -136,13 +136,14 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]", "_", text)
 
 
-def _latest(sensor: str, render: str) -> str:
+def _latest(sensor: str, render: str, keep: str) -> str:
     """A Jinja template that picks ``sensor``'s latest value out of a telemetry message
-    and keeps the entity's state when the message carries none of it."""
+    (a message carries one device's readings, maybe none of this sensor's); ``keep``:
+    what it renders then, which leaves the entity's state as it was."""
     name = json.dumps(sensor)
     return (
         f"{{% set r = value_json.readings | selectattr('sensor', 'eq', {name}) | list %}}"
-        f"{{{{ ({render}) if r else this.state }}}}"
+        f"{{{{ ({render}) if r else {keep} }}}}"
     )
 
 
@@ -274,10 +275,15 @@ class HomeAssistant:
                 "via_device": self.gateway_id,
             },
         }
+        # Home Assistant ignores an empty state of a switch and of a sensor with a unit;
+        # a number and a sensor without one take their own state again.
         if entity.component == "switch":
-            config["value_template"] = _latest(entity.sensor, "'ON' if r[-1].value else 'OFF'")
+            template = _latest(entity.sensor, "'ON' if r[-1].value else 'OFF'", "''")
+        elif entity.component == "sensor" and entity.unit is not None:
+            template = _latest(entity.sensor, "r[-1].value", "''")
         else:
-            config["value_template"] = _latest(entity.sensor, "r[-1].value")
+            template = _latest(entity.sensor, "r[-1].value", "this.state")
+        config["value_template"] = template
         if entity.unit is not None:
             config["unit_of_measurement"] = entity.unit
         kind = device_class(entity.sensor, entity.unit)
