@@ -22,6 +22,7 @@ from gateway.app import Gateway
 from gateway.commands.router import CommandRouter
 from gateway.config import parse_config
 from gateway.reading import Sample
+from gateway.uplinks.home_assistant import configured_entities, device_class
 from tests.support.common import wait_until
 from tests.support.drivers import wait_open
 from tests.support.mosquitto import Mosquitto, MqttSubscriber, Received
@@ -185,3 +186,45 @@ async def test_discovery_and_writes_through_the_router(
         gateway.request_stop()
         with contextlib.suppress(asyncio.CancelledError):
             await asyncio.wait_for(task, 30)
+
+
+def test_modbus_registers_become_sensors_numbers_and_switches(tmp_path: Path) -> None:
+    settings = parse_config(
+        {
+            "gateway": {"id": GATEWAY, "data_dir": str(tmp_path)},
+            "devices": [
+                {
+                    "id": "meter",
+                    "driver": "modbus_rtu",
+                    "port": "/dev/x",
+                    "slave_id": 1,
+                    "registers": [
+                        {"sensor": "voltage", "table": "input", "address": 0, "unit": "V"},
+                        {"sensor": "energy", "table": "input", "address": 1, "unit": "kWh"},
+                        {"sensor": "setpoint", "address": 2, "writable": True, "scale": 0.5},
+                        {
+                            "sensor": "relay",
+                            "table": "coil",
+                            "type": "bool",
+                            "address": 0,
+                            "writable": True,
+                        },
+                        {"sensor": "load", "table": "input", "address": 3, "unit": "%"},
+                    ],
+                    "transforms": [{"sensor": "voltage", "rename": "u"}],
+                }
+            ],
+        },
+        None,
+    )
+    entities, fixed = configured_entities(settings.devices[0])
+    assert fixed
+    shown = {e.sensor: (e.component, e.unit, device_class(e.sensor, e.unit)) for e in entities}
+    assert shown == {
+        "u": ("sensor", "V", "voltage"),  # renamed by its transform
+        "energy": ("sensor", "kWh", "energy"),
+        "setpoint": ("number", None, None),
+        "relay": ("switch", None, None),
+        "load": ("sensor", "%", None),  # a percentage, but not humidity
+    }
+    assert next(e for e in entities if e.sensor == "setpoint").step == 0.5
