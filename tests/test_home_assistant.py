@@ -71,8 +71,17 @@ def settings_for(broker: Mosquitto, tmp_path: Path) -> Any:
                 },
                 {"id": "pump", "driver": "gpio_output", "pin": 23},
                 {"id": "fan", "driver": "gpio_output", "pin": 24},
+                # Not carried by the uplink: not announced.
+                {"id": "other", "driver": "serial_line", "port": "/dev/x", "units": {"t": "°C"}},
             ],
-            "uplink": {"mqtt": {"url": broker.url, "home_assistant": True}},
+            "uplinks": [
+                {
+                    "name": "site",
+                    "url": broker.url,
+                    "home_assistant": True,
+                    "devices": ["thermo", "pump", "fan"],
+                }
+            ],
             "commands": {
                 "allow": ["device.write"],
                 # Only the pump may be written; the fan's switch is refused by the router.
@@ -115,6 +124,7 @@ async def test_discovery_and_writes_through_the_router(
         held = configs(late)
         assert all(m.retain for m in held.values())
         assert STALE not in held
+        assert not [topic for topic in held if "other" in topic]
         t = config(late, "homeassistant/sensor/gw-ha/thermo_t/config")
         assert t["unit_of_measurement"] == "°C"
         assert t["device_class"] == "temperature"

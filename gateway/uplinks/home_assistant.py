@@ -173,8 +173,6 @@ class HomeAssistant:
         self._fixed: set[str] = set()
         self._connection: MqttConnection | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        # Writes from Home Assistant refused or failed (also counted by the router).
-        self.refused_writes = 0
 
     # Connection life.
 
@@ -348,7 +346,6 @@ class HomeAssistant:
     def _on_set(self, message: mqtt.MQTTMessage) -> None:
         entity = self._writable.get(message.topic)
         if entity is None or self.commands is None:
-            self.refused_writes += 1
             log.warning("home assistant: %r is not a writable entity", message.topic)
             return
         task = asyncio.get_running_loop().create_task(
@@ -368,7 +365,7 @@ class HomeAssistant:
             "device.write", json.dumps(request).encode(), via="home_assistant"
         )
         if answer.body.get("ok") is not True:
-            self.refused_writes += 1
+            # The router counted it under its reason (edge_gateway_commands_refused_total).
             log.warning(
                 "home assistant: write of %s/%s refused: %s",
                 entity.device,

@@ -112,9 +112,16 @@ class MqttUplink:
             if commands is None
             else MqttCommandChannel(commands, settings.topic_prefix, gateway_id)
         )
-        # Home Assistant discovery and set topics (docs/mqtt.md), when asked for.
+        # Home Assistant discovery and set topics (docs/mqtt.md), when asked for: of the
+        # devices this uplink carries.
+        carried = (selection or Selection(("*",), PriorityRules())).carries_device
         self._home_assistant = (
-            HomeAssistant(settings, gateway_id, devices, commands)
+            HomeAssistant(
+                settings,
+                gateway_id,
+                lambda: [d for d in devices() if carried(d.id)],
+                commands,
+            )
             if settings.home_assistant
             else None
         )
