@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import os
 import sys
 import termios
@@ -120,9 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             # uvloop's transports are not asyncio.Transport subclasses, which the local
             # server asserts of every connection (the harness starts this with -O).
             parser.error("--uvloop needs python -O")
-        import uvloop  # noqa: PLC0415 (not a dependency: installed only to measure it)
-
-        uvloop.install()
+        # Not a dependency: installed by hand only to measure it.
+        importlib.import_module("uvloop").install()
     if args.page_size is not None:
         schema.PAGE_SIZE = args.page_size
     if args.autocheckpoint_bytes is not None:

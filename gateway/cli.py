@@ -48,8 +48,16 @@ COMMANDS = {
         "record a serial port's raw bytes and their timing into a capture file",
         "simulators.record",
     ),
+    "fleet-sim": _Command(
+        "N real gateways on this machine, with simulated devices and faults",
+        "gateway.fleet.cli",
+    ),
     "queue": _Command(
         "inspect the store: stats, dead letters, replay, purge", "gateway.store.queue_cli"
+    ),
+    "consume": _Command(
+        "land telemetry from the broker in a database, once per gateway and seq",
+        "gateway.cloud.consume",
     ),
     "systemd-dropin": _Command(
         "print the systemd drop-in a configuration needs: its port and devices",

@@ -2,8 +2,11 @@
 
 pytest_plugins = [
     "tests.support.common",
+    "tests.support.cluster",
+    "tests.support.consumer_proc",
     "tests.support.gateway_proc",
     "tests.support.mosquitto",
+    "tests.support.postgres",
     "tests.support.powercut",
     "tests.support.store",
     "tests.support.tcp_proxy",

@@ -179,6 +179,10 @@ class MqttConnection:
         if sock is None:
             raise ConnectionError("connection closed during connect")
         self._fd = sock.fileno()
+        if isinstance(sock, socket.socket) and sock.family in (socket.AF_INET, socket.AF_INET6):
+            # A command's answer follows the PUBACK of its request: with Nagle it waited
+            # for the broker's delayed ACK of that PUBACK (40 ms) before leaving.
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client.on_connect = self._on_connect
         client.on_publish = self._on_publish
         client.on_disconnect = self._on_disconnect
