@@ -30,9 +30,10 @@ from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.ingest import DeviceSink
 from gateway.interfaces import Driver, GatewayView, Uplink
 from gateway.local import rest, serve
-from gateway.settings import DeviceSettings, MqttSettings, Settings
+from gateway.settings import DeviceSettings, MqttSettings, Settings, WebSocketSettings
 from gateway.store import Store, schema
 from gateway.uplinks.mqtt import MqttUplink
+from gateway.uplinks.websocket import WebSocketUplink
 
 log = logging.getLogger(__name__)
 
@@ -256,7 +257,7 @@ class Gateway:
                 # The view shows running parts only; the local server has no entry.
                 if isinstance(old, DeviceSettings):
                     del self.drivers[old.id]
-                elif isinstance(old, MqttSettings):
+                elif isinstance(old, MqttSettings | WebSocketSettings):
                     del self.uplinks[name.removeprefix("uplink:")]
         view.settings = new
         running = sup.names("")
@@ -284,6 +285,10 @@ class Gateway:
             )
             self.uplinks[uplink.name] = uplink
             coro = uplink.run()
+        elif isinstance(child, WebSocketSettings):
+            ws_uplink = WebSocketUplink(child, self.settings.gateway.id, store)
+            self.uplinks[ws_uplink.name] = ws_uplink
+            coro = ws_uplink.run()
         else:
             self._local_bound = asyncio.Event()
             coro = serve(view, self._local_bound, self._local_reload)
@@ -364,6 +369,8 @@ def _children_of(settings: Settings, disabled: set[str] | None = None) -> dict[s
     }
     if settings.uplink.mqtt is not None:
         children["uplink:mqtt"] = settings.uplink.mqtt
+    if settings.uplink.websocket is not None:
+        children["uplink:websocket"] = settings.uplink.websocket
     if settings.local is not None:
         children["local"] = settings.local
     return children

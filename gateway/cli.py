@@ -47,6 +47,10 @@ COMMANDS = {
     "queue": _Command(
         "inspect the store: stats, dead letters, replay, purge", "gateway.store.queue_cli"
     ),
+    "ingest": _Command(
+        "the reference ingest server for the WebSocket uplink (SQLite or PostgreSQL)",
+        "gateway.cloud.ingest_cli",
+    ),
     "systemd-dropin": _Command(
         "print the systemd drop-in a configuration needs: its port and devices",
         "gateway.systemd_dropin",
@@ -186,6 +190,8 @@ def summary(settings: Settings) -> str:
     uplinks = []
     if settings.uplink.mqtt is not None:
         uplinks.append(f"mqtt {settings.uplink.mqtt.url}")
+    if settings.uplink.websocket is not None:
+        uplinks.append(f"websocket {settings.uplink.websocket.url}")
     local = settings.local.listen if settings.local is not None else "off"
     return (
         f"gateway {settings.gateway.id}, "

@@ -55,9 +55,11 @@ from gateway.settings import (
     Settings,
     StoreSettings,
     UplinkSettings,
+    WebSocketSettings,
     WriteRule,
 )
 from gateway.uplinks.broker import BrokerAddress
+from gateway.uplinks.ws_protocol import Endpoint
 
 # The keys of every device section; the others belong to its driver.
 COMMON_DEVICE_KEYS = frozenset(keys_of(DeviceSettings))
@@ -484,9 +486,42 @@ class _Parser:
         return device
 
     def uplink(self, data: object) -> UplinkSettings:
-        section = self.section(data, "uplink", {"mqtt": _pass})
+        section = self.section(data, "uplink", {"mqtt": _pass, "websocket": _pass})
         mqtt = self.mqtt(section.values["mqtt"]) if "mqtt" in section.values else None
-        return UplinkSettings(mqtt=mqtt)
+        values = section.values
+        websocket = self.websocket(values["websocket"]) if "websocket" in values else None
+        return UplinkSettings(mqtt=mqtt, websocket=websocket)
+
+    def websocket(self, data: object) -> WebSocketSettings:
+        spec: dict[str, Convert] = {
+            "url": _checked(Endpoint.parse),
+            "token": _token,
+            "token_file": self.token_file,
+            "ca_file": self.readable_file,
+            "cert_file": self.readable_file,
+            "key_file": self.readable_file,
+            "tls_insecure": _boolean,
+            "batch_max": _integer(1, 100_000),
+            "max_inflight": _integer(1, 1024),
+            "compress": _boolean,
+            "heartbeat": _duration(positive=True),
+            "ack_timeout": _duration(positive=True),
+            "connect_timeout": _duration(positive=True),
+            "reconnect_min": _duration(positive=True),
+            "reconnect_max": _duration(positive=True),
+            "linger": _duration(positive=False),
+            "ack_interval": _duration(positive=False),
+        }
+        section = self.section(data, "uplink.websocket", spec)
+        websocket = WebSocketSettings(**section.values)
+        if section.ok("url") and not Endpoint.parse(websocket.url).tls:
+            for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):
+                if section.values.get(key):
+                    self.problem(section.key(key), 'only used with "wss://" urls')
+        self.certificate(section)
+        self.exclusive(section, "token", "token_file")
+        self.ordered(section, websocket.reconnect_min, websocket.reconnect_max)
+        return websocket
 
     def mqtt(self, data: object) -> MqttSettings:
         spec: dict[str, Convert] = {

@@ -3,6 +3,7 @@
 pytest_plugins = [
     "tests.support.common",
     "tests.support.gateway_proc",
+    "tests.support.ingest",
     "tests.support.mosquitto",
     "tests.support.postgres",
     "tests.support.powercut",
