@@ -61,7 +61,6 @@ async def test_delivers_every_reading_and_moves_the_cursor_on_acks(
         uplink = WebSocketUplink(ws_settings(ws_url(ingest_settings.port)), GATEWAY, store)
         async with running(uplink):
             await wait_until(lambda: uplink.status.acked_seq == last, message="all acked")
-            assert uplink.status.state in ("connecting", "connected")
             # Live readings after the backlog go the same way.
             last = await put(store, 30)
             await wait_until(lambda: uplink.status.acked_seq == last, message="live acked")
