@@ -139,13 +139,23 @@ class Session:
                 f"{self.expected_first and self.expected_first - 1} starts at {self.expected_first}"
             )
         counters = self.server.counters
+        landing = self.server.landing
+        conflicts = landing.conflicts
         try:
-            inserted = await self.server.landing.land(self.gateway, head.readings)
+            inserted = await landing.land(self.gateway, head.readings)
         except BadReading as err:
             raise ProtocolError(str(err)) from None
         except LandingError as err:
             counters.storage_failures += 1
             raise ProtocolError(str(err), CloseCode.STORAGE_FAILED) from None
+        if landing.conflicts > conflicts:
+            log.warning(
+                "%s: %d readings of seq %d to %d came again with another content; kept the first",
+                self.gateway,
+                landing.conflicts - conflicts,
+                head.first_seq,
+                head.last_seq,
+            )
         # Committed: only now may the gateway move its cursor.
         await self.ws.send_str(ack(head.last_seq))
         self.expected_first = head.last_seq + 1
