@@ -32,6 +32,7 @@ from gateway.settings import (
     MqttSettings,
     Settings,
     StoreSettings,
+    WebSocketSettings,
 )
 from tests.support.config import parse, problems, write
 
@@ -597,6 +598,11 @@ SECTIONS: dict[str, tuple[type[Any], dict[str, Any], Any]] = {
     "[gateway]": (GatewaySettings, {}, lambda s: s.gateway),
     "[store]": (StoreSettings, {}, lambda s: s.store),
     "[uplink.mqtt]": (MqttSettings, {"uplink": {"mqtt": {}}}, lambda s: s.uplink.mqtt),
+    "[uplink.websocket]": (
+        WebSocketSettings,
+        {"uplink": {"websocket": {}}},
+        lambda s: s.uplink.websocket,
+    ),
     "[local]": (LocalSettings, {"local": {"token": TOKEN}}, lambda s: s.local),
     "[health]": (HealthSettings, {}, lambda s: s.health),
     "[commands]": (CommandSettings, {}, lambda s: s.commands),

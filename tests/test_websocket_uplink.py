@@ -19,6 +19,7 @@ from gateway.store import Store
 from gateway.uplinks.websocket import WebSocketUplink
 from gateway.uplinks.ws_protocol import SUBPROTOCOL, ack, welcome
 from tests.support.common import free_port, wait_until
+from tests.support.config import parse, problems, write
 from tests.support.ingest import INGEST_TOKEN, ingest_metrics, served, ws_url
 from tests.support.landing import landed_bodies
 from tests.support.mosquitto import TlsFiles
@@ -193,3 +194,24 @@ async def test_an_ack_that_ends_no_batch_drops_the_connection(
         await wait_until(lambda: "bad ack" in (uplink.status.last_error or ""), message="bad ack")
         await asyncio.sleep(0)
     assert uplink.status.acked_seq == 0
+
+
+def test_the_websocket_section_is_checked_key_by_key(tmp_path: Path) -> None:
+    base = '[gateway]\nid = "gw"\n[uplink.websocket]\n'
+    settings = parse(tmp_path, base + 'url = "wss://cloud.example/ingest"\ncompress = true\n')
+    assert settings.uplink.websocket == WebSocketSettings(
+        url="wss://cloud.example/ingest", compress=True
+    )
+    found = problems(
+        tmp_path,
+        base + 'url = "http://cloud"\ntoken = "short"\nmax_inflight = 0\nheartbeat = "soon"\n',
+    )
+    assert [p.split(":")[0] for p in found] == [
+        "uplink.websocket.url",
+        "uplink.websocket.token",
+        "uplink.websocket.max_inflight",
+        "uplink.websocket.heartbeat",
+    ]
+    ca = write(tmp_path, "not a certificate", "ca.pem")
+    found = problems(tmp_path, base + f'url = "ws://cloud/ingest"\nca_file = "{ca}"\n')
+    assert found == ['uplink.websocket.ca_file: only used with "wss://" urls']
