@@ -1,6 +1,6 @@
 """Run the benchmarks: ``python -m benchmarks [--quick] [NAME ...]``.
 
-NAME is one of throughput, latency, backlog, fanout, pi, or a group: pipeline
+NAME is one of throughput, latency, backlog, fanout, pi, ws_uplink, or a group: pipeline
 (throughput, latency, backlog) and all (the default). Prints a table and writes
 benchmarks/results/<time>.json and benchmarks/results/latest.json.
 """
@@ -16,7 +16,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks import backlog, fanout, pi_profile, pipeline
+from benchmarks import backlog, fanout, pi_profile, pipeline, ws_uplink
 from benchmarks.harness import BenchError, load_average, raise_open_files_limit, system_cpu
 from benchmarks.plan import FULL, QUICK, Plan
 from benchmarks.report import RESULTS, BenchResult, table, write_json
@@ -32,6 +32,7 @@ BENCHMARKS: dict[str, Runner] = {
     "backlog": lambda plan, _profile: backlog.run_backlog(plan),
     "fanout": lambda plan, _profile: fanout.run_fanout(plan),
     "pi": lambda plan, _profile: pi_profile.run_pi(plan),
+    "ws_uplink": lambda plan, _profile: ws_uplink.run_ws_uplink(plan),
 }
 GROUPS = {
     "pipeline": ["throughput", "latency", "backlog"],

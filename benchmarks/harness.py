@@ -389,6 +389,8 @@ class GatewayConfig:
     # Extra settings for the store and every device.
     store_settings: dict[str, object] = field(default_factory=dict)
     device_settings: dict[str, object] = field(default_factory=dict)
+    # Keys of [uplink.websocket]; None: no WebSocket uplink.
+    websocket: dict[str, object] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -429,6 +431,10 @@ class GatewayConfig:
                     "reconnect_max": 0.5,
                 }
             }
+        if self.websocket is not None:
+            uplinks = config.setdefault("uplink", {})
+            assert isinstance(uplinks, dict)
+            uplinks["websocket"] = self.websocket
         config["local"] = {
             "listen": f"127.0.0.1:{self.local_port}",
             "token": TOKEN,

@@ -40,6 +40,8 @@ PATH = "/ingest"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 MAX_IN_FLIGHT = 64  # batches a gateway may send before the first ack (advertised)
 HELLO_TIMEOUT = 10.0
+# Readings landed in one transaction at most, when several batches wait.
+GROUP_READINGS = 20_000
 HEARTBEAT = 20.0
 
 
@@ -73,14 +75,20 @@ class IngestCounters:
 
 
 class Session:
-    """One gateway's connection: hello, then batches in order, each acked after commit."""
+    """One gateway's connection: hello, then batches in order, each acked after commit.
+
+    A reader checks each batch as it arrives while a lander stores them: the batches
+    waiting when the lander is free land together, in one transaction and one fsync,
+    and one ack (the last one's ``last_seq``) answers them all.
+    """
 
     def __init__(self, server: IngestServer, ws: web.WebSocketResponse, peer: str) -> None:
         self.server = server
         self.ws = ws
         self.peer = peer
         self.gateway = ""
-        self.expected_first: int | None = None  # first_seq the next batch must have
+        self.expected_first = 0  # first_seq the next batch must have
+        self._checked: asyncio.Queue[BatchHead | None] = asyncio.Queue(MAX_IN_FLIGHT)
 
     async def run(self) -> None:
         try:
@@ -97,11 +105,11 @@ class Session:
         try:
             await self.ws.send_str(welcome(self.server.settings.max_message_bytes, MAX_IN_FLIGHT))
             log.info("%s: gateway %s connected", self.peer, self.gateway)
-            while (message := await self._next()) is not None:
-                if message["type"] == "batch":
-                    await self._batch(message)
-                else:
-                    raise ProtocolError(f"unknown message type {message['type']!r}")
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._read(), name=f"ingest-read-{self.peer}")
+                tg.create_task(self._land(), name=f"ingest-land-{self.peer}")
+        except* ProtocolError as group:
+            raise group.exceptions[0] from None
         finally:
             counters.connected -= 1
 
@@ -129,20 +137,43 @@ class Session:
             raise ProtocolError(str(err)) from None
         self.expected_first = seq_field(message, "acked_seq") + 1
 
-    async def _batch(self, message: dict[str, Any]) -> None:
-        head = BatchHead.of(message)
-        if head.gateway != self.gateway:
-            raise ProtocolError(f"gateway {head.gateway!r} in a session of {self.gateway!r}")
-        if head.first_seq != self.expected_first:
-            raise ProtocolError(
-                f"first_seq {head.first_seq}: the batch after seq "
-                f"{self.expected_first and self.expected_first - 1} starts at {self.expected_first}"
-            )
+    async def _read(self) -> None:
+        while (message := await self._next()) is not None:
+            if message["type"] != "batch":
+                raise ProtocolError(f"unknown message type {message['type']!r}")
+            head = BatchHead.of(message)
+            if head.gateway != self.gateway:
+                raise ProtocolError(f"gateway {head.gateway!r} in a session of {self.gateway!r}")
+            if head.first_seq != self.expected_first:
+                raise ProtocolError(
+                    f"first_seq {head.first_seq}: the batch after seq "
+                    f"{self.expected_first - 1} starts at {self.expected_first}"
+                )
+            self.expected_first = head.last_seq + 1
+            await self._checked.put(head)
+        await self._checked.put(None)  # the gateway closed: land what is queued, then end
+
+    async def _land(self) -> None:
+        while (head := await self._checked.get()) is not None:
+            heads = [head]
+            readings = list(head.readings)
+            # Whatever else is already checked joins this transaction.
+            while not self._checked.empty() and len(readings) < GROUP_READINGS:
+                queued = self._checked.get_nowait()
+                if queued is None:
+                    self._checked.put_nowait(None)
+                    break
+                heads.append(queued)
+                readings += queued.readings
+            await self._commit(heads, readings)
+
+    async def _commit(self, heads: list[BatchHead], readings: list[Any]) -> None:
         counters = self.server.counters
         landing = self.server.landing
         conflicts = landing.conflicts
+        first, last = heads[0].first_seq, heads[-1].last_seq
         try:
-            inserted = await landing.land(self.gateway, head.readings)
+            inserted = await landing.land(self.gateway, readings)
         except BadReading as err:
             raise ProtocolError(str(err)) from None
         except LandingError as err:
@@ -153,15 +184,14 @@ class Session:
                 "%s: %d readings of seq %d to %d came again with another content; kept the first",
                 self.gateway,
                 landing.conflicts - conflicts,
-                head.first_seq,
-                head.last_seq,
+                first,
+                last,
             )
         # Committed: only now may the gateway move its cursor.
-        await self.ws.send_str(ack(head.last_seq))
-        self.expected_first = head.last_seq + 1
-        counters.batches += 1
+        await self.ws.send_str(ack(last))
+        counters.batches += len(heads)
         counters.readings_landed += inserted
-        counters.readings_duplicate += len(head.readings) - inserted
+        counters.readings_duplicate += len(readings) - inserted
 
 
 class IngestServer:

@@ -105,7 +105,8 @@ def rows(gateway: str, readings: Sequence[Mapping[str, Any]], received_at: float
     check_gateway(gateway)
     out: list[Row] = []
     for index, reading in enumerate(readings):
-        if not isinstance(reading, Mapping):
+        # Exact type checks first: parsed JSON gives dicts, and an ABC check costs more.
+        if type(reading) is not dict and not isinstance(reading, Mapping):
             raise BadReading(index, "not a JSON object")
         seq = reading.get("seq")
         if type(seq) is not int or not 0 < seq <= MAX_SEQ:
@@ -119,11 +120,23 @@ def rows(gateway: str, readings: Sequence[Mapping[str, Any]], received_at: float
         if "value" not in reading:
             raise BadReading(index, "value: missing")
         try:
-            value, body = _encode(reading["value"]), _encode(reading)
+            body = _encode(reading)
+            value = _value_json(reading["value"])
         except (TypeError, ValueError) as err:
             raise BadReading(index, f"not JSON: {err}") from err
         out.append((gateway, seq, float(ts), device, sensor, value, body, received_at))
     return out
+
+
+def _value_json(value: object) -> str:
+    """A value as JSON text; numbers the common case, without the encoder's setup."""
+    kind = type(value)
+    if kind is int:
+        return int.__repr__(value)
+    if kind is float:
+        # Finite here: the body was encoded first, and refuses NaN and infinities.
+        return float.__repr__(value)
+    return _encode(value)
 
 
 def _name(index: int, reading: Mapping[str, Any], key: str) -> str:
