@@ -4,6 +4,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 RUNTIME_STAMP := $(VENV)/.runtime-stamp
 PYTEST_ARGS ?=
+# Test processes: the suite mostly waits on brokers, ptys and gateway processes, so one
+# worker per core halves its time; PYTEST_WORKERS=0 runs it in one process.
+PYTEST_WORKERS ?= auto
 
 .PHONY: all venv demo test check lint typecheck bench soak clean
 
@@ -32,7 +35,7 @@ test: $(STAMP)
 	tools/ensure-packages mosquitto=mosquitto chromium=chromium promtool=prometheus \
 		systemd-analyze=systemd fusermount3=fuse3 \
 		/usr/lib/postgresql/15/bin/initdb=postgresql-15
-	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(PYTEST_WORKERS) --dist worksteal --cov --cov-report=term $(PYTEST_ARGS)
 
 check: lint typecheck
 
