@@ -136,7 +136,7 @@ class SilentServer:
 
     def __init__(self) -> None:
         self.port = free_port()
-        self.ranges: list[tuple[int, int]] = []
+        self.ranges: list[list[tuple[int, int]]] = []  # per connection
         self.connections = 0
         self.ack_with: int | None = None  # an ack to send after each batch, right or wrong
 
@@ -144,11 +144,13 @@ class SilentServer:
         ws = web.WebSocketResponse(protocols=(SUBPROTOCOL,))
         await ws.prepare(request)
         self.connections += 1
+        ranges: list[tuple[int, int]] = []
+        self.ranges.append(ranges)
         await ws.receive()  # hello
         await ws.send_str(welcome(1 << 20, 64))
         async for msg in ws:
             batch = json.loads(msg.data)
-            self.ranges.append((batch["first_seq"], batch["last_seq"]))
+            ranges.append((batch["first_seq"], batch["last_seq"]))
             if self.ack_with is not None:
                 await ws.send_str(ack(self.ack_with))
         return ws
@@ -174,13 +176,18 @@ async def test_in_flight_is_bounded_and_an_unacked_link_is_dropped(
     store: Store, silent_server: SilentServer
 ) -> None:
     await put(store, 1000)
-    settings = ws_settings(silent_server.url, max_inflight=3, batch_max=50, ack_timeout=1.0)
+    # Pings answered: only the missing acks end each connection.
+    settings = ws_settings(
+        silent_server.url, max_inflight=3, batch_max=50, ack_timeout=1.0, heartbeat=60.0
+    )
     uplink = WebSocketUplink(settings, GATEWAY, store)
     async with running(uplink):
         await wait_until(lambda: silent_server.connections >= 2, message="reconnect after timeout")
-    # Each connection sent three batches and waited; the next one started at the cursor.
-    assert silent_server.ranges[:4] == [(1, 50), (51, 100), (101, 150), (1, 50)]
-    assert "no ack" in (uplink.status.last_error or "")
+        await wait_until(lambda: len(silent_server.ranges[0]) == 3, message="window sent")
+        assert "no ack" in (uplink.status.last_error or "")
+    # Each connection sent at most three batches and waited; each started at the cursor.
+    for ranges in silent_server.ranges:
+        assert ranges == [(1, 50), (51, 100), (101, 150)][: len(ranges)]
     assert uplink.status.acked_seq == 0
 
 
