@@ -44,6 +44,10 @@ COMMANDS = {
         "simulated devices, the gateway and the dashboard on this machine", "gateway.demo"
     ),
     "sim": _Command("one simulated serial device on a pseudo-terminal", "simulators.cli"),
+    "record": _Command(
+        "record a serial port's raw bytes and their timing into a capture file",
+        "simulators.record",
+    ),
     "queue": _Command(
         "inspect the store: stats, dead letters, replay, purge", "gateway.store.queue_cli"
     ),

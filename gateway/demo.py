@@ -19,17 +19,20 @@ import sys
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 
+from drivers.modbus_rtu.device import METER_REGISTERS
+from drivers.modbus_rtu.settings import Register
 from gateway.app import Gateway, signals_handled
 from gateway.config import load_config
 from gateway.logs import setup_logging
 from simulators import PtyDevice
+from simulators.modbus_bus import ModbusBus
 
 # (device id, simulator kind, lines per second)
 DEMO_DEVICES = (
@@ -37,6 +40,17 @@ DEMO_DEVICES = (
     ("thermo-2", "thermo", 1.0),
     ("counter-1", "counter", 5.0),
 )
+# An energy meter on a simulated RS-485 bus, polled for the registers a technician looks
+# at first (one request: they are adjacent), and a GPS receiver driving a circle, one fix
+# a second, its position once per fix. Both light enough for a Raspberry Pi.
+METER_ID = "meter-1"
+# The setpoint is writable: the dashboard's command panel can set it (0 to 100).
+METER_SENSORS = ("voltage", "current", "power", "energy", "setpoint")
+SETPOINT_RANGE = (0.0, 100.0)
+METER_POLL = "1s"
+GPS_ID = "gps-1"
+GPS_RATE = 1.0
+GPS_SENTENCES = ["GGA", "VTG"]
 REPORT_EVERY = 5.0
 SUBSCRIBE_TIMEOUT = 10.0
 
@@ -138,32 +152,67 @@ def _cloud_subscriber(port: int, view: CloudView) -> Iterator[None]:
 
 
 @contextlib.asynccontextmanager
-async def _devices(root: Path) -> AsyncIterator[list[tuple[str, Path]]]:
+async def _devices(root: Path) -> AsyncIterator[list[dict[str, object]]]:
+    """The simulated devices, running; yields the ``[[devices]]`` that read them."""
     async with contextlib.AsyncExitStack() as stack:
-        links = []
+        devices: list[dict[str, object]] = []
         for device_id, kind, rate in DEMO_DEVICES:
             link = root / "dev" / device_id
             await stack.enter_async_context(PtyDevice(kind, link, rate=rate))
-            links.append((device_id, link))
-        yield links
+            device: dict[str, object] = {
+                "id": device_id,
+                "driver": "serial_line",
+                "port": str(link),
+                "baudrate": 9600,
+                "format": "kv",
+                "expected_interval": 2.0,
+            }
+            if kind == "thermo":
+                device["units"] = {"t": "°C", "h": "%"}
+            devices.append(device)
+        bus = await stack.enter_async_context(ModbusBus(root / "dev" / "rs485", [1]))
+        devices.append(
+            {
+                "id": METER_ID,
+                "driver": "modbus_rtu",
+                "port": str(bus.link),
+                "baudrate": bus.baudrate,
+                "slave_id": 1,
+                "poll_interval": METER_POLL,
+                "expected_interval": 2.0,
+                "registers": [
+                    _register_keys(r) for r in METER_REGISTERS if r.sensor in METER_SENSORS
+                ],
+            }
+        )
+        gps = await stack.enter_async_context(
+            PtyDevice("gps", root / "dev" / GPS_ID, rate=GPS_RATE)
+        )
+        devices.append(
+            {
+                "id": GPS_ID,
+                "driver": "nmea",
+                "port": str(gps.link),
+                "baudrate": 9600,
+                "sentences": GPS_SENTENCES,
+                "expected_interval": 2.0,
+            }
+        )
+        yield devices
+
+
+def _register_keys(register: Register) -> dict[str, object]:
+    """A register of the simulated meter's map as its ``[[devices.registers]]`` keys."""
+    return {
+        f.name: getattr(register, f.name)
+        for f in fields(register)
+        if getattr(register, f.name) != f.default
+    }
 
 
 def _write_config(
-    root: Path, links: list[tuple[str, Path]], port: int, token: str, broker: int | None
+    root: Path, devices: list[dict[str, object]], port: int, token: str, broker: int | None
 ) -> Path:
-    devices: list[dict[str, object]] = []
-    for device_id, link in links:
-        device: dict[str, object] = {
-            "id": device_id,
-            "driver": "serial_line",
-            "port": str(link),
-            "baudrate": 9600,
-            "format": "kv",
-            "expected_interval": 2.0,
-        }
-        if device_id.startswith("thermo"):
-            device["units"] = {"t": "°C", "h": "%"}
-        devices.append(device)
     config: dict[str, object] = {
         "gateway": {"id": "demo-gw", "data_dir": str(root / "data")},
         "devices": devices,
@@ -171,6 +220,11 @@ def _write_config(
     if broker is not None:
         config["uplink"] = {"mqtt": {"url": f"mqtt://127.0.0.1:{broker}", "topic_prefix": "edge"}}
     config["local"] = {"listen": f"127.0.0.1:{port}", "token": token}
+    low, high = SETPOINT_RANGE
+    config["commands"] = {
+        "allow": ["ping", "device.read", "device.write"],
+        "writes": [{"device": METER_ID, "sensor": "setpoint", "min": low, "max": high}],
+    }
     path = root / "gateway.toml"
     path.write_text(
         "# Written by `edge-gateway demo`: a real configuration you can copy.\n"
@@ -211,12 +265,13 @@ async def _demo(args: argparse.Namespace, root: Path) -> int:
             # Counting starts from the first reading only if the subscription is in place.
             if not await asyncio.to_thread(cloud.subscribed.wait, SUBSCRIBE_TIMEOUT):
                 print("the private broker did not answer; running on anyway", file=sys.stderr)
-        async with _devices(root) as links:
-            config = _write_config(root, links, port, token, broker)
+        async with _devices(root) as devices:
+            config = _write_config(root, devices, port, token, broker)
             gateway = Gateway(load_config(config))
             print(f"edge-gateway demo in {root}")
             print(f"  configuration: {config}")
-            print(f"  devices: {', '.join(f'{d} on {link}' for d, link in links)}")
+            names = ", ".join(f"{d['id']} on {d['port']}" for d in devices)
+            print(f"  devices: {names}")
             if broker is not None:
                 print(f"  cloud: private mosquitto on mqtt://127.0.0.1:{broker}")
             else:

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
 
 from pymodbus.constants import ExcCodes
 
+from simulators.capture import CaptureError, read_capture
 from simulators.modbus_bus import ModbusBus
 from simulators.pty_device import PtyDevice
+from simulators.replay import ReplayDevice
 from simulators.sources import KINDS
 
 
@@ -46,14 +49,16 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "kind",
-        choices=(*KINDS, "modbus"),
+        choices=(*KINDS, "modbus", "replay"),
         help=(
             "thermo: t and h drifting; counter: n=1, 2, 3…; arduino: the thermo as free text "
             '("Temperature: 21.5 C, Humidity: 40.2 %%", for format = "regex"); gps: an NMEA '
             "receiver on a moving track, one fix (GGA, RMC, VTG, GSA, GSV) per line of --rate; "
-            "modbus: a Modbus RTU bus of simulated energy meters (see docs/drivers.md)"
+            "modbus: a Modbus RTU bus of simulated energy meters (see docs/drivers.md); "
+            "replay: play back a capture made by `edge-gateway record` (sim replay FILE)"
         ),
     )
+    p.add_argument("capture", nargs="?", type=Path, metavar="FILE", help="replay: the capture")
     p.add_argument("--link", type=Path, required=True, help="symlink to create for the device")
     p.add_argument("--rate", type=_positive, default=1.0, help="lines per second (default 1)")
     p.add_argument(
@@ -103,6 +108,19 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
         "--slow-delay", type=_positive, default=1.0, help="how late the slow ones are (default 1)"
     )
     modbus.add_argument("--baudrate", type=int, default=9600, help="bus speed (default 9600)")
+    replay = p.add_argument_group("replay")
+    replay.add_argument(
+        "--speed", type=_positive, default=1.0, help="play X times as fast (default 1)"
+    )
+    replay.add_argument("--loop", action="store_true", help="start again at the end, forever")
+    replay.add_argument(
+        "--delay",
+        type=float,
+        default=1.0,
+        metavar="S",
+        help="wait S seconds after linking before the first byte, so a gateway waiting for "
+        "the port has opened it (default 1)",
+    )
     p.add_argument("--start", type=int, default=1, help="first n of the counter (default 1)")
     p.add_argument("--seed", type=int, help="seed for the thermo drift and the garbage")
 
@@ -116,9 +134,14 @@ async def _run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    if (args.kind == "replay") != (args.capture is not None):
+        print("edge-gateway sim: FILE goes with replay, and only with it", file=sys.stderr)
+        return 2
     try:
         if args.kind == "modbus":
             return await _run_modbus(args, stop)
+        if args.kind == "replay":
+            return await _run_replay(args, stop)
         device = PtyDevice(
             args.kind,
             args.link,
@@ -175,4 +198,37 @@ async def _run_modbus(args: argparse.Namespace, stop: asyncio.Event) -> int:
     except (OSError, RuntimeError) as exc:
         print(f"edge-gateway sim: cannot create the bus: {exc}", file=sys.stderr)
         return 1
+    return 0
+
+
+async def _run_replay(args: argparse.Namespace, stop: asyncio.Event) -> int:
+    if not 0 <= args.delay < 3600:
+        print("edge-gateway sim: --delay must be 0 to 3600 seconds", file=sys.stderr)
+        return 2
+    try:
+        capture = read_capture(args.capture)
+    except CaptureError as exc:
+        print(f"edge-gateway sim: {exc}", file=sys.stderr)
+        return exc.exit_code
+    device = ReplayDevice(capture, args.link, speed=args.speed, loop=args.loop, paused=True)
+    async with device:
+        print(
+            f"replaying {args.capture} ({capture.size} bytes over {capture.end:.1f} s, "
+            f"recorded at {capture.setup.baudrate} baud) on {device.slave_path}, linked at "
+            f"{args.link}",
+            file=sys.stderr,
+            flush=True,
+        )
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(args.delay):
+                await stop.wait()
+        device.resume()
+        finished = asyncio.ensure_future(device.finished.wait())
+        stopped = asyncio.ensure_future(stop.wait())
+        await asyncio.wait((finished, stopped), return_when=asyncio.FIRST_COMPLETED)
+        if finished.done():
+            # The device stays plugged in, as with --count, so the reader drains it.
+            print("replay finished; the device stays linked until stopped", file=sys.stderr)
+            await stopped
+        finished.cancel()
     return 0

@@ -12,7 +12,6 @@ import contextlib
 import errno
 import os
 import random
-import tty
 from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
@@ -21,14 +20,7 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer
 
 from drivers.modbus_rtu.device import SimulatedMeter
-
-
-def _open_pty() -> tuple[int, int, str]:
-    master, slave = os.openpty()
-    # Raw: no echo, no line editing, no CR/LF translation of the binary frames.
-    tty.setraw(slave)
-    os.set_blocking(master, False)
-    return master, slave, os.ttyname(slave)
+from simulators.pty_link import open_raw_pty, point_link, remove_link
 
 
 class ModbusBus:
@@ -58,8 +50,8 @@ class ModbusBus:
         self._server: ModbusSerialServer | None = None
 
     async def __aenter__(self) -> ModbusBus:
-        outer_master, outer_slave, outer_path = _open_pty()
-        inner_master, inner_slave, inner_path = _open_pty()
+        outer_master, outer_slave, outer_path = open_raw_pty()
+        inner_master, inner_slave, inner_path = open_raw_pty()
         self._fds = [outer_master, outer_slave, inner_master, inner_slave]
         loop = asyncio.get_running_loop()
         loop.add_reader(outer_master, self._copy, outer_master, inner_master, False)
@@ -72,11 +64,7 @@ class ModbusBus:
             ignore_missing_devices=True,
         )
         await self._server.serve_forever(background=True)
-        self.link.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(outer_path)
-        tmp.replace(self.link)
+        point_link(self.link, outer_path)
         self.slave_path = outer_path
         return self
 
@@ -103,9 +91,7 @@ class ModbusBus:
             await self._server.shutdown()  # type: ignore[no-untyped-call]
             self._server = None
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(OSError):
-            if os.readlink(self.link) == self.slave_path:
-                self.link.unlink()
+        remove_link(self.link, self.slave_path)
         for fd in self._fds[::2]:
             loop.remove_reader(fd)
         for fd in self._fds:

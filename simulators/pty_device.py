@@ -30,12 +30,12 @@ import math
 import os
 import random
 import termios
-import tty
 from collections import deque
 from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from simulators.pty_link import open_raw_pty, point_link, remove_link, writable
 from simulators.sources import bad_line, make_source
 
 log = logging.getLogger(__name__)
@@ -167,18 +167,9 @@ class PtyDevice:
             log.info("%s plugged in again on %s", self.link, self.slave_path)
 
     def _plug(self) -> None:
-        master, slave = os.openpty()
+        master, slave, slave_path = open_raw_pty()
         try:
-            # Raw: no echo, no line editing, no CR/LF translation between device and reader.
-            tty.setraw(slave)
-            os.set_blocking(master, False)
-            slave_path = os.ttyname(slave)
-            self.link.parent.mkdir(parents=True, exist_ok=True)
-            # A rename replaces the link atomically: a reader never sees it half made.
-            tmp = self.link.with_name(f".{self.link.name}.{os.getpid()}.tmp")
-            tmp.unlink(missing_ok=True)
-            tmp.symlink_to(slave_path)
-            tmp.replace(self.link)
+            point_link(self.link, slave_path)
         except OSError:
             os.close(master)
             os.close(slave)
@@ -189,9 +180,7 @@ class PtyDevice:
     def _close_pty(self) -> None:
         if self._master is None or self._slave is None:
             return
-        with contextlib.suppress(OSError):
-            if os.readlink(self.link) == self.slave_path:
-                self.link.unlink()
+        remove_link(self.link, self.slave_path)
         os.close(self._master)
         os.close(self._slave)
         self._master = self._slave = None
@@ -295,7 +284,7 @@ class PtyDevice:
                 blocked_since = blocked_since if blocked_since is not None else now
                 if self._unplugging and now - blocked_since > STALL:
                     return False
-                await _writable(self._master, BLOCKED_POLL)
+                await writable(self._master, BLOCKED_POLL)
                 continue
             blocked_since = None
             if payload == "lines":
@@ -310,21 +299,3 @@ class PtyDevice:
             async with asyncio.timeout(at_most):
                 await self._wake.wait()
         self._wake.clear()
-
-
-async def _writable(fd: int, at_most: float) -> None:
-    """Return when ``fd`` accepts a write, or after ``at_most`` seconds."""
-    loop = asyncio.get_running_loop()
-    ready = loop.create_future()
-
-    def _ready() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_writer(fd, _ready)
-    try:
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(at_most):
-                await ready
-    finally:
-        loop.remove_writer(fd)

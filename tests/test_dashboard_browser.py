@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -30,6 +33,7 @@ from gateway.store import Store
 from simulators.pty_device import PtyDevice
 from tests.support.common import free_port, wait_until
 from tests.support.local import TOKEN, FakeUplink, local_settings
+from tests.support.sim import ROOT
 
 pytestmark = pytest.mark.browser
 
@@ -82,7 +86,8 @@ async def simulated_gateway(
     try:
         async with (
             PtyDevice("thermo", tmp_path / "thermo-1", rate=4, seed=7),
-            PtyDevice("counter", tmp_path / "counter-1", rate=10),
+            # A line of binary garbage now and then: a dead letter for the dashboard to show.
+            PtyDevice("counter", tmp_path / "counter-1", rate=10, garbage_every=10),
             asyncio.TaskGroup() as tasks,
         ):
             readers = [tasks.create_task(d.run(), name=f"driver:{i}") for i, d in drivers.items()]
@@ -261,3 +266,123 @@ async def _loads(page: Page, url: str) -> bool:
     except PlaywrightError:
         return False
     return response is not None and response.ok
+
+
+async def test_dashboard_shows_dead_letters_with_their_raw_bytes(tmp_path: Path) -> None:
+    async with served_gateway(tmp_path) as gw, chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        await page.goto(f"{gw.url}#token={TOKEN}")
+        row = page.locator("#dead-list tr").first
+        await row.wait_for(timeout=20_000)
+        cells = await row.locator("td").all_inner_texts()
+        assert cells[1] == "counter-1"
+        # The simulator's garbage: a NUL first, then a byte that is never UTF-8.
+        assert cells[3].startswith("00 ")
+        assert cells[4].startswith("\\x00")
+        assert await page.locator("#dead-empty").is_hidden()
+        await page.select_option("#dead-device", "thermo-1")
+        await page.locator("#dead-empty").wait_for(state="visible")
+        assert await page.locator("#dead-list tr").count() == 0
+
+
+@asynccontextmanager
+async def demo(tmp_path: Path) -> AsyncIterator[str]:
+    """`edge-gateway demo --offline` as a user runs it; yields the dashboard link it prints."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "demo",
+        "--dir",
+        str(tmp_path / "demo"),
+        "--port",
+        "0",
+        "--offline",
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            while (line := await proc.stdout.readline()) and b"dashboard:" not in line:
+                pass
+        assert line, "the demo ended before printing its dashboard link"
+        yield line.decode().split("dashboard:", 1)[1].strip()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        async with asyncio.timeout(30):
+            _, err = await proc.communicate()
+        assert proc.returncode == 0, err
+
+
+async def test_demo_dashboard_shows_meter_gps_history_and_commands(tmp_path: Path) -> None:
+    async with demo(tmp_path) as url, chromium() as browser:
+        page = await browser.new_page(viewport=DESKTOP)
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        await page.goto(url)
+        # The Modbus energy meter's registers, with their units.
+        for sensor, unit in (("voltage", "V"), ("current", "A"), ("power", "W"), ("energy", "Wh")):
+            tile = page.locator(f'.tile[data-device="meter-1"][data-sensor="{sensor}"]')
+            await tile.locator(".number").wait_for(timeout=20_000)
+            assert await tile.locator(".unit").inner_text() == unit
+        # The GPS: a position readout and its track, drawn by the page itself.
+        card = page.locator('.position[data-device="gps-1"]')
+        await card.wait_for(timeout=20_000)
+        assert re.fullmatch(
+            r"\d+\.\d{5}° N, \d+\.\d{5}° E", await card.locator(".readout").inner_text()
+        )
+        await page.wait_for_function(
+            "() => document.querySelector('.position .track').getAttribute('points')"
+            ".split(' ').length >= 3",
+            timeout=20_000,
+        )
+
+        # History of the voltage from the log, then zoomed in by a drag across the chart.
+        await page.click('.tile[data-device="meter-1"][data-sensor="voltage"]')
+        await page.wait_for_function("() => state.history && state.history.data", timeout=20_000)
+        assert await page.locator("#history-title").inner_text() == "voltage · meter-1"
+        assert await page.locator("#history-mean").get_attribute("points")
+        assert "readings in" in await page.locator("#history-info").inner_text()
+        await page.click('#history [data-window="1d"]')
+        await page.wait_for_function(
+            "() => state.history.data.to - state.history.data.from > 80000"
+        )
+        box = await page.locator("#history-chart").bounding_box()
+        assert box is not None
+        y = box["y"] + box["height"] / 2
+        # The last tenth of the day, up to now (past the right edge counts as the edge).
+        await page.mouse.move(box["x"] + box["width"] * 0.9, y)
+        await page.mouse.down()
+        await page.mouse.move(box["x"] + box["width"] + 20, y, steps=4)
+        await page.mouse.up()
+        await page.wait_for_function(
+            "() => state.history.zoom.length === 1 && state.history.data"
+            " && state.history.data.to - state.history.data.from < 20000"
+            " && state.history.data.buckets.length > 0"
+        )
+        assert await page.locator("#history-mean").get_attribute("points")
+        assert await page.locator("#history-out").is_enabled()
+
+        # A write to the meter's setpoint, confirmed by the slave; one out of range refused.
+        await page.locator("#commands").wait_for()
+        await page.select_option("#cmd-name", "device.write")
+        await page.fill("#cmd-value", "42.5")
+        await page.click("#cmd-send")
+        result = page.locator("#cmd-result.ok")
+        await result.wait_for(timeout=20_000)
+        assert await result.inner_text() == "meter-1 confirmed setpoint = 42.5"
+        await page.wait_for_function(
+            "() => document.querySelector("
+            '\'.tile[data-device="meter-1"][data-sensor="setpoint"] .number\')'
+            "?.textContent === '42.50'",
+            timeout=20_000,
+        )
+        await page.fill("#cmd-value", "500")
+        await page.click("#cmd-send")
+        refused = page.locator("#cmd-result.failed")
+        await refused.wait_for(timeout=20_000)
+        assert "refused" in await refused.inner_text()
+        await page.screenshot(path=tmp_path / "dashboard-demo.png", full_page=True)
+        assert errors == []

@@ -7,6 +7,7 @@ quote and a backslash in it: the demo writes its paths into a TOML file.
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -14,9 +15,9 @@ import sys
 import tomllib
 from pathlib import Path
 
-from drivers.serial_line.settings import SerialLineSettings
+from drivers.serial_port import SerialPortSettings
 from gateway.config import load_config, toml_value
-from gateway.demo import REPORT_EVERY
+from gateway.demo import GPS_ID, METER_ID, METER_SENSORS, REPORT_EVERY
 from gateway.store.schema import DB_NAME
 
 
@@ -32,6 +33,12 @@ def stored_readings(root: Path) -> int:
     return int(count)
 
 
+def stored_sensors(root: Path, device: str) -> set[str]:
+    with sqlite3.connect(f"file:{root / 'data' / DB_NAME}?mode=ro", uri=True) as conn:
+        rows = conn.execute("SELECT payload FROM readings WHERE device = ?", (device,))
+        return {json.loads(payload)["sensor"] for (payload,) in rows}
+
+
 def test_offline_demo_keeps_readings_in_the_log(tmp_path: Path) -> None:
     root = tmp_path / 'a "quoted" \\ dir'
     done = run_demo(root, "--offline", duration=2.0)
@@ -40,7 +47,7 @@ def test_offline_demo_keeps_readings_in_the_log(tmp_path: Path) -> None:
     assert re.search(r"dashboard: http://127\.0\.0\.1:\d+/#token=\S+", done.stdout)
     settings = load_config(root / "gateway.toml")
     assert settings.gateway.data_dir == root / "data"
-    ports = [d.port for d in settings.devices if isinstance(d, SerialLineSettings)]
+    ports = [d.port for d in settings.devices if isinstance(d, SerialPortSettings)]
     assert len(ports) == len(settings.devices)
     assert {Path(port).parent for port in ports} == {root / "dev"}
     assert stored_readings(root) > 0
@@ -56,6 +63,9 @@ def test_demo_with_a_private_broker_delivers_to_the_cloud(tmp_path: Path) -> Non
     assert received, done.stdout
     assert int(received[-1]) > 0
     assert stored_readings(root) > 0
+    # Next to the thermometers: an energy meter on a Modbus bus, and a GPS.
+    assert stored_sensors(root, METER_ID) == set(METER_SENSORS)
+    assert {"lat", "lon", "speed"} <= stored_sensors(root, GPS_ID)
 
 
 def test_toml_value_spells_any_string_as_a_basic_string() -> None:

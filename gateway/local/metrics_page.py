@@ -378,5 +378,8 @@ def _connections(out: Families, counters: ConnectionCounters) -> None:
         "edge_gateway_local_requests_refused_total",
         "counter",
         "Requests refused, by HTTP status (400 bad parameter, 401 token, 403 origin or host).",
-        [({"code": c}, counters.requests_refused[c]) for c in ("400", "401", "403")],
+        [
+            ({"code": c}, counters.requests_refused[c])
+            for c in sorted({"400", "401", "403", *counters.requests_refused})
+        ],
     )

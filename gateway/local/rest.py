@@ -26,21 +26,21 @@ SCAN_PAGE = 1000
 _INTEGER = re.compile(r"-?[0-9]{1,20}")
 
 
-def _bad_request(text: str) -> web.HTTPBadRequest:
+def bad_request(text: str) -> web.HTTPBadRequest:
     return web.HTTPBadRequest(text=json.dumps({"error": text}), content_type="application/json")
 
 
-def _int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+def int_param(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     raw = request.query.get(name, "")
     if raw == "":
         return default
     # ASCII digits only, and few enough to parse cheaply (int() takes other scripts'
     # digits, "_" and thousands of digits).
     if not _INTEGER.fullmatch(raw):
-        raise _bad_request(f"{name} must be an integer")
+        raise bad_request(f"{name} must be an integer")
     value = int(raw)
     if not low <= value <= high:
-        raise _bad_request(f"{name} must be between {low} and {high}")
+        raise bad_request(f"{name} must be between {low} and {high}")
     return value
 
 
@@ -158,11 +158,11 @@ async def readings(request: web.Request) -> web.Response:
         try:
             check_device_glob(device)
         except ValueError as exc:
-            raise _bad_request(f"device {exc}") from None
+            raise bad_request(f"device {exc}") from None
     if sensor is not None and len(sensor) > MAX_SENSOR_NAME:
-        raise _bad_request(f"sensor must be at most {MAX_SENSOR_NAME} characters")
-    since = _int_param(request, "since", 0, 0, 2**63 - 1)
-    limit = _int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
+        raise bad_request(f"sensor must be at most {MAX_SENSOR_NAME} characters")
+    since = int_param(request, "since", 0, 0, 2**63 - 1)
+    limit = int_param(request, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT)
     found: list[StoredReading] = []
     next_since: int | None = None
     if sensor is None:

@@ -15,7 +15,7 @@ from aiohttp import WSCloseCode, web
 from gateway.config import parse_listen
 from gateway.errors import ConfigError, ConfigProblem, GatewayError, StoreError
 from gateway.interfaces import GatewayView
-from gateway.local import health, metrics_page, rest
+from gateway.local import health, metrics_page, rest, technician
 from gateway.local.auth import Guard, HostRule, load_token, unauthorized
 from gateway.local.connections import (
     GUARD_KEY,
@@ -24,8 +24,9 @@ from gateway.local.connections import (
     GuardedSite,
     track_requests,
 )
-from gateway.local.keys import COUNTERS, GUARD, HOSTS, HUB, LATEST, VIEW
+from gateway.local.keys import COUNTERS, GUARD, HOSTS, HUB, LATEST, QUERIES, VIEW
 from gateway.local.latest import LatestReadings
+from gateway.local.log_queries import LogQueries
 from gateway.local.redact import redact_server_logs
 from gateway.local.stream import SEND_TIMEOUT, StreamHub
 from gateway.settings import LocalSettings
@@ -138,6 +139,10 @@ async def _close_streams(app: web.Application) -> None:
     await app[HUB].close_all()
 
 
+async def _close_queries(app: web.Application) -> None:
+    app[QUERIES].close()
+
+
 def create_app(view: GatewayView, *, send_timeout: float = SEND_TIMEOUT) -> web.Application:
     """The local server for ``view``; ``send_timeout`` bounds a send to a stuck client."""
     settings = local_settings(view)
@@ -150,8 +155,10 @@ def create_app(view: GatewayView, *, send_timeout: float = SEND_TIMEOUT) -> web.
     app[COUNTERS] = ConnectionCounters()
     app[HUB] = StreamHub(view.gateway_id, view.log, settings, send_timeout)
     app[LATEST] = LatestReadings()
+    app[QUERIES] = LogQueries(lambda: view.settings.gateway.data_dir)
     app.cleanup_ctx.append(_listen_to_log)
     app.on_shutdown.append(_close_streams)
+    app.on_cleanup.append(_close_queries)
     app.on_response_prepare.append(_security_headers)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
@@ -159,6 +166,9 @@ def create_app(view: GatewayView, *, send_timeout: float = SEND_TIMEOUT) -> web.
     app.router.add_get("/api/v1/readings", rest.readings)
     app.router.add_get("/api/v1/devices", rest.devices)
     app.router.add_post("/api/v1/commands/{name}", rest.command)
+    app.router.add_get("/api/v1/commands", technician.commands)
+    app.router.add_get("/api/v1/history", technician.history)
+    app.router.add_get("/api/v1/dead-letters", technician.dead_letters)
     app.router.add_get(STREAM_PATH, stream)
     app.router.add_get("/", dashboard)
     app.router.add_static("/static", STATIC_DIR)

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.errors import StoreError
-from gateway.store import schema, trim
+from gateway.store import read_only, schema, trim
 from gateway.store.lock import DataDirLock, held_by_other
+from gateway.store.read_only import DeadLetterRow
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +43,6 @@ class QueueStats:
     consumers: list[ConsumerStats]
     dead_letters_lost: int = 0  # counted, their raw bytes lost
     moved_aside: tuple[str, ...] = ()  # damaged databases kept beside the log
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetterRow:
-    id: int
-    ts: float
-    device: str
-    reason: str
-    raw: bytes
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,11 +127,7 @@ def queue_stats(data_dir: Path, now: float | None = None) -> QueueStats:
 def dead_letters(data_dir: Path, limit: int) -> list[DeadLetterRow]:
     """The newest ``limit`` dead letters, oldest first."""
     with _connect(data_dir) as conn:
-        rows = conn.execute(
-            "SELECT id, ts, device, reason, raw FROM dead_letters ORDER BY id DESC LIMIT ?",
-            (limit,),
-        ).fetchall()
-    return [DeadLetterRow(i, ts, d, r, bytes(raw)) for i, ts, d, r, raw in reversed(rows)]
+        return read_only.dead_letters(conn, limit)
 
 
 def replay(data_dir: Path, consumer: str, from_seq: int) -> ReplayResult:

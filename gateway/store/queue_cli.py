@@ -12,6 +12,7 @@ from pathlib import Path
 from gateway.config import load_config
 from gateway.settings import GatewaySettings
 from gateway.store import admin
+from gateway.store.read_only import printable
 
 DEFAULT_DEAD_LETTERS = 20
 DEFAULT_DATA_DIR = GatewaySettings(id="").data_dir
@@ -134,13 +135,13 @@ def _dead_letters(data_dir: Path, limit: int, *, as_json: bool) -> int:
                 "ts": row.ts,
                 "device": row.device,
                 "reason": row.reason,
-                "raw": _escaped(row.raw),
+                "raw": printable(row.raw),
                 "raw_hex": row.raw.hex(),
             }
             print(json.dumps(obj, ensure_ascii=False))
         else:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(row.ts))
-            print(f"{row.id}  {when}  {row.device}  {row.reason}  {_escaped(row.raw)}")
+            print(f"{row.id}  {when}  {row.device}  {row.reason}  {printable(row.raw)}")
     if not rows and not as_json:
         print("no dead letters")
     return 0
@@ -185,11 +186,6 @@ def _confirm(question: str) -> bool:
     print(f"{question} [y/N] ", end="", flush=True)
     answer = sys.stdin.readline()
     return answer.strip().lower() in ("y", "yes")
-
-
-def _escaped(raw: bytes) -> str:
-    """Printable ASCII as is, everything else as Python-style escapes (\\xff, \\n)."""
-    return repr(raw)[2:-1]
 
 
 def _size(n: int) -> str:
