@@ -110,6 +110,9 @@ class Session:
                 tg.create_task(self._land(), name=f"ingest-land-{self.peer}")
         except* ProtocolError as group:
             raise group.exceptions[0] from None
+        except* ConnectionError as group:
+            # The gateway went away mid-ack: logged by the handler as a lost connection.
+            raise group.exceptions[0] from None
         finally:
             counters.connected -= 1
 
