@@ -163,6 +163,7 @@ def postgres_ingest(tmp_path: Path, url: str) -> IngestProcess:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)  # twenty cycles, each with three process starts
 @pytest.mark.parametrize("database", ["sqlite", "postgresql"])
 async def test_many_fault_cycles_land_every_seq_once(
     tmp_path: Path,
