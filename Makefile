@@ -47,13 +47,15 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 bench: $(STAMP)
-	tools/ensure-packages mosquitto=mosquitto
+	tools/ensure-packages mosquitto=mosquitto \
+		/usr/lib/postgresql/15/bin/initdb=postgresql-15 rabbitmq-server=rabbitmq-server
 	$(PY) -m benchmarks
 
 # The long fault campaign; SOAK_SECONDS, SOAK_UNPLUGS, SOAK_DAMAGES, SOAK_REPORT_DIR
 # (docs/operations.md, Soak). The report lands in soak-report/.
 soak: $(STAMP)
-	tools/ensure-packages mosquitto=mosquitto fusermount3=fuse3
+	tools/ensure-packages mosquitto=mosquitto fusermount3=fuse3 \
+		/usr/lib/postgresql/15/bin/initdb=postgresql-15 rabbitmq-server=rabbitmq-server
 	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 clean:

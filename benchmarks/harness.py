@@ -23,7 +23,7 @@ import time
 import tty
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,14 +286,16 @@ class Child:
 
 
 @contextlib.contextmanager
-def private_broker(work: Path) -> Iterator[Mosquitto]:
+def private_broker(work: Path, extra_config: Sequence[str] = ()) -> Iterator[Mosquitto]:
     """The tests' mosquitto in ``work``, with no limit on queued or in-flight QoS 1 messages.
 
     A slow subscriber must not lose QoS 1 messages: that would read as lost readings
-    rather than as a slow consumer.
+    rather than as a slow consumer. ``extra_config``: more lines of mosquitto.conf.
     """
     mosquitto = Mosquitto(
-        work / "mosquitto", persistence=False, extra_config=["max_inflight_messages 0"]
+        work / "mosquitto",
+        persistence=False,
+        extra_config=["max_inflight_messages 0", *extra_config],
     )
     try:
         mosquitto.start()
@@ -389,7 +391,12 @@ class GatewayConfig:
     # Extra settings for the store and every device.
     store_settings: dict[str, object] = field(default_factory=dict)
     device_settings: dict[str, object] = field(default_factory=dict)
-    # Keys of [uplink.websocket]; None: no WebSocket uplink.
+    # Options of ``benchmarks.lever_run`` (levers without a configuration key); empty:
+    # the gateway runs as ``python -m gateway``.
+    levers: tuple[str, ...] = ()
+    # Settings of one device, by id, over the others.
+    per_device: dict[str, dict[str, object]] = field(default_factory=dict)
+    # Keys of an [[uplinks]] table of type "websocket" (named "websocket"); None: none.
     websocket: dict[str, object] | None = None
 
     @property
@@ -418,6 +425,7 @@ class GatewayConfig:
                     "reconnect_min": 0.05,
                     "reconnect_max": 0.5,
                     **self.device_settings,
+                    **self.per_device.get(device_id, {}),
                 }
                 for device_id, port in self.devices
             ],
@@ -432,9 +440,7 @@ class GatewayConfig:
                 }
             }
         if self.websocket is not None:
-            uplinks = config.setdefault("uplink", {})
-            assert isinstance(uplinks, dict)
-            uplinks["websocket"] = self.websocket
+            config["uplinks"] = [{"name": "websocket", "type": "websocket", **self.websocket}]
         config["local"] = {
             "listen": f"127.0.0.1:{self.local_port}",
             "token": TOKEN,
@@ -457,7 +463,15 @@ class Gateway:
         argv = [sys.executable]
         if profile is not None:
             argv += ["-m", "cProfile", "-o", str(profile)]
-        argv += ["-m", "gateway", "run", "-c", str(config.path)]
+        if config.levers:
+            if "--uvloop" in config.levers:
+                # uvloop's transports are not asyncio.Transport subclasses, which the local
+                # server asserts of every connection: -O strips the asserts (and only them).
+                argv.append("-O")
+            argv += ["-m", "benchmarks.lever_run", *config.levers, "--"]
+        else:
+            argv += ["-m", "gateway"]
+        argv += ["run", "-c", str(config.path)]
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             argv, stdout=log, stderr=log, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}

@@ -89,6 +89,8 @@ class Variant:
     name: str
     store: dict[str, object] = field(default_factory=dict)
     device: dict[str, object] = field(default_factory=dict)
+    # Options of ``benchmarks.lever_run``: levers that have no configuration key.
+    levers: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +123,7 @@ def running_target(
     if variant is not None:
         config.store_settings = dict(variant.store)
         config.device_settings = dict(variant.device)
+        config.levers = variant.levers
     with Gateway(config, profile=profile) as gw:
         gw.wait_healthy()
         yield Target(gw.pid, gw)
@@ -245,6 +248,7 @@ def measure_throughput(
     durability: str = "full",
     profile: Path | None = None,
     offered: float = MAX_RATE,
+    variant: Variant | None = None,
 ) -> dict[str, Any]:
     """Readings/s delivered with the devices writing ``offered`` lines/s in all."""
     work = scratch_dir(f"tput-{kind}-{durability}")
@@ -255,7 +259,7 @@ def measure_throughput(
             private_broker(work) as broker,
             subscriber(work, broker, fmt) as sub,
             counters(n_devices, work, offered / n_devices) as (devices, simulators),
-            running_target(kind, work, broker, devices, durability, profile) as target,
+            running_target(kind, work, broker, devices, durability, profile, variant) as target,
         ):
             if not wait_received(sub, 1, 30):
                 raise BenchError(f"{kind}: no reading reached the subscriber in 30 s")

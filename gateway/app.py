@@ -30,15 +30,29 @@ from gateway.errors import ConfigError, GatewayError, StoreError
 from gateway.ingest import DeviceSink
 from gateway.interfaces import Driver, GatewayView, Uplink
 from gateway.local import rest, serve
-from gateway.settings import DeviceSettings, MqttSettings, Settings, WebSocketSettings
+from gateway.settings import DeviceSettings, Settings, UplinkEntry
 from gateway.store import Store, schema
-from gateway.uplinks.mqtt import MqttUplink
-from gateway.uplinks.websocket import WebSocketUplink
+from gateway.uplinks.registry import UplinkContext, create_uplink
+from gateway.uplinks.route import PRIORITY_SUFFIX, PriorityRules, Selection
 
 log = logging.getLogger(__name__)
 
 # How often the systemd STATUS= line is refreshed.
 STATUS_INTERVAL = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkChild:
+    """An uplink's settings and the priorities of the devices (a change restarts it)."""
+
+    entry: UplinkEntry
+    priority: PriorityRules
+
+    def cursors(self) -> set[str]:
+        """The durable cursors it reads the log with: its name, and its priority lane's."""
+        selection = Selection(self.entry.devices, self.priority)
+        name = self.entry.name
+        return {name, name + PRIORITY_SUFFIX} if selection.priority_devices() else {name}
 
 
 @dataclass(slots=True)
@@ -153,6 +167,7 @@ class Gateway:
         async with asyncio.TaskGroup() as group:
             sup = Supervisor(group)
             self._sup = sup
+            await self._release_removed_uplinks(store)
             for name, child in _children_of(self.settings).items():
                 self._start(sup, store, view, name, child)
             helpers = [
@@ -257,13 +272,29 @@ class Gateway:
                 # The view shows running parts only; the local server has no entry.
                 if isinstance(old, DeviceSettings):
                     del self.drivers[old.id]
-                elif isinstance(old, MqttSettings | WebSocketSettings):
-                    del self.uplinks[name.removeprefix("uplink:")]
+                elif isinstance(old, UplinkChild):
+                    del self.uplinks[old.entry.name]
         view.settings = new
         running = sup.names("")
         for name, child in wanted.items():
             if name not in running:
                 self._start(sup, store, view, name, child)
+        await self._release_removed_uplinks(store)
+
+    async def _release_removed_uplinks(self, store: Store) -> None:
+        """The cursors of uplinks (or priority lanes) no longer configured hold retention
+        no more: deleted, so that one added again later starts as configured."""
+        wanted: set[str] = set()
+        for child in _children_of(self.settings).values():
+            if isinstance(child, UplinkChild):
+                wanted |= child.cursors()
+        try:
+            for name, seq in sorted((await store.consumers()).items()):
+                if name not in wanted:
+                    await store.release_consumer(name)
+                    log.info("uplink cursor %s (at seq %d) released: not configured", name, seq)
+        except StoreError as err:
+            log.warning("could not release the cursors of removed uplinks: %s", err)
 
     def _start(
         self, sup: Supervisor, store: Store, view: GatewayView, name: str, child: object
@@ -275,20 +306,18 @@ class Gateway:
             sink.status = driver.status
             self.drivers[child.id] = driver
             coro = run_device(driver, sink)
-        elif isinstance(child, MqttSettings):
-            uplink = MqttUplink(
-                child,
+        elif isinstance(child, UplinkChild):
+            context = UplinkContext(
                 self.settings.gateway.id,
                 store,
-                dead_letters=store,
-                commands=self.commands,
+                store,
+                self.commands,
+                child.priority,
+                lambda: self.settings.devices,
             )
+            uplink = create_uplink(child.entry, context)
             self.uplinks[uplink.name] = uplink
             coro = uplink.run()
-        elif isinstance(child, WebSocketSettings):
-            ws_uplink = WebSocketUplink(child, self.settings.gateway.id, store)
-            self.uplinks[ws_uplink.name] = ws_uplink
-            coro = ws_uplink.run()
         else:
             self._local_bound = asyncio.Event()
             coro = serve(view, self._local_bound, self._local_reload)
@@ -367,10 +396,9 @@ def _children_of(settings: Settings, disabled: set[str] | None = None) -> dict[s
     children: dict[str, object] = {
         f"device:{d.id}": d for d in settings.devices if d.enabled and d.id not in off
     }
-    if settings.uplink.mqtt is not None:
-        children["uplink:mqtt"] = settings.uplink.mqtt
-    if settings.uplink.websocket is not None:
-        children["uplink:websocket"] = settings.uplink.websocket
+    priority = PriorityRules.of(settings.devices)
+    for entry in settings.all_uplinks():
+        children[f"uplink:{entry.name}"] = UplinkChild(entry, priority)
     if settings.local is not None:
         children["local"] = settings.local
     return children

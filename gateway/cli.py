@@ -48,12 +48,20 @@ COMMANDS = {
         "record a serial port's raw bytes and their timing into a capture file",
         "simulators.record",
     ),
+    "fleet-sim": _Command(
+        "N real gateways on this machine, with simulated devices and faults",
+        "gateway.fleet.cli",
+    ),
     "queue": _Command(
         "inspect the store: stats, dead letters, replay, purge", "gateway.store.queue_cli"
     ),
     "ingest": _Command(
         "the reference ingest server for the WebSocket uplink (SQLite or PostgreSQL)",
         "gateway.cloud.ingest_cli",
+    ),
+    "consume": _Command(
+        "land telemetry from the broker in a database, once per gateway and seq",
+        "gateway.cloud.consume",
     ),
     "systemd-dropin": _Command(
         "print the systemd drop-in a configuration needs: its port and devices",
@@ -194,8 +202,6 @@ def summary(settings: Settings) -> str:
     uplinks = []
     if settings.uplink.mqtt is not None:
         uplinks.append(f"mqtt {settings.uplink.mqtt.url}")
-    if settings.uplink.websocket is not None:
-        uplinks.append(f"websocket {settings.uplink.websocket.url}")
     local = settings.local.listen if settings.local is not None else "off"
     return (
         f"gateway {settings.gateway.id}, "

@@ -42,6 +42,7 @@ from gateway.fields import string as _string
 from gateway.fields import strings as _strings
 from gateway.fields import text as _text
 from gateway.fields import toml_value as toml_value  # noqa: PLC0414 - public here too
+from gateway.globs import check_device_glob
 from gateway.settings import (
     CommandSettings,
     DeviceSettings,
@@ -54,11 +55,14 @@ from gateway.settings import (
     Overflow,
     Settings,
     StoreSettings,
+    UplinkEntry,
     UplinkSettings,
+    UplinkStart,
     WebSocketSettings,
     WriteRule,
 )
 from gateway.uplinks.broker import BrokerAddress
+from gateway.uplinks.registry import CONTRACT_TYPES, UPLINK_TYPES
 from gateway.uplinks.ws_protocol import Endpoint
 
 # The keys of every device section; the others belong to its driver.
@@ -205,6 +209,30 @@ def _topic_prefix(value: object) -> str:
             f'or an empty level (got "{text}")'
         )
     return text
+
+
+def _uplink_type(value: object) -> str:
+    name = _string(value)
+    if name in UPLINK_TYPES:
+        return name
+    if name in CONTRACT_TYPES:
+        raise _Invalid(
+            f'"{name}" uplinks are not available in this version; '
+            f"available: {_one_of(UPLINK_TYPES)}"
+        )
+    raise _Invalid(f"must be one of {_one_of(CONTRACT_TYPES)} (got {toml_value(value)})")
+
+
+def _device_globs(value: object) -> tuple[str, ...]:
+    globs = _strings(value)
+    if not globs:
+        raise _Invalid('must name at least one glob (["*"]: every device)')
+    for glob in globs:
+        try:
+            check_device_glob(glob)
+        except ValueError as exc:
+            raise _Invalid(f"{toml_value(glob)} {exc}") from None
+    return globs
 
 
 def _origins(value: object) -> tuple[str, ...]:
@@ -377,6 +405,7 @@ class _Parser:
                 "store": _pass,
                 "devices": _pass,
                 "uplink": _pass,
+                "uplinks": _pass,
                 "local": _pass,
                 "health": _pass,
                 "commands": _pass,
@@ -386,6 +415,7 @@ class _Parser:
         store = self.store(top.values.get("store", {}))
         devices = self.devices(top.values.get("devices", []))
         uplink = self.uplink(top.values.get("uplink", {}))
+        uplinks = self.uplinks(top.values.get("uplinks", []), uplink.mqtt is not None)
         local = self.local(top.values["local"]) if "local" in top.values else None
         health = self.health(top.values.get("health", {}))
         known = None if devices is None else {d.id for d in devices}
@@ -397,6 +427,7 @@ class _Parser:
             store=store,
             devices=devices,
             uplink=uplink,
+            uplinks=uplinks,
             local=local,
             health=health,
             commands=commands,
@@ -486,13 +517,15 @@ class _Parser:
         return device
 
     def uplink(self, data: object) -> UplinkSettings:
-        section = self.section(data, "uplink", {"mqtt": _pass, "websocket": _pass})
+        if isinstance(data, dict) and "websocket" in data:
+            message = 'a WebSocket uplink is an [[uplinks]] table with type = "websocket"'
+            self.problem("uplink.websocket", message)
+            data = {k: v for k, v in data.items() if k != "websocket"}
+        section = self.section(data, "uplink", {"mqtt": _pass})
         mqtt = self.mqtt(section.values["mqtt"]) if "mqtt" in section.values else None
-        values = section.values
-        websocket = self.websocket(values["websocket"]) if "websocket" in values else None
-        return UplinkSettings(mqtt=mqtt, websocket=websocket)
+        return UplinkSettings(mqtt=mqtt)
 
-    def websocket(self, data: object) -> WebSocketSettings:
+    def websocket(self, data: object, path: str) -> WebSocketSettings:
         spec: dict[str, Convert] = {
             "url": _checked(Endpoint.parse),
             "token": _token,
@@ -512,7 +545,7 @@ class _Parser:
             "linger": _duration(positive=False),
             "ack_interval": _duration(positive=False),
         }
-        section = self.section(data, "uplink.websocket", spec)
+        section = self.section(data, path, spec)
         websocket = WebSocketSettings(**section.values)
         if section.ok("url") and not Endpoint.parse(websocket.url).tls:
             for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):
@@ -523,7 +556,52 @@ class _Parser:
         self.ordered(section, websocket.reconnect_min, websocket.reconnect_max)
         return websocket
 
-    def mqtt(self, data: object) -> MqttSettings:
+    def uplinks(self, data: object, legacy: bool) -> tuple[UplinkEntry, ...]:
+        """The ``[[uplinks]]`` tables; ``legacy``: ``[uplink.mqtt]`` (named "mqtt") is there."""
+        if not isinstance(data, list) or not all(isinstance(d, dict) for d in data):
+            hint = " (one MQTT uplink alone: [uplink.mqtt])" if isinstance(data, dict) else ""
+            self.problem("uplinks", f"must be an array of tables ([[uplinks]] sections){hint}")
+            return ()
+        entries: list[UplinkEntry] = []
+        first: dict[str, str] = {"mqtt": "[uplink.mqtt]"} if legacy else {}
+        for index, item in enumerate(data):
+            path = f"uplinks[{index}]"
+            entry = self.uplink_entry(item, path)
+            if entry is None:
+                continue
+            if entry.name in first:
+                message = f'"{entry.name}" is already the name of {first[entry.name]}'
+                self.problem(f"{path}.name", message)
+            first.setdefault(entry.name, path)
+            entries.append(entry)
+        return tuple(entries)
+
+    def uplink_entry(self, data: dict[str, object], path: str) -> UplinkEntry | None:
+        common: dict[str, Convert] = {
+            "name": _identifier,
+            "type": _uplink_type,
+            "devices": _device_globs,
+            "best_effort": _boolean,
+            "start": _choice(get_args(UplinkStart)),
+        }
+        own = {k: v for k, v in data.items() if k in common}
+        section = self.section(own, path, common, required=("name",))
+        kind = UPLINK_TYPES.get(section.values.get("type", "mqtt"))
+        rest = {k: v for k, v in data.items() if k not in common}
+        if kind is None:
+            return None
+        transport: object
+        if kind.settings is MqttSettings:
+            transport = self.mqtt(rest, path)
+        elif kind.settings is WebSocketSettings:
+            transport = self.websocket(rest, path)
+        else:
+            transport = check_table(kind.settings, rest, path, self.problems).settings
+        if section.bad or transport is None:
+            return None
+        return UplinkEntry(transport=transport, **section.values)
+
+    def mqtt(self, data: object, path: str = "uplink.mqtt") -> MqttSettings:
         spec: dict[str, Convert] = {
             "url": _broker_url,
             "topic_prefix": _topic_prefix,
@@ -544,8 +622,10 @@ class _Parser:
             "reconnect_max": _duration(positive=True),
             "linger": _duration(positive=False),
             "ack_interval": _duration(positive=False),
+            "home_assistant": _boolean,
+            "discovery_prefix": _topic_prefix,
         }
-        section = self.section(data, "uplink.mqtt", spec)
+        section = self.section(data, path, spec)
         mqtt = MqttSettings(**section.values)
         if section.ok("url") and not BrokerAddress.parse(mqtt.url).tls:
             for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):

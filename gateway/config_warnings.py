@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 
 from gateway.config import device_warnings, parse_listen
-from gateway.settings import Settings
+from gateway.settings import MqttSettings, Settings
 
 
 def config_warnings(settings: Settings) -> list[str]:
@@ -33,14 +33,19 @@ def config_warnings(settings: Settings) -> list[str]:
         secret_files += [("local.token_file", local.token_file), ("local.key_file", local.key_file)]
         if local.token:
             inline.append("local.token")
-    mqtt = settings.uplink.mqtt
-    if mqtt is not None:
+    legacy = settings.uplink.mqtt is not None
+    for index, entry in enumerate(settings.all_uplinks()):
+        mqtt = entry.transport
+        if not isinstance(mqtt, MqttSettings):
+            continue
+        # [uplink.mqtt] comes first in all_uplinks(), then the [[uplinks]] tables.
+        where = "uplink.mqtt" if legacy and index == 0 else f"uplinks[{index - legacy}]"
         secret_files += [
-            ("uplink.mqtt.password_file", mqtt.password_file),
-            ("uplink.mqtt.key_file", mqtt.key_file),
+            (f"{where}.password_file", mqtt.password_file),
+            (f"{where}.key_file", mqtt.key_file),
         ]
         if mqtt.password:
-            inline.append("uplink.mqtt.password")
+            inline.append(f"{where}.password")
     for key, path in secret_files:
         if path is not None and (mode := _shared_mode(path)) is not None:
             found.append(

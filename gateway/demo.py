@@ -19,20 +19,18 @@ import sys
 import tempfile
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import tomli_w
 from paho.mqtt.enums import CallbackAPIVersion
 
-from drivers.modbus_rtu.device import METER_REGISTERS
-from drivers.modbus_rtu.settings import Register
 from gateway.app import Gateway, signals_handled
 from gateway.config import load_config
 from gateway.logs import setup_logging
 from simulators import PtyDevice
-from simulators.modbus_bus import ModbusBus
+from simulators.modbus_bus import ModbusBus, meter_register_keys
 
 # (device id, simulator kind, lines per second)
 DEMO_DEVICES = (
@@ -180,9 +178,7 @@ async def _devices(root: Path) -> AsyncIterator[list[dict[str, object]]]:
                 "slave_id": 1,
                 "poll_interval": METER_POLL,
                 "expected_interval": 2.0,
-                "registers": [
-                    _register_keys(r) for r in METER_REGISTERS if r.sensor in METER_SENSORS
-                ],
+                "registers": meter_register_keys(METER_SENSORS),
             }
         )
         gps = await stack.enter_async_context(
@@ -199,15 +195,6 @@ async def _devices(root: Path) -> AsyncIterator[list[dict[str, object]]]:
             }
         )
         yield devices
-
-
-def _register_keys(register: Register) -> dict[str, object]:
-    """A register of the simulated meter's map as its ``[[devices.registers]]`` keys."""
-    return {
-        f.name: getattr(register, f.name)
-        for f in fields(register)
-        if getattr(register, f.name) != f.default
-    }
 
 
 def _write_config(

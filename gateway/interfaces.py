@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, Protocol, runtime_checkable
 
 from gateway.metrics import Histogram
 from gateway.reading import DeadLetter, Sample, StoredReading
@@ -96,8 +96,25 @@ class ReadingLog(Protocol):
     ) -> list[StoredReading]:
         """Up to ``limit`` stored readings with seq > ``seq``, ascending."""
 
-    async def register_consumer(self, name: str) -> int:
-        """Create the durable cursor ``name`` if new; return its acknowledged seq."""
+    async def register_consumer(
+        self,
+        name: str,
+        *,
+        start_now: bool = False,
+        start_at: int = 0,
+        best_effort: bool = False,
+    ) -> int:
+        """Create the durable cursor ``name`` if new (at the last seq with ``start_now``,
+        else at ``start_at``); return its acknowledged seq. ``best_effort``: retention
+        does not wait for it."""
+
+    async def read_devices_after(
+        self, seq: int, limit: int, devices: Sequence[str]
+    ) -> list[StoredReading]:
+        """Up to ``limit`` readings of ``devices`` (exact ids) with seq > ``seq``."""
+
+    async def oldest_seq(self) -> int | None:
+        """The lowest seq still in the log (None when it holds no reading)."""
 
     async def ack(self, name: str, seq: int) -> None:
         """Durably advance cursor ``name`` to ``seq`` (never moves it back)."""
@@ -109,6 +126,31 @@ class ReadingLog(Protocol):
 # that every assignment and comparison is checked against them.
 DeviceState = Literal["starting", "open", "waiting", "stopped"]
 UplinkState = Literal["starting", "connecting", "connected", "backoff", "stopped"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceFigure:
+    """One number a driver adds to /metrics for its device:
+    ``edge_gateway_device_{name}{device="…", labels…}``."""
+
+    name: str
+    kind: Literal["counter", "gauge"]
+    help: str
+    value: float
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+class DeviceDetail(Protocol):
+    """What a driver shows of a device beyond the common fields of ``DeviceStatus`` (a
+    Modbus slave's counters): under the device in /api/v1/status, and in /metrics."""
+
+    @property
+    def name(self) -> str:
+        """Its key under the device in /api/v1/status."""
+
+    def as_json(self) -> dict[str, object]: ...
+
+    def figures(self) -> list[DeviceFigure]: ...
 
 
 @dataclass(slots=True)
@@ -123,6 +165,7 @@ class DeviceStatus:
     refused_names: int = 0  # samples whose sensor name was refused (gateway.ingest)
     last_reading_ts: float | None = None
     last_error: str | None = None
+    detail: DeviceDetail | None = None
 
 
 class Driver(Protocol):
@@ -142,6 +185,10 @@ class UplinkStatus:
     published_readings: int = 0
     errors: int = 0
     refused: int = 0  # readings the peer refused for good (sent to dead letters)
+    # Readings deleted from the log (bounds, or retention past a best-effort uplink)
+    # before this uplink sent them, counted as the seqs it found gone.
+    lost: int = 0
+    resent: int = 0  # readings sent again by the `resend` command
     last_error: str | None = None
     connected_since: float | None = None
     disconnected_since: float | None = None
@@ -155,6 +202,15 @@ class Uplink(Protocol):
 
     async def run(self) -> None:
         """Deliver readings after the durable cursor until cancelled."""
+
+
+@runtime_checkable
+class Resender(Protocol):
+    """An uplink that can deliver a seq range of the log again (the `resend` command)."""
+
+    async def resend(self, first: int, last: int) -> int:
+        """Send the readings it carries with ``first <= seq <= last`` still in the log,
+        once more, without moving its cursor; return how many once acknowledged."""
 
 
 @dataclass(slots=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.fields import (
+    Invalid,
     boolean,
     choice,
     duration,
@@ -28,6 +29,17 @@ from gateway.transforms import TransformSettings
 Durability = Literal["full", "normal"]
 Overflow = Literal["drop_oldest", "reject_new"]
 MqttProtocol = Literal["5", "3.1.1"]
+Priority = Literal["normal", "high"]
+UplinkStart = Literal["oldest", "now"]
+PRIORITIES: tuple[Priority, ...] = ("normal", "high")
+
+
+def _priorities(value: object) -> dict[str, Priority]:
+    table = string_table(value)
+    for sensor, level in table.items():
+        if level not in PRIORITIES:
+            raise Invalid(f'{sensor}: must be "normal" or "high" (got "{level}")')
+    return table  # type: ignore[return-value]  # every value checked just above
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +146,23 @@ class DeviceSettings:
             "Longest wait between attempts; not shorter than `reconnect_min`.",
         ),
     )
+    priority: Priority = field(
+        default="normal",
+        metadata=key(
+            choice(PRIORITIES),
+            "string",
+            '`"high"`: the device\'s readings go out before any backlog on every uplink '
+            "(alarms, door contacts); see [mqtt.md](mqtt.md#priority).",
+        ),
+    )
+    sensor_priority: dict[str, Priority] = field(
+        default_factory=dict,
+        metadata=key(
+            _priorities,
+            "table of strings",
+            'Priority per sensor name, over the device\'s: `{ alarm = "high" }`.',
+        ),
+    )
     enabled: bool = field(
         default=True,
         metadata=key(
@@ -201,11 +230,15 @@ class MqttSettings:
     linger: float = 0.005
     # The durable cursor is written at most this often (seconds; 0 = at every PUBACK).
     ack_interval: float = 1.0
+    # Home Assistant MQTT discovery (gateway.uplinks.home_assistant), under this prefix.
+    home_assistant: bool = False
+    discovery_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True, slots=True)
 class WebSocketSettings:
-    """``[uplink.websocket]``: docs/websocket-uplink.md."""
+    """The keys of an ``[[uplinks]]`` table with ``type = "websocket"``:
+    docs/websocket-uplink.md."""
 
     url: str = "wss://127.0.0.1:8765/ingest"
     # Sent as "Authorization: Bearer …"; token_file is read again at each connection.
@@ -237,7 +270,26 @@ class WebSocketSettings:
 @dataclass(frozen=True, slots=True)
 class UplinkSettings:
     mqtt: MqttSettings | None = None
-    websocket: WebSocketSettings | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UplinkEntry:
+    """One uplink: a ``[[uplinks]]`` table, or ``[uplink.mqtt]`` (named ``mqtt``).
+
+    ``transport`` holds the keys of its ``type`` (``MqttSettings`` for mqtt,
+    ``WebSocketSettings`` for websocket); the
+    uplink registry (``gateway.uplinks.registry``) builds the uplink from both.
+    """
+
+    name: str
+    transport: object
+    type: str = "mqtt"
+    # Globs of the device ids whose readings it carries.
+    devices: tuple[str, ...] = ("*",)
+    # Retention does not wait for it; what is deleted before it sent it counts as lost.
+    best_effort: bool = False
+    # Where a new cursor starts: every reading still in the log, or those from now on.
+    start: UplinkStart = "oldest"
 
 
 @dataclass(frozen=True, slots=True)
@@ -313,8 +365,16 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     devices: tuple[DeviceSettings, ...] = ()
     uplink: UplinkSettings = field(default_factory=UplinkSettings)
+    # The [[uplinks]] tables; ``all_uplinks()`` adds [uplink.mqtt].
+    uplinks: tuple[UplinkEntry, ...] = ()
     local: LocalSettings | None = None
     health: HealthSettings = field(default_factory=HealthSettings)
     commands: CommandSettings = field(default_factory=CommandSettings)
     # Where the configuration was read from; used to reload it on SIGHUP.
     source: Path | None = None
+
+    def all_uplinks(self) -> tuple[UplinkEntry, ...]:
+        """Every uplink: [uplink.mqtt] as the uplink named "mqtt", then [[uplinks]]."""
+        if self.uplink.mqtt is None:
+            return self.uplinks
+        return (UplinkEntry("mqtt", self.uplink.mqtt), *self.uplinks)

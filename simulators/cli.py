@@ -12,7 +12,7 @@ from pathlib import Path
 from pymodbus.constants import ExcCodes
 
 from simulators.capture import CaptureError, read_capture
-from simulators.modbus_bus import ModbusBus
+from simulators.modbus_bus import DEFAULT_TURNAROUND, ModbusBus
 from simulators.pty_device import PtyDevice
 from simulators.replay import ReplayDevice
 from simulators.sources import KINDS
@@ -107,7 +107,22 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     modbus.add_argument(
         "--slow-delay", type=_positive, default=1.0, help="how late the slow ones are (default 1)"
     )
-    modbus.add_argument("--baudrate", type=int, default=9600, help="bus speed (default 9600)")
+    modbus.add_argument(
+        "--baudrate",
+        type=int,
+        default=9600,
+        help="bus speed: bytes cross the pty at this pace, 11 bits each (default 9600)",
+    )
+    modbus.add_argument(
+        "--turnaround",
+        type=_positive,
+        default=DEFAULT_TURNAROUND,
+        metavar="S",
+        help=(
+            "seconds from a request's last byte to the answer's first, at least the silent "
+            f"interval (default {DEFAULT_TURNAROUND:g})"
+        ),
+    )
     replay = p.add_argument_group("replay")
     replay.add_argument(
         "--speed", type=_positive, default=1.0, help="play X times as fast (default 1)"
@@ -172,7 +187,13 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def _run_modbus(args: argparse.Namespace, stop: asyncio.Event) -> int:
     try:
-        bus = ModbusBus(args.link, args.slaves, baudrate=args.baudrate, seed=args.seed)
+        bus = ModbusBus(
+            args.link,
+            args.slaves,
+            baudrate=args.baudrate,
+            turnaround=args.turnaround,
+            seed=args.seed,
+        )
         for slave_id in args.silent:
             bus.meters[slave_id].silent = True
         for slave_id in args.exception:

@@ -2,6 +2,8 @@
 
 pytest_plugins = [
     "tests.support.common",
+    "tests.support.cluster",
+    "tests.support.consumer_proc",
     "tests.support.gateway_proc",
     "tests.support.ingest",
     "tests.support.mosquitto",

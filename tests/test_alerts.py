@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
-import time
 from pathlib import Path
 
 import yaml
 
-from gateway.interfaces import DeviceStatus, GatewayView, UplinkStatus
-from gateway.local.metrics_page import read_process_stats, render
-from gateway.local.stream import StreamCounters
-from gateway.reading import Sample
-from gateway.settings import DeviceSettings, MqttSettings, Settings, StoreSettings, UplinkSettings
-from gateway.store import Store
+from tests.support.exported_metrics import exported_metric_names, metrics_in
 
 REPO = Path(__file__).resolve().parent.parent
 RULES = REPO / "ops" / "alerts.yml"
@@ -75,34 +68,9 @@ def test_every_alert_fires_in_a_test_and_is_documented() -> None:
 
 
 async def test_alerts_use_only_metrics_the_gateway_exports(tmp_path: Path) -> None:
-    settings = Settings(
-        devices=(DeviceSettings(id="thermo-1", driver="serial_line", expected_interval=10.0),),
-        uplink=UplinkSettings(mqtt=MqttSettings()),
-    )
-    store = await Store.open(tmp_path / "readings.db", StoreSettings())
-    try:
-        store.put_samples([Sample(device="thermo-1", sensor="t", value=21.5, ts=time.time())])
-        await store.flush()
-        view = GatewayView(
-            settings=settings,
-            log=store,
-            devices={"thermo-1": _Part(DeviceStatus(state="open", last_reading_ts=time.time()))},  # type: ignore[dict-item]
-            uplinks={"mqtt": _Part(UplinkStatus(state="connected"))},  # type: ignore[dict-item]
-            started=time.time(),
-        )
-        page = render(view, StreamCounters(), read_process_stats(), time.time())
-    finally:
-        await store.close()
-
-    exported = set(re.findall(r"^# TYPE (\S+) ", page, flags=re.MULTILINE))
+    exported = await exported_metric_names(tmp_path)
     used: set[str] = set()
     for rule in _alerts():
-        names = re.findall(r"\b((?:edge_gateway|process)_[a-z_]+)", str(rule["expr"]))
-        used |= {re.sub(r"_(bucket|sum|count)$", "", n) for n in names}
+        used |= metrics_in(str(rule["expr"]))
     assert used, "no metric found in the rules"
     assert used - exported == set()
-
-
-class _Part:
-    def __init__(self, status: DeviceStatus | UplinkStatus) -> None:
-        self.status = status

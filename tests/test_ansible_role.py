@@ -37,6 +37,15 @@ import pytest
 import trustme
 import yaml
 
+from tests.support.ansible import (
+    ANSIBLE_DIR,
+    REPO,
+    VENV_BIN,
+    PlayResult,
+    copy_source,
+    play,
+    unmeasured_environ,
+)
 from tests.support.common import free_port, wait_until_sync
 from tests.support.systemd import add_host_units, verify
 
@@ -44,9 +53,6 @@ from tests.support.systemd import add_host_units, verify
 # the upgrade test): minutes on a loaded 2-core machine, more than the default bound.
 pytestmark = pytest.mark.timeout(600)
 
-REPO = Path(__file__).resolve().parent.parent
-ANSIBLE_DIR = REPO / "ansible"
-VENV_BIN = Path(sys.executable).parent
 TOKEN = "ansible-test-token-0123456789"
 HEALTH_TASK = "Wait for /healthz of this gateway"
 SECRETS_TASK = "Write the local API token"
@@ -61,19 +67,6 @@ NEXT_RELEASE = f"{_MAJOR_MINOR}.{int(_PATCH) + 1}"
 # 90 s on a loaded 2-core machine, too close to the suite's 120 s, and the upgrade test
 # runs four plays. Each play has its own 300 s deadline (Site.play).
 pytestmark = pytest.mark.timeout(600)
-
-RECAP = re.compile(
-    r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+"
-    r"unreachable=(?P<unreachable>\d+)\s+failed=(?P<failed>\d+)",
-    re.MULTILINE,
-)
-
-
-@dataclass
-class PlayResult:
-    returncode: int
-    output: str
-    recap: dict[str, dict[str, int]]
 
 
 @dataclass
@@ -99,39 +92,7 @@ class Site:
         return self.install_dir / "venv/bin/edge-gateway"
 
     def play(self, playbook: str, *args: str) -> PlayResult:
-        env = {
-            **_unmeasured_environ(),
-            "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-            "ANSIBLE_HOME": str(self.base / "ansible-home"),
-            "ANSIBLE_LOCAL_TEMP": str(self.base / "ansible-tmp"),
-            "ANSIBLE_NOCOLOR": "1",
-        }
-        result = subprocess.run(
-            [str(VENV_BIN / "ansible-playbook"), "-i", str(self.inventory), playbook, *args],
-            cwd=ANSIBLE_DIR,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        output = result.stdout + result.stderr
-        recap = {
-            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
-            for m in RECAP.finditer(result.stdout)
-        }
-        return PlayResult(result.returncode, output, recap)
-
-
-def _copy_source(destination: Path) -> None:
-    # The wheel is built from a copy, so the build leaves nothing in the checkout.
-    shutil.copytree(
-        REPO,
-        destination,
-        ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".ansible", "*_cache", "__pycache__", "build", "dist", "*.egg-info"
-        ),
-    )
+        return play(self.base, self.inventory, playbook, *args)
 
 
 def _host_vars(site_root: Path, source: Path, wheels: Path, port: int) -> dict[str, object]:
@@ -188,7 +149,7 @@ def _host_vars(site_root: Path, source: Path, wheels: Path, port: int) -> dict[s
 def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     base = tmp_path_factory.mktemp("ansible")
     source, root = base / "src", base / "root"
-    _copy_source(source)
+    copy_source(source)
     port = free_port()
     inventory = base / "inventory.yml"
     hosts = {
@@ -474,16 +435,6 @@ def test_upgrade_keeps_the_previous_release_rollback_restores_it_prune_spares_it
     assert _installed_version(site) == RELEASE
 
 
-def _unmeasured_environ() -> dict[str, str]:
-    """This process's environment without coverage's hook for subprocesses.
-
-    Ansible's own processes run no code of this checkout (the gateway it starts runs
-    from the release's environment), and measuring them under `make test` made a play
-    several times slower.
-    """
-    return {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
-
-
 def _installed_version(site: Site) -> str:
     """The distribution version in the environment the venv link points at."""
     result = subprocess.run(
@@ -502,13 +453,19 @@ def _installed_version(site: Site) -> str:
 
 def test_ansible_lint_and_syntax_check_are_clean(tmp_path: Path) -> None:
     env = {
-        **_unmeasured_environ(),
+        **unmeasured_environ(),
         "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         "ANSIBLE_HOME": str(tmp_path / "ansible-home"),
         "NO_COLOR": "1",
     }
     syntax = subprocess.run(
-        [str(VENV_BIN / "ansible-playbook"), "--syntax-check", "site.yml", "rollback.yml"],
+        [
+            str(VENV_BIN / "ansible-playbook"),
+            "--syntax-check",
+            "site.yml",
+            "rollback.yml",
+            "rollout.yml",
+        ],
         cwd=ANSIBLE_DIR,
         env=env,
         capture_output=True,

@@ -32,6 +32,7 @@ from gateway.settings import (
     MqttSettings,
     Settings,
     StoreSettings,
+    UplinkEntry,
     WebSocketSettings,
 )
 from tests.support.config import parse, problems, write
@@ -302,7 +303,7 @@ def test_keys_of_one_driver_are_refused_by_the_other(tmp_path: Path) -> None:
         ),
         ("[uplink.kafka]\n", "uplink.kafka: unknown key"),
         ("[uplink.mqt]\n", 'uplink.mqt: unknown key (did you mean "mqtt"?)'),
-        ("[uplinks.mqtt]\n", 'uplinks: unknown key (did you mean "uplink"?)'),
+        ("[uplinks.mqtt]\n", "uplinks: must be an array of tables ([[uplinks]] sections) (one"),
         ("[local]\n", "local.token: required (or token_file)"),
         (f"[local]\ntoken = '{TOKEN}'\nlisten = '8080'\n", 'local.listen: must be "host:port"'),
         ("[local]\ntoken = 'short'\n", "local.token: must be at least 16 characters"),
@@ -594,14 +595,16 @@ def test_bad_listen_addresses(listen: str) -> None:
 
 # The documentation matches the code ------------------------------------
 
+# The heading of the keys of an [[uplinks]] table of type "websocket".
+WEBSOCKET_SECTION = "[[uplinks]] of type websocket"
 SECTIONS: dict[str, tuple[type[Any], dict[str, Any], Any]] = {
     "[gateway]": (GatewaySettings, {}, lambda s: s.gateway),
     "[store]": (StoreSettings, {}, lambda s: s.store),
     "[uplink.mqtt]": (MqttSettings, {"uplink": {"mqtt": {}}}, lambda s: s.uplink.mqtt),
-    "[uplink.websocket]": (
+    WEBSOCKET_SECTION: (
         WebSocketSettings,
-        {"uplink": {"websocket": {}}},
-        lambda s: s.uplink.websocket,
+        {"uplinks": [{"name": "ingest", "type": "websocket"}]},
+        lambda s: s.uplinks[0].transport,
     ),
     "[local]": (LocalSettings, {"local": {"token": TOKEN}}, lambda s: s.local),
     "[health]": (HealthSettings, {}, lambda s: s.health),
@@ -615,9 +618,10 @@ def documented_keys() -> dict[str, dict[str, str]]:
     sections: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
     for line in text.splitlines():
-        heading = re.fullmatch(r"## `(\[.+\])`", line)
+        heading = re.fullmatch(r"## `(\[.+\])`( of type `(\w+)`)?", line)
         if heading:
-            current = sections.setdefault(heading[1], {})
+            section = heading[1] if heading[3] is None else f"{heading[1]} of type {heading[3]}"
+            current = sections.setdefault(section, {})
         row = re.fullmatch(r"\| `(\w+)` \| [^|]+ \| (.+?) \| .+ \|", line)
         if row and current is not None:
             current[row[1]] = row[2]
@@ -662,10 +666,13 @@ DEVICES: dict[str, dict[str, Any]] = {
 
 def test_documentation_lists_every_key_of_every_section() -> None:
     documented = documented_keys()
-    assert set(documented) == {*SECTIONS, "[[devices]]"}
+    assert set(documented) == {*SECTIONS, "[[devices]]", "[[uplinks]]"}
     for name, (cls, _, _) in SECTIONS.items():
         fields = {f.name for f in dataclasses.fields(cls)}
         assert set(documented[name]) == fields, name
+    # An uplink's own keys; those of its type are [uplink.mqtt]'s.
+    common = {f.name for f in dataclasses.fields(UplinkEntry)} - {"transport"}
+    assert set(documented["[[uplinks]]"]) == common
 
 
 def test_documented_defaults_are_the_defaults() -> None:
@@ -687,8 +694,11 @@ def test_documented_defaults_are_the_defaults() -> None:
             assert literal, f"{name} {f.name}: {shown}"
             data = copy.deepcopy(base)
             table = data
-            for part in name.strip("[]").split("."):
-                table = table.setdefault(part, {})
+            if name == WEBSOCKET_SECTION:
+                table = data["uplinks"][0]
+            else:
+                for part in name.strip("[]").split("."):
+                    table = table.setdefault(part, {})
             table[f.name] = tomllib.loads(f"v = {literal[1]}")["v"]
             assert getattr(pick(parse_config(data, None)), f.name) == default, f.name
 

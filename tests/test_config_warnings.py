@@ -71,3 +71,18 @@ def test_secret_files_and_a_config_holding_a_token_readable_by_others(tmp_path: 
     inline = config(tmp_path, f'token = "{TOKEN}"', mode=0o644)
     (warning,) = warnings(inline)
     assert warning.startswith(f"local.token: {inline} holds a secret and can be read by other")
+
+
+def test_an_uplink_password_file_readable_by_others_is_named_by_its_path(tmp_path: Path) -> None:
+    secret = write(tmp_path / "password", "s3cret", 0o644)
+    uplinks = "".join(
+        f'[[uplinks]]\nname = "{name}"\nusername = "gw"\npassword_file = "{secret}"\n'
+        for name in ("cloud", "site")
+    )
+    path = config(tmp_path, f'token = "{TOKEN}"\n\n{uplinks}')
+    message = f"{secret} can be read by other users (mode 0644); chmod 600 it (owned by the"
+    assert [w.split(": ", 1)[0] for w in warnings(path)] == [
+        "uplinks[0].password_file",
+        "uplinks[1].password_file",
+    ]
+    assert all(message in w for w in warnings(path))

@@ -60,6 +60,8 @@ METRIC_NAMES = [
     "edge_gateway_uplink_published_messages_total",
     "edge_gateway_uplink_published_readings_total",
     "edge_gateway_uplink_errors_total",
+    "edge_gateway_uplink_lost_readings_total",
+    "edge_gateway_uplink_resent_readings_total",
     "edge_gateway_uplink_down_seconds",
     "edge_gateway_uplink_publish_latency_seconds",
     "edge_gateway_local_clients",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import struct
 import tomllib
 from typing import Any, Literal
@@ -268,3 +269,39 @@ def test_a_map_names_each_sensor_once_and_fits_the_address_space() -> None:
     assert [str(p) for p in info.value.problems] == [
         'devices[0].registers[1].sensor: "voltage" is named twice'
     ]
+
+
+@st.composite
+def dense_maps(draw: st.DrawFn) -> list[Register]:
+    """Registers of every type and order packed into a few addresses, overlaps allowed."""
+    registers = []
+    for i in range(draw(st.integers(1, 12))):
+        kind: Any = draw(st.sampled_from([*INTEGERS, "float32", "float64", "string"]))
+        word_order: Any = draw(orders)
+        byte_order: Any = draw(orders)
+        registers.append(
+            Register(
+                sensor=f"s{i}",
+                table=draw(st.sampled_from(["holding", "input"])),
+                address=draw(st.integers(0, 20)),
+                type=kind,
+                length=draw(st.integers(1, 4)) if kind == "string" else 0,
+                word_order=word_order,
+                byte_order=byte_order,
+                scale=draw(st.sampled_from([1.0, 0.1, -2.0])),
+                offset=draw(st.sampled_from([0.0, 5.5])),
+            )
+        )
+    return registers
+
+
+@given(dense_maps(), st.randoms(use_true_random=False))
+def test_a_block_decodes_each_register_as_decode_does(
+    registers: list[Register], rng: random.Random
+) -> None:
+    for block in plan(registers):
+        words = [rng.randrange(65536) for _ in range(block.count)]
+        for register, value in block.values(words):
+            start = register.address - block.address
+            expected = decode(register, words[start : start + register.words])
+            assert value == expected or (math.isnan(value) and math.isnan(expected))  # type: ignore[arg-type]

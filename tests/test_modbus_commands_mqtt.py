@@ -49,7 +49,7 @@ def refusing_bus(tmp_path: Path) -> Iterator[Path]:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "gateway", "sim", "modbus", "--link", str(link)),
-            *("--slaves", "1,2", "--exception", "2", "--seed", "7"),
+            *("--slaves", "1,2", "--exception", "2", "--seed", "7", "--baudrate", "115200"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,

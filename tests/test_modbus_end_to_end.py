@@ -9,11 +9,13 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from drivers.modbus_rtu.device import METER_REGISTERS
 from tests.support.common import wait_until
-from tests.support.gateway_proc import DeviceSpec, GatewayProcess
+from tests.support.gateway_proc import TOKEN, DeviceSpec, GatewayProcess
+from tests.support.local import parse_samples
 from tests.support.modbus import meter_keys
 from tests.support.mosquitto import Mosquitto, MqttSubscriber
 
@@ -26,7 +28,7 @@ def modbus_sim(tmp_path: Path) -> Iterator[Path]:
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "gateway", "sim", "modbus", "--link", str(link)),
-            *("--slaves", "1,2,3", "--silent", "3", "--seed", "5"),
+            *("--slaves", "1,2,3", "--silent", "3", "--seed", "5", "--baudrate", "115200"),
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -69,6 +71,11 @@ async def test_meters_on_one_bus_reach_the_broker_while_a_dead_one_waits(
         message="ten polls of each live meter at the broker",
     )
     status = (await gw.status())["devices"]
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{gw.base_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}) as resp,
+    ):
+        metrics = parse_samples(await resp.text())
     assert gw.terminate() == 0
 
     readings = subscriber.readings()
@@ -87,3 +94,21 @@ async def test_meters_on_one_bus_reach_the_broker_while_a_dead_one_waits(
     assert status["meter-3"]["state"] == "waiting"
     assert "slave 3: timeout" in status["meter-3"]["last_error"]
     assert status["meter-3"]["errors"] >= 1
+    # Each slave's own status under its device, and in /metrics.
+    dead = status["meter-3"]["modbus"]
+    assert dead["slave_id"] == 3
+    assert dead["state"] in ("failing", "backoff", "dead")
+    assert dead["timeouts"] >= 1
+    assert dead["last_success"] is None
+    live = status["meter-1"]["modbus"]
+    assert live["state"] == "ok"
+    assert live["timeouts"] == live["crc_errors"] == 0
+    assert live["exception_codes"] == {}
+    assert live["last_success"] is not None
+    assert live["backoff"] == 0
+    assert metrics['edge_gateway_device_modbus_timeouts_total{device="meter-3",slave="3"}'] >= 1
+    assert (
+        metrics['edge_gateway_device_modbus_slave_state{device="meter-1",slave="1",state="ok"}']
+        == 1
+    )
+    assert metrics['edge_gateway_device_modbus_polls_total{device="meter-1",slave="1"}'] >= 10

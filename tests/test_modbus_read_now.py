@@ -14,7 +14,7 @@ from drivers.modbus_rtu.device import METER_REGISTERS
 from gateway.errors import DriverError
 from simulators.modbus_bus import ModbusBus
 from tests.support.common import wait_until
-from tests.support.modbus import polled
+from tests.support.modbus import BAUD, polled
 
 # Long enough that no scheduled poll comes between the first one and the test's requests.
 QUIET = {"poll_interval": 3600.0}
@@ -22,7 +22,7 @@ QUIET = {"poll_interval": 3600.0}
 
 async def test_read_now_polls_the_slave_now_and_stores_the_readings(tmp_path: Path) -> None:
     link = tmp_path / "rs485"
-    async with ModbusBus(link, [1], seed=3), polled(link, [1], **QUIET) as slaves:
+    async with ModbusBus(link, [1], baudrate=BAUD, seed=3), polled(link, [1], **QUIET) as slaves:
         driver, sink = slaves[1]
         await wait_until(lambda: bool(sink.values("energy")), message="first poll")
         first = sink.values("energy")[-1]
@@ -41,7 +41,10 @@ async def test_read_now_fails_with_the_reason_when_the_slave_does_not_answer(
     tmp_path: Path,
 ) -> None:
     link = tmp_path / "rs485"
-    async with ModbusBus(link, [1], seed=3) as sim, polled(link, [1], **QUIET) as slaves:
+    async with (
+        ModbusBus(link, [1], baudrate=BAUD, seed=3) as sim,
+        polled(link, [1], **QUIET) as slaves,
+    ):
         driver, sink = slaves[1]
         await wait_until(lambda: bool(sink.samples), message="first poll")
         sim.meters[1].silent = True
@@ -55,7 +58,10 @@ async def test_read_now_fails_with_the_reason_when_the_slave_does_not_answer(
 
 async def test_a_write_is_confirmed_by_the_slave_before_it_returns(tmp_path: Path) -> None:
     link = tmp_path / "rs485"
-    async with ModbusBus(link, [1], seed=4) as sim, polled(link, [1], **QUIET) as slaves:
+    async with (
+        ModbusBus(link, [1], baudrate=BAUD, seed=4) as sim,
+        polled(link, [1], **QUIET) as slaves,
+    ):
         driver, sink = slaves[1]
         await wait_until(lambda: bool(sink.samples), message="first poll")
         # Rounded to what the int16 with scale 0.5 holds: the value the slave now has.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway.interfaces import CommitListener, StoreStats
 from gateway.reading import StoredReading
@@ -50,8 +50,21 @@ class CountingLog:
         self.reads += 1
         return await self.store.read_after(seq, limit, device_glob)
 
-    async def register_consumer(self, name: str) -> int:
-        return await self.store.register_consumer(name)
+    async def register_consumer(
+        self, name: str, *, start_now: bool = False, start_at: int = 0, best_effort: bool = False
+    ) -> int:
+        return await self.store.register_consumer(
+            name, start_now=start_now, start_at=start_at, best_effort=best_effort
+        )
+
+    async def read_devices_after(
+        self, seq: int, limit: int, devices: Sequence[str]
+    ) -> list[StoredReading]:
+        self.reads += 1
+        return await self.store.read_devices_after(seq, limit, devices)
+
+    async def oldest_seq(self) -> int | None:
+        return await self.store.oldest_seq()
 
     async def ack(self, name: str, seq: int) -> None:
         self.acks.append(seq)

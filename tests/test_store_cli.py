@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -11,8 +13,9 @@ import tomli_w
 
 from gateway.errors import StoreError
 from gateway.reading import DeadLetter
+from gateway.store import schema
 from tests.support.cli import queue
-from tests.support.store import opened, sample
+from tests.support.store import next_seq, opened, sample
 
 
 async def _prepare(data_dir: Path) -> None:
@@ -157,3 +160,13 @@ def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     assert exc.value.code == 2
     with pytest.raises(SystemExit):
         queue("purge", "--data-dir", str(tmp_path), "--dead-letters", "--readings-before", "3")
+
+
+async def test_purging_every_reading_keeps_the_last_seq(tmp_path: Path) -> None:
+    await _prepare(tmp_path)
+    assert queue("purge", "--data-dir", str(tmp_path), "--readings-before", "1000", "--yes") == 0
+    # Appending commits left the meta table's last_seq to the rows; the purge wrote it.
+    with contextlib.closing(sqlite3.connect(tmp_path / schema.DB_NAME)) as conn:
+        assert schema.read_meta(conn)[schema.META_LAST_SEQ] == 100
+    (tmp_path / "seq.floor").unlink()
+    assert await next_seq(tmp_path) == 101

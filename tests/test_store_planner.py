@@ -154,17 +154,30 @@ def test_no_samples_keep_the_last_seq() -> None:
 def test_meta_rows_are_written_only_for_totals_that_changed() -> None:
     written = Totals(dropped=5, dead_letters=2, dead_letters_lost=0, reserved=100)
     plan = TransactionPlan([], [_letter(0)], {}, [], last_seq=12)
-    meta = meta_changes(plan, written, written)
-    assert meta == [(schema.META_LAST_SEQ, 12), (schema.META_DEAD_LETTERS, 3)]
+    meta = meta_changes(plan, written, written, 10)
+    assert meta == [(schema.META_DEAD_LETTERS, 3)]
     assert plan.dropped_total == 5
 
     plan = TransactionPlan([], [], {}, [], dropped=4)
     moved = Totals(dropped=5, dead_letters=2, dead_letters_lost=1, reserved=200)
-    assert meta_changes(plan, moved, written) == [
+    assert meta_changes(plan, moved, written, 10) == [
         (schema.META_DROPPED, 9),
         (schema.META_DEAD_LETTERS_LOST, 1),
         (schema.META_RESERVED, 200),
     ]
+
+
+def test_the_last_seq_is_written_when_rows_are_deleted() -> None:
+    # A start takes the higher of the meta row and the highest stored seq: an append
+    # leaves the row behind, a deletion (which may take the newest rows) moves it.
+    written = Totals(dropped=0, dead_letters=0, dead_letters_lost=0, reserved=100)
+    appended = TransactionPlan([], [], {}, [], last_seq=12)
+    assert meta_changes(appended, written, written, 10) == []
+    trimmed = TransactionPlan([], [], {}, [], last_seq=12, trimmed=True)
+    assert meta_changes(trimmed, written, written, 10) == [(schema.META_LAST_SEQ, 12)]
+    # Nothing inserted (new samples refused): the log's last seq, not 0.
+    refused = TransactionPlan([], [], {}, [], trimmed=True, rejected=True)
+    assert meta_changes(refused, written, written, 10) == [(schema.META_LAST_SEQ, 10)]
 
 
 def test_floors_of_registered_consumers_and_of_retention() -> None:

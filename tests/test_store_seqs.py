@@ -8,7 +8,9 @@ before the last commits). See docs/store.md, *Seqs*.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sqlite3
 import stat
 import struct
 from pathlib import Path
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from gateway.store import schema
+from tests.support.common import wait_until
 from tests.support.store import DB_FILES, SEQ_FILES, copy, next_seq, opened, put, sample
 from tests.support.store_damage import damage_page, readings_leaves
 
@@ -152,3 +155,22 @@ async def test_files_created_or_renamed_are_made_durable_in_their_directory(
     damage_page(tmp_path / "readings.db", readings_leaves(tmp_path / "readings.db")[-1])
     assert await next_seq(tmp_path) == 11
     assert str(tmp_path) in synced  # the damaged database moved aside
+
+
+async def test_a_log_emptied_by_retention_keeps_its_last_seq_in_the_database(
+    tmp_path: Path,
+) -> None:
+    # Commits that only append leave the meta table's last_seq to the rows; the
+    # transaction that deletes them writes it, so the database alone still knows.
+    async with opened(tmp_path, history=0.0, startup_grace=0.0) as store:
+        store.put_samples([sample(i) for i in range(10)])
+        await store.flush()
+
+        async def emptied() -> bool:
+            return await store.read_after(0, 1) == []
+
+        await wait_until(emptied, message="every reading expired")
+    with contextlib.closing(sqlite3.connect(tmp_path / schema.DB_NAME)) as conn:
+        assert schema.read_meta(conn)[schema.META_LAST_SEQ] == 10
+    (tmp_path / "seq.floor").unlink()
+    assert await next_seq(tmp_path) == 11

@@ -57,7 +57,7 @@ async def device_through(
             "reconnect_max": 0.5,
             "batch_max": 100,
         }
-        gw.more_config = {"uplink": {"websocket": websocket}}
+        gw.more_config = {"uplinks": [{"name": UPLINK, "type": "websocket", **websocket}]}
         gw.start()
         await gw.wait_healthy(timeout=START_TIMEOUT)
         yield

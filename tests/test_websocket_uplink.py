@@ -203,22 +203,34 @@ async def test_an_ack_that_ends_no_batch_drops_the_connection(
     assert uplink.status.acked_seq == 0
 
 
-def test_the_websocket_section_is_checked_key_by_key(tmp_path: Path) -> None:
-    base = '[gateway]\nid = "gw"\n[uplink.websocket]\n'
-    settings = parse(tmp_path, base + 'url = "wss://cloud.example/ingest"\ncompress = true\n')
-    assert settings.uplink.websocket == WebSocketSettings(
-        url="wss://cloud.example/ingest", compress=True
+def test_a_websocket_uplink_table_is_checked_key_by_key(tmp_path: Path) -> None:
+    base = '[gateway]\nid = "gw"\n[[uplinks]]\nname = "ingest"\ntype = "websocket"\n'
+    text = base + 'url = "wss://cloud.example/ingest"\ncompress = true\ndevices = ["t-*"]\n'
+    (entry,) = parse(tmp_path, text + "best_effort = true\n").all_uplinks()
+    assert entry.transport == WebSocketSettings(url="wss://cloud.example/ingest", compress=True)
+    assert (entry.name, entry.type, entry.devices, entry.best_effort) == (
+        "ingest",
+        "websocket",
+        ("t-*",),
+        True,
     )
     found = problems(
         tmp_path,
         base + 'url = "http://cloud"\ntoken = "short"\nmax_inflight = 0\nheartbeat = "soon"\n',
     )
     assert [p.split(":")[0] for p in found] == [
-        "uplink.websocket.url",
-        "uplink.websocket.token",
-        "uplink.websocket.max_inflight",
-        "uplink.websocket.heartbeat",
+        "uplinks[0].url",
+        "uplinks[0].token",
+        "uplinks[0].max_inflight",
+        "uplinks[0].heartbeat",
     ]
     ca = write(tmp_path, "not a certificate", "ca.pem")
     found = problems(tmp_path, base + f'url = "ws://cloud/ingest"\nca_file = "{ca}"\n')
-    assert found == ['uplink.websocket.ca_file: only used with "wss://" urls']
+    assert found == ['uplinks[0].ca_file: only used with "wss://" urls']
+
+
+def test_the_former_websocket_section_points_to_uplinks(tmp_path: Path) -> None:
+    found = problems(tmp_path, '[gateway]\nid = "gw"\n[uplink.websocket]\nurl = "ws://h/i"\n')
+    assert found == [
+        'uplink.websocket: a WebSocket uplink is an [[uplinks]] table with type = "websocket"'
+    ]

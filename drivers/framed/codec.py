@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-import crcmod.predefined
+import fastcrc
 from cobs import cobs
 
 from drivers.delimited import Splitter
@@ -74,11 +74,10 @@ SLIP_ESC_END = 0xDC
 SLIP_ESC_ESC = 0xDD
 
 # CRC-16/CCITT-FALSE (poly 0x1021, init 0xFFFF) is binascii's crc_hqx; CRC-32 is zlib's;
-# CRC-16/MODBUS comes from crcmod, whose C extension keeps up with any serial port.
-_crc16_modbus: Callable[[bytes], int] = crcmod.predefined.mkPredefinedCrcFun("modbus")
+# CRC-16/MODBUS comes from fastcrc (compiled, maintained; benchmarks/codecs.py measures it).
 CRCS: Mapping[str, tuple[int, Callable[[bytes], int]]] = {
     "crc16-ccitt-false": (2, lambda data: binascii.crc_hqx(data, 0xFFFF)),
-    "crc16-modbus": (2, _crc16_modbus),
+    "crc16-modbus": (2, fastcrc.crc16.modbus),
     "crc32": (4, zlib.crc32),
 }
 
@@ -213,8 +212,9 @@ class FrameDecoder:
         self.units = {f.name: f.unit for f in codec.fields if f.unit} | dict(units or {})
         self.max_frame_bytes = max_frame_bytes
         self._frames = Splitter(codec.delimiter, max_frame_bytes)
-        # Per field: how a raw value becomes the reading's value.
-        self._convert = [_converter(f) for f in codec.fields]
+        # Per field: its sensor name, how a raw value becomes the reading's value (None:
+        # as it is) and its unit.
+        self._fields = [(f.name, _converter(f), self.units.get(f.name)) for f in codec.fields]
 
     @property
     def buffered(self) -> int:
@@ -233,11 +233,13 @@ class FrameDecoder:
             except _BadFrame as exc:
                 out.dead_letters.append(self._dead(str(exc), record.data, ts))
                 continue
-            device, units = self.device, self.units
-            out.samples.extend(
-                Sample(device, f.name, convert(value), ts, units.get(f.name))
-                for f, convert, value in zip(self.codec.fields, self._convert, values, strict=True)
-            )
+            device = self.device
+            # A list comprehension over prepared (name, convert, unit) triples: building
+            # the samples is most of this codec's cost (benchmarks/codecs.py).
+            out.samples += [
+                Sample(device, name, value if convert is None else convert(value), ts, unit)
+                for (name, convert, unit), value in zip(self._fields, values, strict=True)
+            ]
         return out
 
     def reset(self, ts: float) -> DeadLetter | None:
@@ -249,14 +251,10 @@ class FrameDecoder:
         return DeadLetter(device=self.device, reason=reason, raw=raw, ts=ts)
 
 
-def _converter(spec: FieldSpec) -> Callable[[Value], Value]:
+def _converter(spec: FieldSpec) -> Callable[[Value], Value] | None:
     """Raw value → reading: ``raw * scale + offset``; integers and booleans stay as they
-    are when neither is set, so a counter is not turned into a float."""
+    are (None) when neither is set, so a counter is not turned into a float."""
     if spec.type == "bool" or (spec.scale == 1 and spec.offset == 0):
-        return _same
+        return None
     scale, offset = spec.scale, spec.offset
     return lambda raw: float(raw) * scale + offset
-
-
-def _same(raw: Value) -> Value:
-    return raw

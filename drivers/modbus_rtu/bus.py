@@ -5,7 +5,10 @@ another's. Every ``modbus_rtu`` device naming the same ``port`` attaches to the 
 ``Bus`` (``shared_bus``); the first to attach creates it, the last to leave closes
 the port. Each request holds the bus's lock from send to answer or timeout, and the
 lock is fair (first come, first served), so devices take turns and a silent slave
-holds the bus for at most its own ``timeout`` per request.
+holds the bus for at most its own ``timeout`` per request. Between the last byte heard
+and the next request the owner keeps the line silent for the interval the Modbus spec
+sets for the baud rate (``codec.silent_interval``): a slave takes a shorter gap for the
+middle of the frame it just sent and drops the request.
 
 The owners live in this module for the life of the process; the gateway's core
 knows nothing of them (it creates one driver per device, as for any driver).
@@ -16,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -24,25 +28,30 @@ from pymodbus.exceptions import ConnectionException, ModbusException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
-from drivers.modbus_rtu.codec import Block
+from drivers.modbus_rtu.codec import Block, crc_ok, silent_interval
 from drivers.modbus_rtu.settings import ModbusRtuSettings, Register
 
 log = logging.getLogger("drivers.modbus_rtu")
 
 # pymodbus's own wait is left long: each request is bounded by its device's `timeout`.
 _CLIENT_TIMEOUT = 60.0
+# How late the event loop's timers may wake (epoll's resolution is a millisecond).
+_TIMER_SLACK = 0.001
 
 
 class Failure(Exception):
-    """A request that got no usable answer. ``kind``: "timeout" (nothing heard), "bad frame"
-    (bytes heard, no valid answer: CRC error, wrong slave, truncated), "exception" (the
-    slave answered with a Modbus exception) or "port" (the port cannot be used)."""
+    """A request that got no usable answer. ``kind``: "timeout" (nothing heard), "crc
+    error" (bytes heard that do not end in their CRC: noise, a corrupted or cut frame),
+    "bad frame" (a frame with a good CRC but no answer to the request: another slave's,
+    the wrong size), "exception" (the slave answered with a Modbus exception, ``code``)
+    or "port" (the port cannot be used)."""
 
-    def __init__(self, kind: str, detail: str, raw: bytes = b"") -> None:
+    def __init__(self, kind: str, detail: str, raw: bytes = b"", code: int | None = None) -> None:
         super().__init__(f"{kind}: {detail}")
         self.kind = kind
         self.detail = detail
         self.raw = raw
+        self.code = code
 
 
 class BusConflict(Exception):
@@ -72,15 +81,34 @@ class Bus:
         self.owner = owner  # the device that opened it, for messages
         self.users = 0
         self.requests = 0
+        # The silence kept between the end of an answer and the next request.
+        self.silence = silent_interval(line.baudrate)
         self._lock = asyncio.Lock()
         self._client: AsyncModbusSerialClient | None = None
-        # What the port last handed the framer during the current request.
+        # What the port last handed the framer during the current request, and when
+        # (time.monotonic, the event loop's clock): the line is busy until then.
         self._heard = b""
+        self._heard_at = 0.0
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if not sending:
             self._heard = data
+            self._heard_at = time.monotonic()
         return data
+
+    async def _keep_silence(self) -> None:
+        """Wait until the line has been silent for ``silence`` since the last byte heard.
+
+        The event loop's timers wake up to a millisecond late (epoll counts whole
+        milliseconds), which at 115,200 baud is a tenth of a poll; so the last
+        millisecond is waited by yielding to the loop instead. That only happens when
+        the next request is due at once (a busy bus); other tasks run meanwhile.
+        """
+        until = self._heard_at + self.silence
+        if until - time.monotonic() > _TIMER_SLACK:
+            await asyncio.sleep(until - time.monotonic() - _TIMER_SLACK)
+        while time.monotonic() < until:  # noqa: ASYNC110 - a spin of under a millisecond
+            await asyncio.sleep(0)
 
     async def _connected(self) -> AsyncModbusSerialClient:
         client = self._client
@@ -130,14 +158,18 @@ class Bus:
     ) -> ModbusPDU:
         async with self._lock:
             client = await self._connected()
+            await self._keep_silence()
             self._heard = b""
             self.requests += 1
             try:
                 async with asyncio.timeout(answer_within):
                     response = await request(client)
             except TimeoutError:
-                if self._heard:
-                    raise Failure("bad frame", "no valid answer", self._heard) from None
+                heard = self._heard
+                if heard and not crc_ok(heard):
+                    raise Failure("crc error", f"{len(heard)} bytes heard", heard) from None
+                if heard:
+                    raise Failure("bad frame", "no answer to the request", heard) from None
                 raise Failure("timeout", f"no answer within {answer_within:g}s") from None
             except ConnectionException as exc:
                 self.close()
@@ -146,7 +178,7 @@ class Bus:
                 raise Failure("bad frame", str(exc), self._heard) from None
             if response.isError():
                 code = response.exception_code
-                raise Failure("exception", f"exception code {code} ({_meaning(code)})")
+                raise Failure("exception", f"exception code {code} ({_meaning(code)})", code=code)
             return response
 
     async def read(self, slave: int, block: Block, answer_within: float) -> list[int]:

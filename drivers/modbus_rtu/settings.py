@@ -165,6 +165,17 @@ class Register:
             "the value given is converted back through `offset` and `scale`.",
         ),
     )
+    poll_interval: float | None = field(
+        default=None,
+        metadata=key(
+            duration(positive=True),
+            "duration",
+            "How often this register is read, when not at the device's `poll_interval`: "
+            "registers of one interval form a block of their own (a slow counter every "
+            '`"1m"` beside a fast voltage), and only registers of one interval are read '
+            "together in a request.",
+        ),
+    )
 
     @property
     def words(self) -> int:
@@ -205,8 +216,8 @@ class ModbusRtuSettings(SerialPortSettings):
         metadata=key(
             duration(positive=True),
             "duration",
-            'How often every register is read: seconds, or `"500ms"`, `"1s"`. A poll that '
-            "takes longer than this is followed by the next at once.",
+            'How often the registers are read: seconds, or `"500ms"`, `"1s"` (a register may '
+            "set its own). A poll that takes longer than this is followed by the next at once.",
         ),
     )
     timeout: float = field(
@@ -232,7 +243,7 @@ class ModbusRtuSettings(SerialPortSettings):
         metadata=tables(
             Register,
             "The register map, one `[[devices.registers]]` table per value (keys below). "
-            "Adjacent registers of one table are read in one request.",
+            "Adjacent registers of one table and one `poll_interval` are read in one request.",
         ),
     )
 

@@ -1,14 +1,17 @@
 """The ``modbus_rtu`` driver: polls one slave's register map through its bus's owner.
 
-Each poll sends the planned requests (``codec.plan``) in turn, through the ``Bus`` the
-device shares with every other device on its port, and puts one reading per register.
-A slave that does not answer (timeout, or bytes that are no valid answer) ends its
-poll at once, so it holds the bus for at most one ``timeout``; its next poll waits
-``poll_interval``, then twice that, up to ``retry_max``, while the other slaves keep
-their own pace. An exception response is an answer: the other requests of the poll go
-on. Each kind of failure is counted per slave (``counts``) and shown in the device's
-status (``state`` "open" while it answers, "waiting" while it does not; ``last_error``
-with the counts); bytes that made no valid answer are kept as a dead letter.
+The planned requests (``codec.plan``) are grouped by poll interval (the device's, or a
+register's own); each poll sends the requests of every group that is due, in turn,
+through the ``Bus`` the device shares with every other device on its port, and puts one
+reading per register. A slave that does not answer (timeout, or bytes that are no
+valid answer) ends its poll at once, so it holds the bus for at most one ``timeout``;
+its next poll waits ``poll_interval``, then twice that, up to ``retry_max``, while the
+other slaves keep their own pace. An exception response is an answer: the other
+requests of the poll go on. Each kind of failure is counted per slave (``slave``, a
+``SlaveStatus`` also shown under the device in the status API and /metrics) and in the
+device's status (``state`` "open" while it answers, "waiting" while it does not;
+``last_error`` with the counts); bytes that made no valid answer are kept as a dead
+letter.
 """
 
 from __future__ import annotations
@@ -17,12 +20,13 @@ import asyncio
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from drivers.fault_log import FaultLog
 from drivers.modbus_rtu.bus import Bus, BusConflict, Failure, shared_bus
-from drivers.modbus_rtu.codec import Value, decode, encode, plan
+from drivers.modbus_rtu.codec import Block, Value, decode, encode, plan
 from drivers.modbus_rtu.settings import ModbusRtuSettings
+from drivers.modbus_rtu.slave import SlaveStatus
 from gateway.errors import DriverError
 from gateway.interfaces import DeviceStatus, SampleSink
 from gateway.reading import DeadLetter, Sample
@@ -44,11 +48,9 @@ class ModbusRtuDriver:
             raise DriverError(settings.id, "modbus_rtu needs at least one register")
         self.device_id = settings.id
         self.settings = settings
-        self.status = DeviceStatus()
-        self.blocks = plan(settings.registers)
-        # Failures of this slave by kind: timeout, bad frame, exception, port.
-        self.counts: Counter[str] = Counter()
-        self.polls = 0
+        self.slave = SlaveStatus(settings.slave_id)
+        self.status = DeviceStatus(detail=self.slave)
+        self.blocks = plan(settings.registers, settings.poll_interval)
         self._registers = {r.sensor: r for r in settings.registers}
         self._sink = sink
         self._clock = clock
@@ -74,33 +76,48 @@ class ModbusRtuDriver:
             self._bus = None
             self.status.state = "stopped"
 
+    @property
+    def counts(self) -> Counter[str]:
+        """Failures of this slave by kind: timeout, crc error, bad frame, exception, port."""
+        return self.slave.failures
+
     async def _poll_forever(self, bus: Bus) -> None:
         loop = asyncio.get_running_loop()
-        silent_polls = 0
+        # When each poll interval's blocks are next due (loop time).
+        due = dict.fromkeys((b.interval for b in self.blocks), loop.time())
         while True:
+            wait = min(due.values()) - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             started = loop.time()
-            _samples, silence = await self._read(bus)
-            self.polls += 1
+            ready = {interval for interval, at in due.items() if at <= started}
+            blocks = [b for b in self.blocks if b.interval in ready]
+            _samples, silence = await self._read(bus, blocks)
             if silence is None:
-                silent_polls = 0
                 self.status.state = "open"
-                await asyncio.sleep(max(0.0, started + self.settings.poll_interval - loop.time()))
+                for interval in ready:
+                    due[interval] = started + interval
                 continue
-            silent_polls += 1
             self.status.state = "waiting"
-            backoff = self.settings.poll_interval * 2 ** min(silent_polls - 1, 30)
-            backoff = max(self.settings.poll_interval, min(backoff, self.settings.retry_max))
+            interval = self.settings.poll_interval
+            backoff = interval * 2 ** min(self.slave.silent_polls, 30)
+            backoff = max(interval, min(backoff, self.settings.retry_max))
+            self.slave.poll_unanswered(backoff, self.settings.retry_max)
             # Counted from the failure, not from the poll's start: a poll that timed out
-            # took a whole timeout, and the bus must then go to the others.
-            await asyncio.sleep(backoff)
+            # took a whole timeout, and the bus must then go to the others. Every block
+            # waits: the slave is silent, not one of its registers.
+            resume = loop.time() + backoff
+            due = dict.fromkeys(due, resume)
 
-    async def _read(self, bus: Bus) -> tuple[list[Sample], Failure | None]:
-        """One read of every block, its readings put in the sink; with the failure that
-        ended it if the slave did not answer."""
+    async def _read(
+        self, bus: Bus, blocks: Sequence[Block] | None = None
+    ) -> tuple[list[Sample], Failure | None]:
+        """One read of ``blocks`` (default: every block), its readings put in the sink;
+        with the failure that ended it if the slave did not answer."""
         samples: list[Sample] = []
         silence: Failure | None = None
         clean = True
-        for block in self.blocks:
+        for block in self.blocks if blocks is None else blocks:
             try:
                 words = await bus.read(self.settings.slave_id, block, self.settings.timeout)
             except Failure as failure:
@@ -111,6 +128,7 @@ class ModbusRtuDriver:
                 silence = failure
                 break
             ts = self._clock()
+            self.slave.answered(ts)
             for register, value in block.values(words):
                 unit = register.unit or self.settings.units.get(register.sensor)
                 samples.append(Sample(self.device_id, register.sensor, value, ts, unit))
@@ -120,6 +138,8 @@ class ModbusRtuDriver:
             self.status.last_reading_ts = samples[-1].ts
         if clean:
             self._faults.clear()
+        if silence is None:
+            self.slave.poll_done(clean=clean)
         return samples, silence
 
     async def read_now(self) -> dict[str, Value]:
@@ -138,7 +158,7 @@ class ModbusRtuDriver:
         return {sample.sensor: sample.value for sample in samples}
 
     def _failed(self, failure: Failure) -> None:
-        self.counts[failure.kind] += 1
+        self.slave.failed(failure)
         summary = ", ".join(f"{n} {kind}" for kind, n in sorted(self.counts.items()))
         message = f"slave {self.settings.slave_id}: {failure} (so far: {summary})"
         self.status.errors += 1

@@ -16,13 +16,15 @@ from collections.abc import Callable, Mapping
 from typing import Protocol
 
 from gateway.commands.router import Args, BadArgs, CommandError, Handler
-from gateway.errors import DriverError
-from gateway.interfaces import GatewayView
+from gateway.errors import DriverError, UplinkError
+from gateway.interfaces import GatewayView, Resender
 from gateway.settings import CommandSettings, WriteRule
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # How long `reload` waits for the new configuration to be in force.
 RELOAD_TIMEOUT = 30.0
+# The most seqs one `resend` may span (its readings are read and sent part by part).
+MAX_RESEND = 100_000
 
 
 class Runtime(Protocol):
@@ -105,6 +107,31 @@ def builtin_handlers(
         confirmed = await _from_driver(method, sensor, value)
         return {"device": device, "sensor": sensor, "value": value, "confirmed": confirmed}
 
+    async def resend(args: Args) -> object:
+        name = _text(args, "uplink")
+        uplink = view.uplinks.get(name)
+        if uplink is None:
+            running = ", ".join(sorted(view.uplinks)) or "none"
+            raise BadArgs(f"no uplink {name!r} is running (running: {running})")
+        first, last = _seq(args, "from_seq"), _seq(args, "to_seq")
+        if last < first:
+            raise BadArgs('"to_seq" must not be less than "from_seq"')
+        if last - first + 1 > MAX_RESEND:
+            raise BadArgs(f"at most {MAX_RESEND} seqs per resend (asked for {last - first + 1})")
+        last_seq = view.log.last_seq
+        if last > last_seq:
+            raise BadArgs(f'"to_seq" {last} is beyond the last committed seq {last_seq}')
+        oldest = await view.log.oldest_seq()
+        if oldest is None or oldest > first:
+            _gone(first, last, oldest)
+        if not isinstance(uplink, Resender):
+            raise CommandError(f"uplink {name} cannot send readings again")
+        try:
+            sent = await uplink.resend(first, last)
+        except UplinkError as err:
+            raise CommandError(str(err)) from None
+        return {"uplink": name, "from_seq": first, "to_seq": last, "readings": sent}
+
     return {
         "ping": ping,
         "status": status,
@@ -114,7 +141,26 @@ def builtin_handlers(
         "device.disable": disable,
         "device.read": read,
         "device.write": write,
+        "resend": resend,
     }
+
+
+def _gone(first: int, last: int, oldest: int | None) -> None:
+    """Refuse a resend whose range begins before the oldest reading still in the log."""
+    if oldest is None or oldest > last:
+        kept = "the log holds no reading now" if oldest is None else f"the oldest is {oldest}"
+        raise CommandError(f"readings {first} to {last} are no longer in the log ({kept})")
+    raise CommandError(
+        f"readings {first} to {oldest - 1} are no longer in the log; "
+        f"{oldest} to {last} are: ask for those"
+    )
+
+
+def _seq(args: Mapping[str, object], name: str) -> int:
+    value = args.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BadArgs(f'"{name}" must be a seq (an integer from 1)')
+    return value
 
 
 def _check_write(rules: tuple[WriteRule, ...], device: str, sensor: str, value: object) -> None:

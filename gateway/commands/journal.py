@@ -2,8 +2,9 @@
 
 A file of JSON lines in the data directory (``commands.jsonl``), not a table in
 the reading log's database: a command is rare next to readings, and appending
-one fsynced line here never waits behind (or delays) the store's commits. Each
-answer is one appended line, fsynced before the result is sent. A torn last
+one fsynced line here never delays the store's commits. Each answer is one
+appended line, fsynced before the result is sent (after it, for the commands that
+change nothing: see ``gateway.commands.router``). A torn last
 line (power cut mid-write) is skipped when loading. When the file holds twice
 as many lines as are remembered, it is rewritten with the live ones only, into
 a temporary file that is fsynced and renamed over the old one (then the
@@ -68,10 +69,19 @@ class AnswerJournal:
 
     def add(self, request_id: str, body: dict[str, object]) -> None:
         """Remember ``body`` as the answer to ``request_id`` (blocking: appends and fsyncs)."""
+        self.write(request_id, self.remember(request_id, body), body)
+
+    def remember(self, request_id: str, body: dict[str, object]) -> float:
+        """Remember ``body`` in memory only (``get`` finds it at once); returns its time,
+        for ``write``."""
         at = self._clock()
         self._answers.pop(request_id, None)
         self._answers[request_id] = (at, body)
         self._forget_old()
+        return at
+
+    def write(self, request_id: str, at: float, body: dict[str, object]) -> None:
+        """Append a remembered answer to the file (blocking: appends and fsyncs)."""
         line = json.dumps({"id": request_id, "at": at, "body": body}, separators=(",", ":"))
         if self._lines >= 2 * self.count:
             self._rewrite()
@@ -93,8 +103,10 @@ class AnswerJournal:
 
     def _rewrite(self) -> None:
         temporary = self.path.with_suffix(".tmp")
+        # A copy: the event loop may remember another answer meanwhile.
+        live = list(self._answers.items())
         with temporary.open("wb") as file:
-            for request_id, (at, body) in self._answers.items():
+            for request_id, (at, body) in live:
                 entry = {"id": request_id, "at": at, "body": body}
                 file.write(json.dumps(entry, separators=(",", ":")).encode() + b"\n")
             file.flush()
@@ -105,7 +117,7 @@ class AnswerJournal:
             os.fsync(directory)
         finally:
             os.close(directory)
-        self._lines = len(self._answers)
+        self._lines = len(live)
 
 
 def _entry(line: bytes) -> tuple[str, float, dict[str, object]] | None:

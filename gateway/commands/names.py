@@ -11,4 +11,9 @@ COMMANDS = (
     "device.disable",
     "device.read",
     "device.write",
+    "resend",
 )
+
+# Commands that change nothing: running one again is harmless, so their answers are
+# sent without waiting for the journal's fsync (see gateway.commands.router).
+READ_ONLY = frozenset({"ping", "status"})

@@ -22,7 +22,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 
 from gateway.commands.journal import AnswerJournal
-from gateway.commands.names import COMMANDS
+from gateway.commands.names import COMMANDS, READ_ONLY
 from gateway.commands.signing import SignatureError, verified
 from gateway.errors import GatewayError
 from gateway.interfaces import CommandAnswer, CommandStatus
@@ -72,6 +72,9 @@ class CommandRouter:
         self.settings = settings
         self.key = key
         self._bucket = TokenBucket(settings.max_per_second, burst=settings.max_per_second)
+        # One append to the journal file at a time; the appends still under way.
+        self._journal_lock = asyncio.Lock()
+        self._writes: set[asyncio.Task[None]] = set()
 
     def configure(self, settings: CommandSettings, key: bytes | None) -> None:
         """Take the ``[commands]`` of a reloaded configuration, and its key."""
@@ -195,14 +198,42 @@ class CommandRouter:
             future.exception()  # retrieved: a duplicate waiting on it gets it
             del self._running[request_id]
             raise
+        if command in READ_ONLY:
+            # Answered at once, its id remembered now and written to disk behind the
+            # answer: with readings flowing, the journal's fsync waits behind the store's
+            # commits on the same filesystem (tens of ms, over 100 on a busy disk). A
+            # crash before it is written lets a retry run the command again, which
+            # changes nothing.
+            at = self.journal.remember(request_id, body)
+            task = asyncio.get_running_loop().create_task(
+                self._remember(
+                    command, request_id, lambda: self.journal.write(request_id, at, body)
+                )
+            )
+            self._writes.add(task)
+            task.add_done_callback(self._writes.discard)
+            future.set_result(body)
+            del self._running[request_id]
+            return body
         try:
-            await asyncio.to_thread(self.journal.add, request_id, body)
-        except OSError as err:
-            log.error("command %s: cannot remember the answer to %s: %s", command, request_id, err)
+            await self._remember(command, request_id, lambda: self.journal.add(request_id, body))
         finally:
             future.set_result(body)
             del self._running[request_id]
         return body
+
+    async def _remember(self, command: str, request_id: str, append: Callable[[], None]) -> None:
+        async with self._journal_lock:
+            try:
+                await asyncio.to_thread(append)
+            except OSError as err:
+                log.error(
+                    "command %s: cannot remember the answer to %s: %s", command, request_id, err
+                )
+
+    async def written(self) -> None:
+        """Wait until every answer remembered so far is in the journal file."""
+        await asyncio.gather(*self._writes)
 
     async def _run(self, command: str, request_id: str, args: Args) -> dict[str, object]:
         handler = self.handlers.get(command)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from gateway import __version__
-from gateway.interfaces import CommandStatus, GatewayView
+from gateway.interfaces import CommandStatus, DeviceFigure, DeviceStatus, GatewayView
 from gateway.local.connections import ConnectionCounters
 from gateway.local.health import uplink_down_seconds
 from gateway.local.stream import StreamCounters
@@ -185,6 +186,23 @@ def _devices(out: Families, view: GatewayView) -> None:
         "Configured interval between readings (0 = not expected).",
         [({"device": i}, expected.get(i, 0.0)) for i in ids],
     )
+    _device_figures(out, status)
+
+
+def _device_figures(out: Families, status: Mapping[str, DeviceStatus]) -> None:
+    """The figures drivers add for their devices, one family per name."""
+    families: dict[str, list[tuple[str, DeviceFigure]]] = {}
+    for device, st in status.items():
+        for figure in st.detail.figures() if st.detail is not None else []:
+            families.setdefault(figure.name, []).append((device, figure))
+    for name, members in sorted(families.items()):
+        first = members[0][1]
+        out.metric(
+            f"edge_gateway_device_{name}",
+            first.kind,
+            first.help,
+            [({"device": device, **dict(f.labels)}, f.value) for device, f in members],
+        )
 
 
 def _store(out: Families, view: GatewayView, now: float) -> None:
@@ -311,6 +329,19 @@ def _uplinks(out: Families, view: GatewayView, now: float) -> None:
         "counter",
         "Connection and publish errors.",
         [({"uplink": n}, status[n].errors) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_lost_readings_total",
+        "counter",
+        "Readings deleted from the log (bounds, or retention past a best-effort uplink) "
+        "before the uplink sent them.",
+        [({"uplink": n}, status[n].lost) for n in names],
+    )
+    out.metric(
+        "edge_gateway_uplink_resent_readings_total",
+        "counter",
+        "Readings sent again by the resend command.",
+        [({"uplink": n}, status[n].resent) for n in names],
     )
     out.metric(
         "edge_gateway_uplink_down_seconds",

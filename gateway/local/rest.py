@@ -45,7 +45,7 @@ def int_param(request: web.Request, name: str, default: int, low: int, high: int
 
 
 def _device_status(status: DeviceStatus) -> dict[str, object]:
-    return {
+    body: dict[str, object] = {
         "state": status.state,
         "readings": status.readings,
         "errors": status.errors,
@@ -55,6 +55,9 @@ def _device_status(status: DeviceStatus) -> dict[str, object]:
         "last_reading_ts": status.last_reading_ts,
         "last_error": status.last_error,
     }
+    if status.detail is not None:
+        body[status.detail.name] = status.detail.as_json()
+    return body
 
 
 async def status(request: web.Request) -> web.Response:
@@ -90,6 +93,8 @@ def status_body(view: GatewayView, counters: StreamCounters | None) -> dict[str,
                 "acked_seq": uplink.status.acked_seq,
                 "in_flight": uplink.status.in_flight,
                 "errors": uplink.status.errors,
+                "lost": uplink.status.lost,
+                "resent": uplink.status.resent,
                 "last_error": uplink.status.last_error,
                 "down_seconds": health.uplink_down_seconds(view, name, now),
             }

@@ -171,6 +171,11 @@ def count_readings_before(data_dir: Path, seq: int) -> tuple[int, int]:
 def purge_readings_before(data_dir: Path, seq: int) -> int:
     with _connect(data_dir) as conn:
         conn.execute("BEGIN IMMEDIATE")
+        # Commits that only append leave the meta table's last_seq behind the rows (a
+        # start takes the higher of the two); deleting the newest rows must not lose it.
+        (top,) = conn.execute("SELECT max(seq) FROM readings").fetchone()
+        last = max(schema.read_meta(conn).get(schema.META_LAST_SEQ, 0), top or 0)
+        conn.execute(schema.UPSERT_META, (schema.META_LAST_SEQ, last))
         deleted = conn.execute("DELETE FROM readings WHERE seq < ?", (seq,)).rowcount
         conn.execute("COMMIT")
     return int(deleted)

@@ -33,7 +33,18 @@ class CursorRequest(Request):
 
 @dataclass(slots=True)
 class Register(CursorRequest):
-    pass
+    # A cursor that does not exist yet starts at the last seq (readings committed from
+    # now on) rather than before the oldest one.
+    start_now: bool = False
+    # Else a cursor that does not exist yet starts here (at most the last seq).
+    start_at: int = 0
+    # Retention does not wait for this consumer (see docs/store.md, consumers).
+    best_effort: bool = False
+
+
+@dataclass(slots=True)
+class Release(CursorRequest):
+    """The consumer is gone for good: its cursor is deleted and holds nothing more."""
 
 
 @dataclass(slots=True)

@@ -127,6 +127,11 @@ class Waiting:
         self.acks[name] = max(seq, self.acks.get(name, 0))
         self._ack_after[name] = self._dead_taken
 
+    def forget(self, name: str) -> None:
+        """A released consumer: its acks not yet committed are dropped."""
+        self.acks.pop(name, None)
+        self._ack_after.pop(name, None)
+
     def add_register(self, name: str) -> None:
         self.registers.append(name)
 
@@ -282,13 +287,22 @@ def room_upto(overflow: Overflow, last_seq: int, holding: int | None) -> int:
     return last_seq
 
 
-def meta_changes(plan: TransactionPlan, totals: Totals, written: Totals) -> list[tuple[str, int]]:
-    """The meta rows ``plan``'s transaction writes: the last seq, and each total that
-    differs from what the meta table has (unchanged ones are not rewritten). Sets
-    ``plan.dropped_total``."""
+def meta_changes(
+    plan: TransactionPlan, totals: Totals, written: Totals, last_seq: int
+) -> list[tuple[str, int]]:
+    """The meta rows ``plan``'s transaction writes: the last seq when rows were deleted,
+    and each total that differs from what the meta table has (unchanged ones are not
+    rewritten). ``last_seq`` is the log's before the transaction. Sets
+    ``plan.dropped_total``.
+
+    A start takes the higher of the meta table's ``last_seq`` and the highest stored
+    seq, so the row only has to move when deleting may take the newest rows away: an
+    append-only commit then does not rewrite the meta page (11-13% fewer bytes written
+    per commit at 1 to 18 readings a commit, docs/benchmarks.md).
+    """
     meta = []
-    if plan.last_seq:
-        meta.append((schema.META_LAST_SEQ, plan.last_seq))
+    if plan.trimmed:
+        meta.append((schema.META_LAST_SEQ, max(plan.last_seq, last_seq)))
     plan.dropped_total = totals.dropped + plan.dropped
     if plan.dropped_total != written.dropped:
         meta.append((schema.META_DROPPED, plan.dropped_total))

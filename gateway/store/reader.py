@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
@@ -97,6 +97,34 @@ class Reader:
 
         def query(conn: sqlite3.Connection) -> list[StoredReading]:
             return [StoredReading(*row) for row in conn.execute(sql, (seq, *params, limit))]
+
+        return await self.call(query)
+
+    async def read_devices_after(
+        self, seq: int, limit: int, devices: Sequence[str]
+    ) -> list[StoredReading]:
+        marks = ",".join("?" * len(devices))
+        # Only placeholders are formatted in; the ids themselves are parameters.
+        sql = (
+            "SELECT seq, device, payload FROM readings "  # noqa: S608
+            f"WHERE seq > ? AND device IN ({marks}) ORDER BY seq LIMIT ?"
+        )
+
+        def query(conn: sqlite3.Connection) -> list[StoredReading]:
+            return [StoredReading(*row) for row in conn.execute(sql, (seq, *devices, limit))]
+
+        return await self.call(query)
+
+    async def oldest_seq(self) -> int | None:
+        def query(conn: sqlite3.Connection) -> int | None:
+            (seq,) = conn.execute("SELECT min(seq) FROM readings").fetchone()
+            return None if seq is None else int(seq)
+
+        return await self.call(query)
+
+    async def cursors(self) -> dict[str, int]:
+        def query(conn: sqlite3.Connection) -> dict[str, int]:
+            return {str(n): int(s) for n, s in conn.execute("SELECT name, seq FROM cursors")}
 
         return await self.call(query)
 

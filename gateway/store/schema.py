@@ -32,10 +32,11 @@ BUSY_TIMEOUT_MS = 5000
 JOURNAL_SIZE_LIMIT = 16 * 1024 * 1024
 
 # The page size of a new database (an existing one keeps its own). At a steady 1,000
-# readings/s each commit rewrites the newest readings page and the meta page, and when
-# a page fills the header and the parent page too: with 1 KiB pages those WAL frames
-# dirty two or three of the kernel's 4 KiB pages per commit instead of five, about 37%
-# fewer bytes written to the card per reading (docs/benchmarks.md).
+# readings/s each commit rewrites the newest readings page (and the cursors page with an
+# uplink's acknowledgement), and when a page fills the header and the parent page too:
+# with 1 KiB pages those WAL frames dirty one or two of the kernel's 4 KiB pages per
+# commit instead of up to five, about 45% fewer bytes written to the card per reading
+# (docs/benchmarks.md).
 PAGE_SIZE = 1024
 # A checkpoint once the WAL holds this much, as SQLite's default (1,000 pages) does at
 # 4 KiB pages; counted in pages, that default would checkpoint four times as often at
@@ -66,8 +67,10 @@ CREATE TABLE IF NOT EXISTS meta (
 ) WITHOUT ROWID;
 """
 
-# Keys of the meta table. last_seq is written in the same transaction as the rows
-# that use it, so a seq is never handed out twice even when every row is deleted.
+# Keys of the meta table. The database's last seq is the higher of last_seq and the
+# highest stored seq; last_seq is written by every transaction that deletes readings,
+# so a seq is never handed out twice even when every row is deleted (and a commit that
+# only appends does not rewrite the meta page).
 META_LAST_SEQ = "last_seq"
 META_DROPPED = "dropped"
 META_DEAD_LETTERS = "dead_letters"

@@ -80,6 +80,11 @@ def register_cursor(conn: sqlite3.Connection, name: str) -> None:
     conn.execute(REGISTER_CURSOR, (name,))
 
 
+def delete_cursor(conn: sqlite3.Connection, name: str) -> None:
+    """A released consumer's cursor, in a transaction of its own."""
+    conn.execute("DELETE FROM cursors WHERE name = ?", (name,))
+
+
 def advance_cursor(conn: sqlite3.Connection, name: str, seq: int) -> None:
     conn.execute(ADVANCE_CURSOR, (name, seq))
 
@@ -192,7 +197,7 @@ def run(
         plan.dropped += len(plan.samples)
     # The floor's value is read now: inserting may have raised it.
     totals = dataclasses.replace(log.totals, reserved=floor.value)
-    meta = planner.meta_changes(plan, totals, log.written)
+    meta = planner.meta_changes(plan, totals, log.written, log.last_seq)
     if meta:
         write_meta(conn, meta)
 

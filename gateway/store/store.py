@@ -27,6 +27,7 @@ from gateway.store.ingress import (
     Damaged,
     Flush,
     Register,
+    Release,
     Request,
     Stop,
 )
@@ -316,10 +317,41 @@ class Store:
             return []
         return await self._reader.read_after(seq, limit, device_glob)
 
-    async def register_consumer(self, name: str) -> int:
+    async def read_devices_after(
+        self, seq: int, limit: int, devices: Sequence[str]
+    ) -> list[StoredReading]:
+        """Up to ``limit`` readings of ``devices`` (exact ids) with seq > ``seq``."""
+        if limit <= 0 or not devices:
+            return []
+        return await self._reader.read_devices_after(seq, limit, devices)
+
+    async def oldest_seq(self) -> int | None:
+        """The lowest seq still in the log (None when it holds no reading)."""
+        return await self._reader.oldest_seq()
+
+    async def consumers(self) -> dict[str, int]:
+        """Every durable cursor, registered since open or not, and its seq."""
+        return await self._reader.cursors()
+
+    async def register_consumer(
+        self,
+        name: str,
+        *,
+        start_now: bool = False,
+        start_at: int = 0,
+        best_effort: bool = False,
+    ) -> int:
+        """Create the durable cursor ``name`` if new (at the last seq with ``start_now``,
+        else at ``start_at``: 0 is before the oldest reading); return its seq.
+        ``best_effort``: retention does not wait for it."""
         if not name:
             raise StoreError("a consumer needs a name")
-        return await self._request(Register(self._loop.create_future(), name))
+        request = Register(self._loop.create_future(), name, start_now, start_at, best_effort)
+        return await self._request(request)
+
+    async def release_consumer(self, name: str) -> int:
+        """Delete the cursor ``name``: it holds retention no more. Returns where it was."""
+        return await self._request(Release(self._loop.create_future(), name))
 
     async def ack(self, name: str, seq: int) -> None:
         await self._request(Ack(self._loop.create_future(), name, seq))

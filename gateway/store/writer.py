@@ -53,6 +53,7 @@ from gateway.store.ingress import (
     Flush,
     Ingress,
     Register,
+    Release,
     Request,
     Stop,
 )
@@ -171,6 +172,9 @@ class Writer:
         self._moved = False  # and the file moved aside
         self.cursors = sql.cursors(conn)
         self.active: set[str] = set()
+        # Consumers retention does not wait for: registered (``loose``) or about to be.
+        self.best_effort: set[str] = set()
+        self.loose: set[str] = set()
         self.depth = 0
         self.oldest_unsent_ts: float | None = None
         self.page_size = sql.pragma(conn, "page_size")
@@ -445,8 +449,9 @@ class Writer:
                 self._waiting.add_ack(item.name, item.seq)
                 self._requests.append(item)
             elif isinstance(item, Register):
-                self._waiting.add_register(item.name)
-                self._requests.append(item)
+                self._take_register(item)
+            elif isinstance(item, Release):
+                self._release(item)
             elif isinstance(item, Stop):
                 stop = item
             elif not isinstance(item, Request):
@@ -460,6 +465,39 @@ class Writer:
         self.dead_letters += overflowed.dead_letters
         self.dead_letters_lost += overflowed.dead_letters
         return stop
+
+    # -- consumers (docs/store.md, "Consumers") -------------------------------------
+
+    def _take_register(self, item: Register) -> None:
+        name = item.name
+        if item.best_effort:
+            self.best_effort.add(name)
+        else:
+            self.best_effort.discard(name)
+        if name not in self.cursors:
+            # Created and moved to where it starts in the same transaction.
+            start = self.last_seq if item.start_now else min(item.start_at, self.last_seq)
+            if start > 0:
+                self._waiting.add_ack(name, start)
+        self._waiting.add_register(name)
+        self._requests.append(item)
+
+    def _release(self, item: Release) -> None:
+        name = item.name
+        result: int | BaseException = self.cursors.get(name, 0)
+        try:
+            sql.delete_cursor(self._conn, name)
+        except sqlite3.Error as e:
+            result = StoreError(f"cannot release the cursor {name}: {e}")
+        else:
+            self.cursors.pop(name, None)
+            self.active.discard(name)
+            self.loose.discard(name)
+            self.best_effort.discard(name)
+            self._waiting.forget(name)
+            floor = planner.active_floor(self.cursors, self.active)
+            self.depth = sql.count_after(self._conn, floor) if floor is not None else 0
+        self._hand_over(Outcome([], self.last_seq, [(item.future, result)]))
 
     @property
     def pending_weight(self) -> int:
@@ -529,9 +567,13 @@ class Writer:
         return True
 
     def _log_state(self) -> LogState:
+        cursors = self.cursors
+        if self.loose:
+            # Best-effort cursors hold nothing, not even in the grace after a start.
+            cursors = {n: s for n, s in cursors.items() if n not in self.loose}
         return LogState(
             last_seq=self.last_seq,
-            cursors=self.cursors,
+            cursors=cursors,
             active=self.active,
             depth=self.depth,
             in_grace=time.monotonic() < self._grace_until,
@@ -555,7 +597,12 @@ class Writer:
             self.last_seq = plan.last_seq
         for name in plan.registers:
             self.cursors.setdefault(name, 0)
-            self.active.add(name)
+            if name in self.best_effort:
+                self.active.discard(name)
+                self.loose.add(name)
+            else:
+                self.loose.discard(name)
+                self.active.add(name)
         for name, seq in plan.acks.items():
             self.cursors[name] = max(self.cursors.get(name, 0), seq)
         self.depth = max(0, self.depth + plan.depth_delta) if self.active else 0
@@ -589,12 +636,11 @@ class Writer:
 
         remaining: list[CursorRequest] = []
         for req in self._requests:
+            done = req.name not in self._waiting.acks
             if isinstance(req, Register):
-                done = req.name in self.active
-            else:
-                done = req.name not in self._waiting.acks
+                done = done and (req.name in self.active or req.name in self.loose)
             if done:
-                results.append((req.future, self.cursors[req.name]))
+                results.append((req.future, self.cursors.get(req.name, 0)))
             else:
                 remaining.append(req)
         self._requests = remaining

@@ -15,11 +15,13 @@ with capped exponential backoff and jitter chosen by the kind of failure.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import logging
 import random
 import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
@@ -29,13 +31,15 @@ from gateway.commands.mqtt import MAX_INBOUND_PACKET, MqttCommandChannel
 from gateway.errors import StoreClosedError, StoreError, UplinkError
 from gateway.interfaces import Commands, ReadingLog, SampleSink, UplinkStatus
 from gateway.rate import TokenBucket
-from gateway.reading import DeadLetter
+from gateway.reading import DeadLetter, StoredReading
 from gateway.retry import Backoff, Failure, retry_delay
-from gateway.settings import MqttSettings
+from gateway.settings import DeviceSettings, MqttSettings, UplinkStart
 from gateway.uplinks.batching import MQTT_MAX_PACKET, Batch, TelemetryMessage, TelemetryPlanner
 from gateway.uplinks.broker import BrokerAddress, load_credentials
+from gateway.uplinks.home_assistant import HomeAssistant
+from gateway.uplinks.lanes import Lane
 from gateway.uplinks.paho_async import ConnectOptions, MqttConnection, MqttFailure
-from gateway.uplinks.tail import LiveTail
+from gateway.uplinks.route import PRIORITY_SUFFIX, PriorityRules, Selection
 from gateway.uplinks.window import InFlightWindow
 
 log = logging.getLogger(__name__)
@@ -51,6 +55,11 @@ TAIL_MESSAGES = 2
 # the log still fill their messages; not a whole window (32 by default), which made a
 # drain hold three copies of 16,000 readings at once (59 MiB RSS instead of 50).
 READ_MESSAGES = 4
+# A resend reads and sends this many messages' worth at a time, and waits for each
+# such part's PUBACKs before the next.
+RESEND_MESSAGES = 4
+# How long a resend waits for the PUBACKs of one part.
+RESEND_TIMEOUT = 30.0
 
 
 class MqttUplink:
@@ -60,6 +69,10 @@ class MqttUplink:
     store). Without it such readings are retried like any other failure, so
     they are never lost, but they hold the cursor back until the broker
     accepts them.
+
+    ``selection``: the devices it carries and which readings go in its priority
+    lane (default: every device, no priority). ``best_effort``: retention does not
+    wait for it. ``start``: where its cursor starts when it does not exist yet.
     """
 
     def __init__(
@@ -71,8 +84,14 @@ class MqttUplink:
         dead_letters: SampleSink | None = None,
         *,
         commands: Commands | None = None,
+        selection: Selection | None = None,
+        best_effort: bool = False,
+        start: UplinkStart = "oldest",
+        devices: Callable[[], Sequence[DeviceSettings]] = tuple,
     ) -> None:
         self.name = name
+        self.best_effort = best_effort
+        self.start = start
         self.status = UplinkStatus()
         self.settings = settings
         self.gateway_id = gateway_id
@@ -82,13 +101,29 @@ class MqttUplink:
             self.address = BrokerAddress.parse(settings.url)
         except ValueError as err:
             raise UplinkError(name, f"url: {err}") from err
-        self.client_id = settings.client_id or f"edge-gateway-{gateway_id}"
+        # Two uplinks to one broker must not share a client id (each would cut the
+        # other's session); the uplink named "mqtt" ([uplink.mqtt]) keeps the plain one.
+        default_id = f"edge-gateway-{gateway_id}" + ("" if name == "mqtt" else f"-{name}")
+        self.client_id = settings.client_id or default_id
         self.status_topic = f"{settings.topic_prefix}/{gateway_id}/status"
         # Requests from the cloud arrive on this uplink's connection (docs/commands.md).
         self._commands = (
             None
             if commands is None
             else MqttCommandChannel(commands, settings.topic_prefix, gateway_id)
+        )
+        # Home Assistant discovery and set topics (docs/mqtt.md), when asked for: of the
+        # devices this uplink carries.
+        carried = (selection or Selection(("*",), PriorityRules())).carries_device
+        self._home_assistant = (
+            HomeAssistant(
+                settings,
+                gateway_id,
+                lambda: [d for d in devices() if carried(d.id)],
+                commands,
+            )
+            if settings.home_assistant
+            else None
         )
         self._planner = TelemetryPlanner(gateway_id, settings.topic_prefix, settings.batch_max)
         self._rate = (
@@ -97,35 +132,57 @@ class MqttUplink:
             else None
         )
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
-        # Highest seq below which everything is resolved (may be ahead of the
-        # durable cursor while an ack to the log is under way).
-        self._confirmed = 0
-        self._ack_wanted = asyncio.Event()
+        # The lanes it reads the log in: the priority lane (if any) first.
+        self._lanes = _lanes(name, selection, TAIL_MESSAGES * settings.batch_max)
+        # The connection while one is up: `resend` publishes on it.
+        self._connection: MqttConnection | None = None
+        self._windows: list[InFlightWindow] = []
         # A "not authorized" PUBACK seen on the current connection.
         self._refusal: str | None = None
         self._acknowledged_on_connection = False
-        # Readings from the commit listener, so a caught-up uplink need not read the log.
-        self._tail = LiveTail(0, TAIL_MESSAGES * settings.batch_max)
 
     async def run(self) -> None:
-        self._tail.restart(self.log.last_seq)
-        self.log.add_listener(self._tail.on_commit)
+        # Each lane's commit listener keeps the newest readings it carries, so a
+        # caught-up uplink need not read the log.
+        for lane in self._lanes:
+            lane.start(self.log.last_seq)
+            self.log.add_listener(lane.on_commit)
         try:
             await self._run()
         finally:
-            self.log.remove_listener(self._tail.on_commit)
+            for lane in self._lanes:
+                self.log.remove_listener(lane.on_commit)
             if self._commands is not None:
                 await self._commands.close()
+            if self._home_assistant is not None:
+                await self._home_assistant.close()
+
+    async def _register(self) -> None:
+        normal = self._lanes[-1]
+        normal.confirmed = normal.acked_seq = await self.log.register_consumer(
+            normal.cursor, start_now=self.start == "now", best_effort=self.best_effort
+        )
+        if len(self._lanes) > 1:
+            # A new priority lane starts where the normal lane is, never later: the
+            # normal lane passes high-priority readings over from now on, and has sent
+            # those before its cursor.
+            priority = self._lanes[0]
+            priority.confirmed = priority.acked_seq = await self.log.register_consumer(
+                priority.cursor, start_at=normal.confirmed, best_effort=self.best_effort
+            )
+        self._update_acked()
 
     async def _run(self) -> None:
-        self._confirmed = await self.log.register_consumer(self.name)
-        self.status.acked_seq = self._confirmed
+        await self._register()
         self.status.disconnected_since = time.time()
         executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-connect")
         store_open = True
         try:
             async with asyncio.TaskGroup() as tg:
-                acker = tg.create_task(self._ack_loop(), name=f"{self.name}-ack")
+                ackers = [
+                    tg.create_task(self._ack_loop(lane), name=f"{lane.cursor}-ack")
+                    for lane in self._lanes
+                ]
                 try:
                     await self._connect_loop(executor)
                 except* StoreClosedError:
@@ -133,12 +190,14 @@ class MqttUplink:
                     # grouped with what else the connection's tasks raised meanwhile.
                     log.info("%s: the store is closed; stopping", self.name)
                     store_open = False
-                    acker.cancel()
+                    for acker in ackers:
+                        acker.cancel()
         finally:
             executor.shutdown(wait=False)
             self.status.state = "stopped"
             if store_open:
-                await self._ack_now()
+                for lane in self._lanes:
+                    await self._ack_now(lane)
 
     # Connection state machine.
 
@@ -147,7 +206,8 @@ class MqttUplink:
         while True:
             self.status.state = "connecting"
             try:
-                connection = await self._open(executor)
+                async with self._scouting():
+                    connection = await self._open(executor)
             except MqttFailure as refused:
                 failure = refused
             else:
@@ -160,7 +220,50 @@ class MqttUplink:
             delay = backoff.delay(failure.kind)
             self.status.state = "backoff"
             log.info("%s: next connection attempt in %.1fs", self.name, delay)
-            await asyncio.sleep(delay)
+            async with self._scouting():
+                await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def _scouting(self) -> AsyncIterator[None]:
+        """While there is no connection, the priority lane follows the log (``_scout``)."""
+        scouts = [
+            asyncio.create_task(self._scout(lane), name=f"{lane.cursor}-scout")
+            for lane in self._lanes[:-1]
+        ]
+        try:
+            yield
+        finally:
+            for task in scouts:
+                task.cancel()
+            for task in scouts:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def _scout(self, lane: Lane) -> None:
+        """Move ``lane``'s cursor over what it does not carry, up to the first reading it
+        does (which waits for a connection).
+
+        During an outage the priority lane thus stays at its first unsent alarm rather
+        than where the outage began: on reconnect it need not read the whole backlog
+        before the alarms (it reads only the rows of its devices, without an index).
+        """
+        wanted = self.settings.batch_max * READ_MESSAGES
+        try:
+            while True:
+                pos = lane.confirmed
+                if self.log.last_seq <= pos:
+                    await self.log.wait_beyond(pos)
+                readings, covered = await lane.read(self.log, pos, wanted)
+                if readings:
+                    # Nothing it carries comes before the first reading it was handed.
+                    if readings[0].seq - 1 > pos:
+                        self._confirm(lane, readings[0].seq - 1)
+                    return
+                if covered > pos:
+                    self._confirm(lane, covered)
+        except StoreError:
+            # Closed, or a read failed: delivery reads again from the cursor anyway.
+            return
 
     async def _open(self, executor: Executor) -> MqttConnection:
         settings = self.settings
@@ -198,7 +301,9 @@ class MqttUplink:
         if connection.receive_maximum is not None:
             limit = min(limit, connection.receive_maximum)
         self._planner.max_packet = connection.maximum_packet_size or MQTT_MAX_PACKET
-        window = InFlightWindow(self._confirmed, limit)
+        windows = [InFlightWindow(lane.confirmed, n) for lane, n in self._split(limit)]
+        window = windows[-1]  # the normal lane's: the status message takes a slot there
+        self._windows = windows
         self._refusal = None
         self._acknowledged_on_connection = False
         failure: MqttFailure | None = None
@@ -210,13 +315,24 @@ class MqttUplink:
             )
             window.take_slot()
             status.add_done_callback(functools.partial(self._on_status_ack, window))
+            # Home Assistant's subscriptions first: once the broker acknowledged the
+            # command subscription (status), it has processed those too.
+            if self._home_assistant is not None:
+                self._home_assistant.attach(connection)
             if self._commands is not None:
                 self._commands.attach(connection)
+            self._connection = connection
             try:
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(connection.run(), name=f"{self.name}-keepalive")
-                    tg.create_task(self._deliver(connection, window), name=f"{self.name}-deliver")
-                    tg.create_task(self._resend(connection, window), name=f"{self.name}-resend")
+                    for lane, lane_window in zip(self._lanes, windows, strict=True):
+                        tg.create_task(
+                            self._deliver(connection, lane, lane_window),
+                            name=f"{lane.cursor}-deliver",
+                        )
+                        tg.create_task(
+                            self._retry(connection, lane, lane_window), name=f"{lane.cursor}-retry"
+                        )
             except* MqttFailure as group:
                 failure = _first_failure(group)
             except* StoreClosedError:
@@ -226,9 +342,14 @@ class MqttUplink:
             await connection.close((self.status_topic, self._status_payload("offline")))
             raise
         finally:
+            self._connection = None
             if self._commands is not None:
                 self._commands.detach()
-            window.close()
+            if self._home_assistant is not None:
+                self._home_assistant.detach()
+            for each in windows:
+                each.close()
+            self._windows = []
             connection.abort()
             self.status.in_flight = 0
             self.status.connected_since = None
@@ -244,7 +365,21 @@ class MqttUplink:
 
     # Delivery.
 
-    async def _deliver(self, connection: MqttConnection, window: InFlightWindow) -> None:
+    def _split(self, limit: int) -> list[tuple[Lane, int]]:
+        """Each lane's share of the in-flight window: a quarter (at least one message)
+        is kept for the priority lane, so a backlog never holds high-priority readings
+        behind a full window."""
+        if len(self._lanes) == 1:
+            return [(self._lanes[0], limit)]
+        priority = max(1, limit // 4)
+        return [(self._lanes[0], priority), (self._lanes[1], max(1, limit - priority))]
+
+    def _show_in_flight(self) -> None:
+        self.status.in_flight = sum(w.in_flight for w in self._windows)
+
+    async def _deliver(
+        self, connection: MqttConnection, lane: Lane, window: InFlightWindow
+    ) -> None:
         batch_max = self.settings.batch_max
         linger = self.settings.linger
         while True:
@@ -261,57 +396,62 @@ class MqttUplink:
             # a message rate cap each message carries more readings.
             if self._rate is not None:
                 await self._rate.acquire()
-            wanted = batch_max * READ_MESSAGES
-            if self._tail.covers(window.read_pos):
-                readings = self._tail.take(window.read_pos, wanted)
-                batch = Batch(readings[-1].seq)
-            else:
-                last_seq = self.log.last_seq
-                try:
-                    readings = await self.log.read_after(window.read_pos, wanted)
-                except StoreClosedError:
-                    raise
-                except StoreError as err:
-                    self._record_error(f"reading the store failed: {err}")
-                    await asyncio.sleep(self.settings.reconnect_min)
-                    continue
-                # An empty read means the readings up to last_seq were dropped from
-                # the log (bounds): nothing to send, the cursor may pass them.
-                batch = Batch(readings[-1].seq if readings else last_seq)
+            try:
+                readings, covered = await lane.read(
+                    self.log, window.read_pos, batch_max * READ_MESSAGES
+                )
+            except StoreClosedError:
+                raise
+            except StoreError as err:
+                self._record_error(f"reading the store failed: {err}")
+                await asyncio.sleep(self.settings.reconnect_min)
+                continue
+            self.status.lost = sum(each.lost for each in self._lanes)
+            # Readings this lane does not carry are passed over: the batch covers them,
+            # so the cursor moves past them with what was sent before them.
+            batch = Batch(covered)
+            if self._home_assistant is not None:
+                self._home_assistant.delivering(readings)
             messages = self._planner.plan(readings, batch)
             window.read_pos = batch.last_seq
             if window.acks.add(batch):
-                self._confirm(window.acks.confirmed)
+                self._confirm(lane, window.acks.confirmed)
             for index, message in enumerate(messages):
                 if index:
                     await window.wait_for_slot()
                     if self._rate is not None:
                         await self._rate.acquire()
                 window.in_flight += 1
-                self.status.in_flight = window.in_flight
+                self._show_in_flight()
                 message.first_sent = time.monotonic()
-                self._send(connection, window, message)
+                self._send(connection, lane, window, message)
 
-    async def _resend(self, connection: MqttConnection, window: InFlightWindow) -> None:
+    async def _retry(self, connection: MqttConnection, lane: Lane, window: InFlightWindow) -> None:
         while True:
             message = await window.retry_ready.get()
             if self._rate is not None:
                 await self._rate.acquire()
-            self._send(connection, window, message)
+            self._send(connection, lane, window, message)
 
     def _send(
-        self, connection: MqttConnection, window: InFlightWindow, message: TelemetryMessage
+        self,
+        connection: MqttConnection,
+        lane: Lane,
+        window: InFlightWindow,
+        message: TelemetryMessage,
     ) -> None:
         try:
             future = connection.publish(message.topic, message.payload)
         except ValueError as err:
             # paho refuses the topic (a device id with MQTT wildcards) or the size.
-            self._failed(window, message, f"cannot publish to {message.topic!r}: {err}", True)
+            text = f"cannot publish to {message.topic!r}: {err}"
+            self._failed(lane, window, message, text, for_good=True)
             return
-        future.add_done_callback(functools.partial(self._on_puback, window, message))
+        future.add_done_callback(functools.partial(self._on_puback, lane, window, message))
 
     def _on_puback(
         self,
+        lane: Lane,
         window: InFlightWindow,
         message: TelemetryMessage,
         future: asyncio.Future[ReasonCode],
@@ -321,7 +461,8 @@ class MqttUplink:
         error = future.exception()
         if error is not None:
             # paho refused it when it left the queue of the broker's Receive Maximum.
-            self._failed(window, message, f"cannot publish to {message.topic!r}: {error}", True)
+            text = f"cannot publish to {message.topic!r}: {error}"
+            self._failed(lane, window, message, text, for_good=True)
             return
         reason = future.result()
         if not reason.is_failure:
@@ -331,17 +472,26 @@ class MqttUplink:
             status.published_readings += message.count
             if message.first_sent is not None:
                 status.publish_latency.observe(time.monotonic() - message.first_sent)
-            self._resolve(window, message)
+            self._resolve(lane, window, message)
             return
         code = reason.value
         text = f"broker refused {message.topic}: {reason} ({code:#04x})"
-        self._failed(window, message, text, code in REFUSED_FOR_GOOD, code == NOT_AUTHORIZED)
+        self._failed(
+            lane,
+            window,
+            message,
+            text,
+            for_good=code in REFUSED_FOR_GOOD,
+            not_authorized=code == NOT_AUTHORIZED,
+        )
 
     def _failed(
         self,
+        lane: Lane,
         window: InFlightWindow,
         message: TelemetryMessage,
         reason: str,
+        *,
         for_good: bool,
         not_authorized: bool = False,
     ) -> None:
@@ -353,7 +503,7 @@ class MqttUplink:
                 self.dead_letters.put_dead_letter(letter)
             self.status.refused += message.count
             self._record_error(f"{reason}; {message.count} readings sent to the dead letters")
-            self._resolve(window, message)
+            self._resolve(lane, window, message)
             return
         self._record_error(reason)
         if not_authorized:
@@ -366,19 +516,64 @@ class MqttUplink:
         message.failures += 1
         window.retry_later(delay, message)
 
-    def _resolve(self, window: InFlightWindow, message: TelemetryMessage) -> None:
+    def _resolve(self, lane: Lane, window: InFlightWindow, message: TelemetryMessage) -> None:
         if window.resolved(message):
-            self._confirm(window.acks.confirmed)
-        self.status.in_flight = window.in_flight
+            self._confirm(lane, window.acks.confirmed)
+        self._show_in_flight()
 
-    # The durable cursor.
+    # Sending a range again (the `resend` command).
 
-    def _confirm(self, seq: int) -> None:
-        self._confirmed = seq
-        self._ack_wanted.set()
+    async def resend(self, first: int, last: int) -> int:
+        """Publish the readings it carries with ``first <= seq <= last`` once more, part
+        by part, each part after the previous one's PUBACKs; the cursors do not move."""
+        carried = self._lanes[0].carries if len(self._lanes) == 1 else self._carries_any
+        part = self.settings.batch_max * RESEND_MESSAGES
+        pos = first - 1
+        sent = 0
+        while pos < last:
+            connection = self._connection
+            if connection is None:
+                raise UplinkError(self.name, f"not connected (state {self.status.state})")
+            rows = await self.log.read_after(pos, min(part, last - pos))
+            rows = [r for r in rows if r.seq <= last]
+            if not rows:
+                break
+            pos = rows[-1].seq
+            readings = [r for r in rows if carried(r)]
+            messages = self._planner.plan(readings, Batch(pos))
+            try:
+                futures = [connection.publish(m.topic, m.payload) for m in messages]
+                async with asyncio.timeout(RESEND_TIMEOUT):
+                    reasons = await asyncio.gather(*futures)
+            except TimeoutError:
+                raise UplinkError(self.name, f"no PUBACK within {RESEND_TIMEOUT:g}s") from None
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise
+                # The connection was lost: paho's futures were cancelled.
+                raise UplinkError(self.name, "the connection was lost") from None
+            except (ValueError, MqttFailure) as err:
+                raise UplinkError(self.name, f"cannot publish: {err}") from None
+            for message, reason in zip(messages, reasons, strict=True):
+                if reason.is_failure:
+                    detail = f"broker refused {message.topic}: {reason} ({reason.value:#04x})"
+                    raise UplinkError(self.name, detail)
+            sent += len(readings)
+            self.status.resent += len(readings)
+        return sent
 
-    async def _ack_loop(self) -> None:
-        """Moves the durable cursor at most once per ``ack_interval``.
+    def _carries_any(self, reading: StoredReading) -> bool:
+        return any(lane.carries(reading) for lane in self._lanes)
+
+    # The durable cursors.
+
+    def _confirm(self, lane: Lane, seq: int) -> None:
+        lane.confirmed = seq
+        lane.ack_wanted.set()
+
+    async def _ack_loop(self, lane: Lane) -> None:
+        """Moves ``lane``'s durable cursor at most once per ``ack_interval``.
 
         PUBACKs arriving meanwhile are coalesced into the next write. A cursor that
         lags only means readings sent again after a crash (at least once); ``run``
@@ -386,22 +581,27 @@ class MqttUplink:
         """
         interval = self.settings.ack_interval
         while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
-            await self._ack_now()
+            await lane.ack_wanted.wait()
+            lane.ack_wanted.clear()
+            await self._ack_now(lane)
             if interval > 0:
                 await asyncio.sleep(interval)
 
-    async def _ack_now(self) -> None:
-        target = self._confirmed
-        if target <= self.status.acked_seq:
+    async def _ack_now(self, lane: Lane) -> None:
+        target = lane.confirmed
+        if target <= lane.acked_seq:
             return
         try:
-            await self.log.ack(self.name, target)
+            await self.log.ack(lane.cursor, target)
         except StoreError as err:
             self._record_error(f"moving the cursor failed: {err}")
             return
-        self.status.acked_seq = max(self.status.acked_seq, target)
+        lane.acked_seq = max(lane.acked_seq, target)
+        self._update_acked()
+
+    def _update_acked(self) -> None:
+        # Every reading it carries up to the lowest lane's cursor is acknowledged.
+        self.status.acked_seq = min(lane.acked_seq for lane in self._lanes)
 
     # Status.
 
@@ -415,7 +615,7 @@ class MqttUplink:
         if future.cancelled() or window.closed:
             return
         window.free_slot()
-        self.status.in_flight = window.in_flight
+        self._show_in_flight()
         reason = future.result()
         if not reason.is_failure:
             self._acknowledged_on_connection = True
@@ -438,3 +638,22 @@ def _first_failure(group: BaseExceptionGroup[MqttFailure]) -> MqttFailure:
         if isinstance(error, BaseExceptionGroup):
             return _first_failure(error)
     raise group
+
+
+def _lanes(name: str, selection: Selection | None, tail_limit: int) -> list[Lane]:
+    """The priority lane (when it carries a device that may send one) and the normal lane."""
+    selection = selection or Selection(("*",), PriorityRules())
+    carries_device = selection.carries_device
+    high = selection.high
+    priority_devices = selection.priority_devices()
+    if not priority_devices:
+        return [Lane(name, lambda r: carries_device(r.device), tail_limit)]
+    return [
+        Lane(
+            name + PRIORITY_SUFFIX,
+            lambda r: carries_device(r.device) and high(r),
+            tail_limit,
+            devices=priority_devices,
+        ),
+        Lane(name, lambda r: carries_device(r.device) and not high(r), tail_limit),
+    ]

@@ -1,12 +1,16 @@
 """The WebSocket uplink: delivers the reading log to a cloud endpoint, at least once.
 
 One consumer of the log (durable cursor = the uplink's name), like the MQTT
-uplink, for clouds without a broker. It reads after the cursor, sends batches of
-stored readings with the seq range they cover, up to ``max_inflight`` of them
-unacknowledged, and moves the cursor only over what the server acknowledged,
-in order (acks are cumulative). On any disconnect it starts again from the
+uplink, for clouds without a broker: an ``[[uplinks]]`` table with
+``type = "websocket"``, built by ``gateway.uplinks.registry``. It reads after the
+cursor, sends batches of stored readings with the seq range they cover, up to
+``max_inflight`` of them unacknowledged, and moves the cursor only over what the
+server acknowledged, in order (acks are cumulative). On any disconnect it starts again from the
 cursor: duplicates are possible, loss is not. docs/websocket-uplink.md is the
 protocol (gateway/uplinks/ws_protocol.py in code).
+
+It carries the devices its ``devices`` globs select, in one lane: readings of
+``priority = "high"`` devices go in seq order with the rest (no priority lane yet).
 
 States as for every uplink: ``connecting -> connected -> backoff -> …``, ``stopped``.
 """
@@ -24,9 +28,10 @@ import aiohttp
 from gateway.errors import StoreClosedError, StoreError, UplinkError
 from gateway.interfaces import ReadingLog, UplinkStatus
 from gateway.retry import Backoff, Failure
-from gateway.settings import WebSocketSettings
+from gateway.settings import UplinkStart, WebSocketSettings
 from gateway.uplinks.broker import tls_context
-from gateway.uplinks.tail import LiveTail
+from gateway.uplinks.lanes import Lane
+from gateway.uplinks.route import PriorityRules, Selection
 from gateway.uplinks.ws_flight import Flight
 from gateway.uplinks.ws_protocol import (
     MAX_SERVER_MESSAGE,
@@ -56,7 +61,12 @@ class WsFailure(UplinkError):
 
 
 class WebSocketUplink:
-    """Implements ``gateway.interfaces.Uplink`` over the edge-gateway.v1 WebSocket protocol."""
+    """Implements ``gateway.interfaces.Uplink`` over the edge-gateway.v1 WebSocket protocol.
+
+    ``selection``: the devices it carries (default: every device). ``best_effort``:
+    retention does not wait for it. ``start``: where its cursor starts when it does not
+    exist yet.
+    """
 
     def __init__(
         self,
@@ -64,8 +74,14 @@ class WebSocketUplink:
         gateway_id: str,
         log: ReadingLog,
         name: str = "websocket",
+        *,
+        selection: Selection | None = None,
+        best_effort: bool = False,
+        start: UplinkStart = "oldest",
     ) -> None:
         self.name = name
+        self.best_effort = best_effort
+        self.start = start
         self.status = UplinkStatus()
         self.settings = settings
         self.gateway_id = gateway_id
@@ -80,18 +96,23 @@ class WebSocketUplink:
         self._confirmed = 0
         self._ack_wanted = asyncio.Event()
         self._acknowledged_on_connection = False
-        self._tail = LiveTail(0, TAIL_BATCHES * settings.batch_max)
+        carries_device = (selection or Selection(("*",), PriorityRules())).carries_device
+        self._lane = Lane(
+            name, lambda r: carries_device(r.device), TAIL_BATCHES * settings.batch_max
+        )
 
     async def run(self) -> None:
-        self._tail.restart(self.log.last_seq)
-        self.log.add_listener(self._tail.on_commit)
+        self._lane.start(self.log.last_seq)
+        self.log.add_listener(self._lane.on_commit)
         try:
             await self._run()
         finally:
-            self.log.remove_listener(self._tail.on_commit)
+            self.log.remove_listener(self._lane.on_commit)
 
     async def _run(self) -> None:
-        self._confirmed = await self.log.register_consumer(self.name)
+        self._confirmed = await self.log.register_consumer(
+            self.name, start_now=self.start == "now", best_effort=self.best_effort
+        )
         self.status.acked_seq = self._confirmed
         self.status.disconnected_since = time.time()
         store_open = True
@@ -255,22 +276,28 @@ class WebSocketUplink:
                 if settings.linger > 0 and not self.log.paced:
                     # Woken by one commit while live clients watch: let a few more join.
                     await asyncio.sleep(settings.linger)
-            if self._tail.covers(flight.read_pos):
-                readings = self._tail.take(flight.read_pos, settings.batch_max)
-                last_seq = readings[-1].seq
-            else:
-                newest = self.log.last_seq
-                try:
-                    readings = await self.log.read_after(flight.read_pos, settings.batch_max)
-                except StoreClosedError:
-                    raise
-                except StoreError as err:
-                    self._record_error(f"reading the store failed: {err}")
-                    await asyncio.sleep(settings.reconnect_min)
-                    continue
-                # Empty: the readings up to newest were dropped from the log (bounds);
-                # the batch still covers their range, so the server sees no hole unexplained.
-                last_seq = readings[-1].seq if readings else newest
+            lost_before = self._lane.lost
+            try:
+                readings, last_seq = await self._lane.read(
+                    self.log, flight.read_pos, settings.batch_max
+                )
+            except StoreClosedError:
+                raise
+            except StoreError as err:
+                self._record_error(f"reading the store failed: {err}")
+                await asyncio.sleep(settings.reconnect_min)
+                continue
+            self.status.lost = self._lane.lost
+            if not readings and not len(flight) and self._lane.lost == lost_before:
+                # Only readings of devices it does not carry: nothing is owed before
+                # them, so the cursor passes them over unsent.
+                flight.read_pos = last_seq
+                self._confirmed = last_seq
+                self._ack_wanted.set()
+                continue
+            # Empty otherwise (batches out, or readings dropped from the log by its
+            # bounds): the batch covers the range, so the server's ack moves the cursor
+            # past it in order, and the server sees no hole unexplained.
             first_seq = flight.read_pos + 1
             flight.sent(last_seq, len(readings), time.monotonic())
             self.status.in_flight = len(flight)

@@ -11,6 +11,7 @@ from drivers.modbus_rtu.device import METER_REGISTERS
 from drivers.modbus_rtu.settings import ModbusRtuSettings
 from drivers.modbus_rtu.transport import ModbusRtuDriver
 from gateway.reading import Sample
+from simulators.modbus_bus import ModbusBus
 from tests.support.drivers import RecordingSink, running
 
 
@@ -26,16 +27,22 @@ class Sink(RecordingSink):
         return [s.value for s in self.samples if s.sensor == sensor]
 
 
+# The simulated bus paces its bytes at its baud rate: tests run it fast.
+BAUD = 115200
+
+
 def meter(link: Path, slave_id: int, **keys: Any) -> ModbusRtuSettings:
     # A generous timeout: the simulator shares this loaded machine, and a live slave
     # must never seem dead.
-    options: dict[str, Any] = {"poll_interval": 0.05, "timeout": 0.5, "retry_max": 1.0}
+    options: dict[str, Any] = {
+        "poll_interval": 0.05,
+        "timeout": 0.5,
+        "retry_max": 1.0,
+        "baudrate": BAUD,
+        "registers": METER_REGISTERS,
+    }
     return ModbusRtuSettings(
-        id=f"meter-{slave_id}",
-        port=str(link),
-        slave_id=slave_id,
-        registers=METER_REGISTERS,
-        **(options | keys),
+        id=f"meter-{slave_id}", port=str(link), slave_id=slave_id, **(options | keys)
     )
 
 
@@ -76,3 +83,29 @@ def meter_keys(slave_id: int) -> dict[str, object]:
         "retry_max": "1s",
         "registers": registers,
     }
+
+
+class PluggableBus:
+    """A simulated bus that can be taken off its link and brought back, like an RS-485
+    adapter pulled and plugged in again: ``async with PluggableBus(link, [1]) as bus``."""
+
+    def __init__(self, link: Path, slave_ids: Sequence[int]) -> None:
+        self.link = link
+        self.slave_ids = list(slave_ids)
+        self._bus: ModbusBus | None = None
+
+    async def unplug(self) -> None:
+        bus, self._bus = self._bus, None
+        if bus is not None:
+            await bus.__aexit__(None, None, None)
+
+    async def replug(self) -> None:
+        if self._bus is None:
+            self._bus = await ModbusBus(self.link, self.slave_ids, baudrate=BAUD).__aenter__()
+
+    async def __aenter__(self) -> PluggableBus:
+        await self.replug()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.unplug()
