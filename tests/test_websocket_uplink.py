@@ -16,6 +16,7 @@ from aiohttp import web
 from gateway.cloud.ingest_server import IngestSettings
 from gateway.settings import WebSocketSettings
 from gateway.store import Store
+from gateway.uplinks.route import PriorityRules, Selection
 from gateway.uplinks.websocket import WebSocketUplink
 from gateway.uplinks.ws_protocol import SUBPROTOCOL, ack, welcome
 from tests.support.common import free_port, wait_until
@@ -72,6 +73,27 @@ async def test_delivers_every_reading_and_moves_the_cursor_on_acks(
     assert metrics["readings_landed"] == last
     assert metrics["readings_duplicate"] == 0
     await assert_landed_as_stored(store, ingest_settings.db_url)
+
+
+async def test_a_new_uplink_started_now_carries_only_its_devices_from_then_on(
+    store: Store, ingest_settings: IngestSettings
+) -> None:
+    backlog = await put(store, 50)
+    uplink = WebSocketUplink(
+        ws_settings(ws_url(ingest_settings.port)),
+        GATEWAY,
+        store,
+        selection=Selection(("a",), PriorityRules()),
+        start="now",
+    )
+    async with served(ingest_settings), running(uplink):
+        await wait_until(lambda: uplink.status.acked_seq == backlog, message="started now")
+        last = await put(store, 40, devices=("a", "b"))
+        # The last reading is b's: passed over, the cursor still reaches it.
+        await wait_until(lambda: uplink.status.acked_seq == last, message="all acked")
+    landed = await landed_bodies(ingest_settings.db_url, GATEWAY)
+    assert set(landed) == set(range(backlog + 1, last + 1, 2))
+    assert {json.loads(body)["device"] for body in landed.values()} == {"a"}
 
 
 async def test_a_restarted_server_gets_everything_after_the_cursor_again(
