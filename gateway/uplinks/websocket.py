@@ -91,11 +91,9 @@ class WebSocketUplink:
         except ValueError as err:
             raise UplinkError(name, f"url: {err}") from err
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
-        # Highest seq the server acknowledged (may be ahead of the durable cursor
-        # while the write to the log is under way).
-        self._confirmed = 0
-        self._ack_wanted = asyncio.Event()
         self._acknowledged_on_connection = False
+        # Its place in the log: ``confirmed`` is the highest seq the server acknowledged
+        # (may be ahead of the durable cursor while the write to the log is under way).
         carries_device = (selection or Selection(("*",), PriorityRules())).carries_device
         self._lane = Lane(
             name, lambda r: carries_device(r.device), TAIL_BATCHES * settings.batch_max
@@ -110,10 +108,10 @@ class WebSocketUplink:
             self.log.remove_listener(self._lane.on_commit)
 
     async def _run(self) -> None:
-        self._confirmed = await self.log.register_consumer(
+        self._lane.confirmed = await self.log.register_consumer(
             self.name, start_now=self.start == "now", best_effort=self.best_effort
         )
-        self.status.acked_seq = self._confirmed
+        self.status.acked_seq = self._lane.confirmed
         self.status.disconnected_since = time.time()
         store_open = True
         try:
@@ -202,9 +200,9 @@ class WebSocketUplink:
     async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> WsFailure:
         """Deliver over ``ws`` until it is lost; return why it was."""
         failure: WsFailure | None = None
-        flight = Flight(self._confirmed, self.settings.max_inflight)
+        flight = Flight(self._lane.confirmed, self.settings.max_inflight)
         try:
-            await ws.send_str(hello(self.gateway_id, self._confirmed))
+            await ws.send_str(hello(self.gateway_id, self._lane.confirmed))
             await self._welcomed(ws)
             self.status.state = "connected"
             self.status.connected_since = time.time()
@@ -292,8 +290,8 @@ class WebSocketUplink:
                 # Only readings of devices it does not carry: nothing is owed before
                 # them, so the cursor passes them over unsent.
                 flight.read_pos = last_seq
-                self._confirmed = last_seq
-                self._ack_wanted.set()
+                self._lane.confirmed = last_seq
+                self._lane.ack_wanted.set()
                 continue
             # Empty otherwise (batches out, or readings dropped from the log by its
             # bounds): the batch covers the range, so the server's ack moves the cursor
@@ -339,8 +337,8 @@ class WebSocketUplink:
                 status.publish_latency.observe(now - batch.sent_at)
             status.in_flight = len(flight)
             self._acknowledged_on_connection = True
-            self._confirmed = seq
-            self._ack_wanted.set()
+            self._lane.confirmed = seq
+            self._lane.ack_wanted.set()
 
     # The durable cursor.
 
@@ -349,14 +347,14 @@ class WebSocketUplink:
         meanwhile join the next write (a lagging cursor only means resends)."""
         interval = self.settings.ack_interval
         while True:
-            await self._ack_wanted.wait()
-            self._ack_wanted.clear()
+            await self._lane.ack_wanted.wait()
+            self._lane.ack_wanted.clear()
             await self._ack_now()
             if interval > 0:
                 await asyncio.sleep(interval)
 
     async def _ack_now(self) -> None:
-        target = self._confirmed
+        target = self._lane.confirmed
         if target <= self.status.acked_seq:
             return
         try:
