@@ -274,7 +274,6 @@ class WebSocketUplink:
                 if settings.linger > 0 and not self.log.paced:
                     # Woken by one commit while live clients watch: let a few more join.
                     await asyncio.sleep(settings.linger)
-            lost_before = self._lane.lost
             try:
                 readings, last_seq = await self._lane.read(
                     self.log, flight.read_pos, settings.batch_max
@@ -286,16 +285,10 @@ class WebSocketUplink:
                 await asyncio.sleep(settings.reconnect_min)
                 continue
             self.status.lost = self._lane.lost
-            if not readings and not len(flight) and self._lane.lost == lost_before:
-                # Only readings of devices it does not carry: nothing is owed before
-                # them, so the cursor passes them over unsent.
-                flight.read_pos = last_seq
-                self._lane.confirmed = last_seq
-                self._lane.ack_wanted.set()
-                continue
-            # Empty otherwise (batches out, or readings dropped from the log by its
-            # bounds): the batch covers the range, so the server's ack moves the cursor
-            # past it in order, and the server sees no hole unexplained.
+            # Empty (readings of devices it does not carry only, or readings dropped
+            # from the log by its bounds): the batch still covers the range, so batches
+            # stay contiguous, the server sees no hole unexplained and its ack moves the
+            # cursor past them in order.
             first_seq = flight.read_pos + 1
             flight.sent(last_seq, len(readings), time.monotonic())
             self.status.in_flight = len(flight)
