@@ -14,6 +14,7 @@ import pytest
 from aiohttp import web
 
 from gateway.cloud.ingest_server import IngestSettings
+from gateway.interfaces import Resender
 from gateway.settings import WebSocketSettings
 from gateway.store import Store
 from gateway.uplinks.route import PriorityRules, Selection
@@ -94,6 +95,22 @@ async def test_a_new_uplink_started_now_carries_only_its_devices_from_then_on(
     landed = await landed_bodies(ingest_settings.db_url, GATEWAY)
     assert set(landed) == set(range(backlog + 1, last + 1, 2))
     assert {json.loads(body)["device"] for body in landed.values()} == {"a"}
+
+
+async def test_resend_delivers_a_range_again_without_moving_the_cursor(
+    store: Store, ingest_settings: IngestSettings
+) -> None:
+    last = await put(store, 100)
+    uplink = WebSocketUplink(ws_settings(ws_url(ingest_settings.port)), GATEWAY, store)
+    assert isinstance(uplink, Resender)
+    async with served(ingest_settings), running(uplink):
+        await wait_until(lambda: uplink.status.acked_seq == last, message="all acked")
+        assert await uplink.resend(10, 40) == 31
+        metrics = await ingest_metrics(ingest_settings.port)
+        assert (uplink.status.acked_seq, uplink.status.resent) == (last, 31)
+        assert uplink.status.state == "connected"
+    assert (metrics["readings_landed"], metrics["readings_duplicate"]) == (100, 31)
+    await assert_landed_as_stored(store, ingest_settings.db_url)
 
 
 async def test_a_restarted_server_gets_everything_after_the_cursor_again(

@@ -48,6 +48,8 @@ from gateway.uplinks.ws_protocol import (
 log = logging.getLogger(__name__)
 
 CLOSE_TIMEOUT = 2.0  # for the server's answer to our close frame
+# How long a resend waits for the server's ack of one batch.
+RESEND_TIMEOUT = 30.0
 TAIL_BATCHES = 2
 
 
@@ -92,6 +94,8 @@ class WebSocketUplink:
             raise UplinkError(name, f"url: {err}") from err
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         self._acknowledged_on_connection = False
+        # The HTTP client while it runs: `resend` opens its own connection with it.
+        self._http: aiohttp.ClientSession | None = None
         # Its place in the log: ``confirmed`` is the highest seq the server acknowledged
         # (may be ahead of the durable cursor while the write to the log is under way).
         carries_device = (selection or Selection(("*",), PriorityRules())).carries_device
@@ -116,6 +120,7 @@ class WebSocketUplink:
         store_open = True
         try:
             async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as tg:
+                self._http = http
                 acker = tg.create_task(self._ack_loop(), name=f"{self.name}-ack")
                 try:
                     await self._connect_loop(http)
@@ -124,6 +129,7 @@ class WebSocketUplink:
                     store_open = False
                     acker.cancel()
         finally:
+            self._http = None
             self.status.state = "stopped"
             if store_open:
                 await self._ack_now()
@@ -332,6 +338,52 @@ class WebSocketUplink:
             self._acknowledged_on_connection = True
             self._lane.confirmed = seq
             self._lane.ack_wanted.set()
+
+    # Sending a range again (the `resend` command).
+
+    async def resend(self, first: int, last: int) -> int:
+        """Send the readings it carries with ``first <= seq <= last`` once more, over a
+        connection of its own whose hello starts at ``first - 1`` (so the protocol's
+        batches stay contiguous on both connections), each batch after the previous
+        one's ack; the cursor does not move."""
+        http = self._http
+        if http is None:
+            raise UplinkError(self.name, f"not running (state {self.status.state})")
+        try:
+            ws = await self._open(http)
+        except WsFailure as err:
+            raise UplinkError(self.name, err.detail) from None
+        pos = first - 1
+        sent = 0
+        try:
+            await ws.send_str(hello(self.gateway_id, pos))
+            await self._welcomed(ws)
+            while pos < last:
+                rows = await self.log.read_after(pos, min(self.settings.batch_max, last - pos))
+                rows = [r for r in rows if r.seq <= last]
+                end = rows[-1].seq if rows else last
+                readings = [r for r in rows if self._lane.carries(r)]
+                frame = batch_frame(self.gateway_id, pos + 1, end, readings)
+                await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
+                async with asyncio.timeout(RESEND_TIMEOUT):
+                    while (message := await self._next_message(ws))["type"] != "ack":
+                        pass  # a later version's message this one does not know
+                if seq_field(message, "seq", 1) != end:
+                    raise UplinkError(self.name, f"resend: ack of {message['seq']}, not {end}")
+                sent += len(readings)
+                self.status.resent += len(readings)
+                pos = end
+        except TimeoutError:
+            raise UplinkError(self.name, f"no ack within {RESEND_TIMEOUT:g}s") from None
+        except ProtocolError as err:
+            raise UplinkError(self.name, f"server sent a bad ack: {err}") from None
+        except WsFailure as err:
+            raise UplinkError(self.name, err.detail) from None
+        except (ConnectionError, aiohttp.ClientError) as err:
+            raise UplinkError(self.name, f"connection lost: {err}") from None
+        finally:
+            await asyncio.shield(ws.close())
+        return sent
 
     # The durable cursor.
 
