@@ -43,6 +43,13 @@ async def test_duplicates_land_once(landing: Landing, landing_url: str) -> None:
     bodies = await landed_bodies(landing_url, "gw-1")
     assert sorted(bodies) == list(range(1, 8))
     assert bodies[6] == '{"seq":6,"ts":1764086406.0,"device":"thermo-1","sensor":"t","value":21.5}'
+    assert landing.conflicts == 0
+    # A copy whose content differs is not landed, and is counted.
+    changed = reading(7)
+    changed["value"] = 99
+    assert await landing.land("gw-1", [changed, reading(8)]) == 1
+    assert landing.conflicts == 1
+    assert (await landed_bodies(landing_url, "gw-1"))[7] == bodies[7]
 
 
 async def test_a_batch_with_a_bad_reading_lands_nothing(landing: Landing, landing_url: str) -> None:
