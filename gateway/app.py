@@ -308,7 +308,12 @@ class Gateway:
             coro = run_device(driver, sink)
         elif isinstance(child, UplinkChild):
             context = UplinkContext(
-                self.settings.gateway.id, store, store, self.commands, child.priority
+                self.settings.gateway.id,
+                store,
+                store,
+                self.commands,
+                child.priority,
+                lambda: self.settings.devices,
             )
             uplink = create_uplink(child.entry, context)
             self.uplinks[uplink.name] = uplink

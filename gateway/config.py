@@ -583,6 +583,8 @@ class _Parser:
             "reconnect_max": _duration(positive=True),
             "linger": _duration(positive=False),
             "ack_interval": _duration(positive=False),
+            "home_assistant": _boolean,
+            "discovery_prefix": _topic_prefix,
         }
         section = self.section(data, path, spec)
         mqtt = MqttSettings(**section.values)

@@ -230,6 +230,9 @@ class MqttSettings:
     linger: float = 0.005
     # The durable cursor is written at most this often (seconds; 0 = at every PUBACK).
     ack_interval: float = 1.0
+    # Home Assistant MQTT discovery (gateway.uplinks.home_assistant), under this prefix.
+    home_assistant: bool = False
+    discovery_prefix: str = "homeassistant"
 
 
 @dataclass(frozen=True, slots=True)

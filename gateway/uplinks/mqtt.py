@@ -21,7 +21,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 
 import paho.mqtt.client as mqtt
@@ -33,9 +33,10 @@ from gateway.interfaces import Commands, ReadingLog, SampleSink, UplinkStatus
 from gateway.rate import TokenBucket
 from gateway.reading import DeadLetter, StoredReading
 from gateway.retry import Backoff, Failure, retry_delay
-from gateway.settings import MqttSettings, UplinkStart
+from gateway.settings import DeviceSettings, MqttSettings, UplinkStart
 from gateway.uplinks.batching import MQTT_MAX_PACKET, Batch, TelemetryMessage, TelemetryPlanner
 from gateway.uplinks.broker import BrokerAddress, load_credentials
+from gateway.uplinks.home_assistant import HomeAssistant
 from gateway.uplinks.lanes import Lane
 from gateway.uplinks.paho_async import ConnectOptions, MqttConnection, MqttFailure
 from gateway.uplinks.route import PRIORITY_SUFFIX, PriorityRules, Selection
@@ -86,6 +87,7 @@ class MqttUplink:
         selection: Selection | None = None,
         best_effort: bool = False,
         start: UplinkStart = "oldest",
+        devices: Callable[[], Sequence[DeviceSettings]] = tuple,
     ) -> None:
         self.name = name
         self.best_effort = best_effort
@@ -109,6 +111,19 @@ class MqttUplink:
             None
             if commands is None
             else MqttCommandChannel(commands, settings.topic_prefix, gateway_id)
+        )
+        # Home Assistant discovery and set topics (docs/mqtt.md), when asked for: of the
+        # devices this uplink carries.
+        carried = (selection or Selection(("*",), PriorityRules())).carries_device
+        self._home_assistant = (
+            HomeAssistant(
+                settings,
+                gateway_id,
+                lambda: [d for d in devices() if carried(d.id)],
+                commands,
+            )
+            if settings.home_assistant
+            else None
         )
         self._planner = TelemetryPlanner(gateway_id, settings.topic_prefix, settings.batch_max)
         self._rate = (
@@ -139,6 +154,8 @@ class MqttUplink:
                 self.log.remove_listener(lane.on_commit)
             if self._commands is not None:
                 await self._commands.close()
+            if self._home_assistant is not None:
+                await self._home_assistant.close()
 
     async def _register(self) -> None:
         normal = self._lanes[-1]
@@ -298,6 +315,10 @@ class MqttUplink:
             )
             window.take_slot()
             status.add_done_callback(functools.partial(self._on_status_ack, window))
+            # Home Assistant's subscriptions first: once the broker acknowledged the
+            # command subscription (status), it has processed those too.
+            if self._home_assistant is not None:
+                self._home_assistant.attach(connection)
             if self._commands is not None:
                 self._commands.attach(connection)
             self._connection = connection
@@ -324,6 +345,8 @@ class MqttUplink:
             self._connection = None
             if self._commands is not None:
                 self._commands.detach()
+            if self._home_assistant is not None:
+                self._home_assistant.detach()
             for each in windows:
                 each.close()
             self._windows = []
@@ -387,6 +410,8 @@ class MqttUplink:
             # Readings this lane does not carry are passed over: the batch covers them,
             # so the cursor moves past them with what was sent before them.
             batch = Batch(covered)
+            if self._home_assistant is not None:
+                self._home_assistant.delivering(readings)
             messages = self._planner.plan(readings, batch)
             window.read_pos = batch.last_seq
             if window.acks.add(batch):

@@ -107,6 +107,8 @@ class MqttConnection:
         self._connack: asyncio.Future[None] = loop.create_future()
         self._lost: asyncio.Future[MqttFailure] = loop.create_future()
         self._acks: dict[int, asyncio.Future[ReasonCode]] = {}
+        # Each pending SUBACK's callback, by message id.
+        self._subscribed: dict[int, Callable[[bool], None]] = {}
         self._closing = False
         # True while paho queues a publish: see _on_register_write.
         self._publishing = False
@@ -347,22 +349,28 @@ class MqttConnection:
         def message(_client: mqtt.Client, _userdata: Any, msg: mqtt.MQTTMessage) -> None:
             on_message(msg)
 
-        def granted(
-            _client: mqtt.Client,
-            _userdata: Any,
-            _mid: int,
-            reasons: list[ReasonCode],
-            _properties: Properties | None,
-        ) -> None:
-            on_subscribed(all(not reason.is_failure for reason in reasons))
-
-        client.on_message = message
-        client.on_subscribe = granted
-        client.subscribe(topic, qos=1)
+        # Per topic and per SUBACK: several subscriptions share the connection.
+        client.message_callback_add(topic, message)
+        client.on_subscribe = self._on_subscribe
+        _result, mid = client.subscribe(topic, qos=1)
+        if mid is not None:
+            self._subscribed[mid] = on_subscribed
         if client.want_write():
             client.loop_write()
             if client.want_write() and self._fd >= 0:
                 self._loop.add_writer(self._fd, self._on_writable)
+
+    def _on_subscribe(
+        self,
+        _client: mqtt.Client,
+        _userdata: Any,
+        mid: int,
+        reasons: list[ReasonCode],
+        _properties: Properties | None,
+    ) -> None:
+        callback = self._subscribed.pop(mid, None)
+        if callback is not None:
+            callback(all(not reason.is_failure for reason in reasons))
 
     async def run(self) -> None:
         """Keepalive housekeeping until the connection is lost; then raises ``MqttFailure``."""

@@ -10,11 +10,11 @@ which ``gateway.config`` checks itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.interfaces import Commands, ReadingLog, SampleSink, Uplink
-from gateway.settings import MqttSettings, UplinkEntry
+from gateway.settings import DeviceSettings, MqttSettings, UplinkEntry
 from gateway.uplinks.mqtt import MqttUplink
 from gateway.uplinks.route import PriorityRules, Selection
 
@@ -32,6 +32,8 @@ class UplinkContext:
     dead_letters: SampleSink | None
     commands: Commands | None
     priority: PriorityRules
+    # The configured devices now (Home Assistant discovery announces them).
+    devices: Callable[[], Sequence[DeviceSettings]] = tuple
 
 
 UplinkFactory = Callable[[UplinkEntry, Selection, UplinkContext], Uplink]
@@ -55,6 +57,7 @@ def _mqtt(entry: UplinkEntry, selection: Selection, context: UplinkContext) -> U
         selection=selection,
         best_effort=entry.best_effort,
         start=entry.start,
+        devices=context.devices,
     )
 
 
