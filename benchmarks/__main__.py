@@ -28,6 +28,7 @@ from benchmarks import (
     pi_profile,
     pipeline,
     priority,
+    ws_uplink,
 )
 from benchmarks.harness import BenchError, load_average, raise_open_files_limit, system_cpu
 from benchmarks.plan import FULL, QUICK, Plan
@@ -50,6 +51,7 @@ BENCHMARKS: dict[str, Runner] = {
     "priority": lambda plan, _profile: priority.run_priority(plan),
     "consumer": lambda plan, _profile: consumer.run_consumer(plan),
     "fleet": lambda plan, _profile: fleet.run_fleet(plan),
+    "ws_uplink": lambda plan, _profile: ws_uplink.run_ws_uplink(plan),
 }
 GROUPS = {
     "pipeline": ["throughput", "latency", "backlog"],

@@ -396,6 +396,8 @@ class GatewayConfig:
     levers: tuple[str, ...] = ()
     # Settings of one device, by id, over the others.
     per_device: dict[str, dict[str, object]] = field(default_factory=dict)
+    # Keys of an [[uplinks]] table of type "websocket" (named "websocket"); None: none.
+    websocket: dict[str, object] | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -437,6 +439,8 @@ class GatewayConfig:
                     "reconnect_max": 0.5,
                 }
             }
+        if self.websocket is not None:
+            config["uplinks"] = [{"name": "websocket", "type": "websocket", **self.websocket}]
         config["local"] = {
             "listen": f"127.0.0.1:{self.local_port}",
             "token": TOKEN,

@@ -5,7 +5,7 @@ every reading put here is owed to it. Run before the gateway starts, on its data
 directory; the drain benchmark then measures only the delivery.
 
     python -m benchmarks.prefill --data-dir DIR --count N [--durability full|normal]
-        [--device ID] [--sensor NAME]
+        [--device ID] [--sensor NAME] [--consumer NAME]
 """
 
 from __future__ import annotations
@@ -25,13 +25,18 @@ CHUNK = 5_000
 
 
 async def prefill(
-    data_dir: Path, count: int, durability: str, device: str, sensor: str = "n"
+    data_dir: Path,
+    count: int,
+    durability: str,
+    device: str,
+    sensor: str = "n",
+    consumer: str = "mqtt",
 ) -> dict[str, object]:
     settings = StoreSettings(durability="full" if durability == "full" else "normal")
     store = await Store.open(data_dir / "readings.db", settings)
     t0 = time.monotonic()
     try:
-        await store.register_consumer("mqtt")
+        await store.register_consumer(consumer)
         now = time.time()
         for start in range(1, count + 1, CHUNK):
             stop = min(start + CHUNK, count + 1)
@@ -58,10 +63,11 @@ def main() -> int:
     parser.add_argument("--durability", choices=["full", "normal"], default="full")
     parser.add_argument("--device", default="backlog-1")
     parser.add_argument("--sensor", default="n")
+    parser.add_argument("--consumer", default="mqtt", help="the uplink the readings are owed to")
     args = parser.parse_args()
     args.data_dir.mkdir(parents=True, exist_ok=True)
     result = asyncio.run(
-        prefill(args.data_dir, args.count, args.durability, args.device, args.sensor)
+        prefill(args.data_dir, args.count, args.durability, args.device, args.sensor, args.consumer)
     )
     print(json.dumps(result), flush=True)
     return 0

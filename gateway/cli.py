@@ -55,6 +55,10 @@ COMMANDS = {
     "queue": _Command(
         "inspect the store: stats, dead letters, replay, purge", "gateway.store.queue_cli"
     ),
+    "ingest": _Command(
+        "the reference ingest server for the WebSocket uplink (SQLite or PostgreSQL)",
+        "gateway.cloud.ingest_cli",
+    ),
     "consume": _Command(
         "land telemetry from the broker in a database, once per gateway and seq",
         "gateway.cloud.consume",

@@ -58,10 +58,12 @@ from gateway.settings import (
     UplinkEntry,
     UplinkSettings,
     UplinkStart,
+    WebSocketSettings,
     WriteRule,
 )
 from gateway.uplinks.broker import BrokerAddress
 from gateway.uplinks.registry import CONTRACT_TYPES, UPLINK_TYPES
+from gateway.uplinks.ws_protocol import Endpoint
 
 # The keys of every device section; the others belong to its driver.
 COMMON_DEVICE_KEYS = frozenset(keys_of(DeviceSettings))
@@ -515,9 +517,44 @@ class _Parser:
         return device
 
     def uplink(self, data: object) -> UplinkSettings:
+        if isinstance(data, dict) and "websocket" in data:
+            message = 'a WebSocket uplink is an [[uplinks]] table with type = "websocket"'
+            self.problem("uplink.websocket", message)
+            data = {k: v for k, v in data.items() if k != "websocket"}
         section = self.section(data, "uplink", {"mqtt": _pass})
         mqtt = self.mqtt(section.values["mqtt"]) if "mqtt" in section.values else None
         return UplinkSettings(mqtt=mqtt)
+
+    def websocket(self, data: object, path: str) -> WebSocketSettings:
+        spec: dict[str, Convert] = {
+            "url": _checked(Endpoint.parse),
+            "token": _token,
+            "token_file": self.token_file,
+            "ca_file": self.readable_file,
+            "cert_file": self.readable_file,
+            "key_file": self.readable_file,
+            "tls_insecure": _boolean,
+            "batch_max": _integer(1, 100_000),
+            "max_inflight": _integer(1, 1024),
+            "compress": _boolean,
+            "heartbeat": _duration(positive=True),
+            "ack_timeout": _duration(positive=True),
+            "connect_timeout": _duration(positive=True),
+            "reconnect_min": _duration(positive=True),
+            "reconnect_max": _duration(positive=True),
+            "linger": _duration(positive=False),
+            "ack_interval": _duration(positive=False),
+        }
+        section = self.section(data, path, spec)
+        websocket = WebSocketSettings(**section.values)
+        if section.ok("url") and not Endpoint.parse(websocket.url).tls:
+            for key in ("ca_file", "cert_file", "key_file", "tls_insecure"):
+                if section.values.get(key):
+                    self.problem(section.key(key), 'only used with "wss://" urls')
+        self.certificate(section)
+        self.exclusive(section, "token", "token_file")
+        self.ordered(section, websocket.reconnect_min, websocket.reconnect_max)
+        return websocket
 
     def uplinks(self, data: object, legacy: bool) -> tuple[UplinkEntry, ...]:
         """The ``[[uplinks]]`` tables; ``legacy``: ``[uplink.mqtt]`` (named "mqtt") is there."""
@@ -556,6 +593,8 @@ class _Parser:
         transport: object
         if kind.settings is MqttSettings:
             transport = self.mqtt(rest, path)
+        elif kind.settings is WebSocketSettings:
+            transport = self.websocket(rest, path)
         else:
             transport = check_table(kind.settings, rest, path, self.problems).settings
         if section.bad or transport is None:

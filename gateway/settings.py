@@ -236,6 +236,38 @@ class MqttSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketSettings:
+    """The keys of an ``[[uplinks]]`` table with ``type = "websocket"``:
+    docs/websocket-uplink.md."""
+
+    url: str = "wss://127.0.0.1:8765/ingest"
+    # Sent as "Authorization: Bearer …"; token_file is read again at each connection.
+    token: str | None = None
+    token_file: Path | None = None
+    # The server's CA (default: the system's), and a client certificate for mutual TLS.
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    tls_insecure: bool = False  # disables hostname verification; for lab use only
+    # Readings per batch, and batches sent and not yet acknowledged.
+    batch_max: int = 1000
+    max_inflight: int = 8
+    # Offer permessage-deflate; used when the server accepts it.
+    compress: bool = False
+    # WebSocket pings this often; a link that stops answering is dropped after half of it.
+    heartbeat: float = 10.0
+    # A batch unacknowledged for this long means the server is stuck: reconnect.
+    ack_timeout: float = 30.0
+    connect_timeout: float = 10.0
+    reconnect_min: float = 0.5
+    reconnect_max: float = 60.0
+    # Caught up and woken by one commit, wait this long for more to join the batch.
+    linger: float = 0.005
+    # The durable cursor is written at most this often (seconds; 0 = at every ack).
+    ack_interval: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
 class UplinkSettings:
     mqtt: MqttSettings | None = None
 
@@ -244,7 +276,8 @@ class UplinkSettings:
 class UplinkEntry:
     """One uplink: a ``[[uplinks]]`` table, or ``[uplink.mqtt]`` (named ``mqtt``).
 
-    ``transport`` holds the keys of its ``type`` (``MqttSettings`` for mqtt); the
+    ``transport`` holds the keys of its ``type`` (``MqttSettings`` for mqtt,
+    ``WebSocketSettings`` for websocket); the
     uplink registry (``gateway.uplinks.registry``) builds the uplink from both.
     """
 

@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.support.cluster",
     "tests.support.consumer_proc",
     "tests.support.gateway_proc",
+    "tests.support.ingest",
     "tests.support.mosquitto",
     "tests.support.postgres",
     "tests.support.powercut",

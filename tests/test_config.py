@@ -33,6 +33,7 @@ from gateway.settings import (
     Settings,
     StoreSettings,
     UplinkEntry,
+    WebSocketSettings,
 )
 from tests.support.config import parse, problems, write
 
@@ -594,10 +595,17 @@ def test_bad_listen_addresses(listen: str) -> None:
 
 # The documentation matches the code ------------------------------------
 
+# The heading of the keys of an [[uplinks]] table of type "websocket".
+WEBSOCKET_SECTION = "[[uplinks]] of type websocket"
 SECTIONS: dict[str, tuple[type[Any], dict[str, Any], Any]] = {
     "[gateway]": (GatewaySettings, {}, lambda s: s.gateway),
     "[store]": (StoreSettings, {}, lambda s: s.store),
     "[uplink.mqtt]": (MqttSettings, {"uplink": {"mqtt": {}}}, lambda s: s.uplink.mqtt),
+    WEBSOCKET_SECTION: (
+        WebSocketSettings,
+        {"uplinks": [{"name": "ingest", "type": "websocket"}]},
+        lambda s: s.uplinks[0].transport,
+    ),
     "[local]": (LocalSettings, {"local": {"token": TOKEN}}, lambda s: s.local),
     "[health]": (HealthSettings, {}, lambda s: s.health),
     "[commands]": (CommandSettings, {}, lambda s: s.commands),
@@ -610,9 +618,10 @@ def documented_keys() -> dict[str, dict[str, str]]:
     sections: dict[str, dict[str, str]] = {}
     current: dict[str, str] | None = None
     for line in text.splitlines():
-        heading = re.fullmatch(r"## `(\[.+\])`", line)
+        heading = re.fullmatch(r"## `(\[.+\])`( of type `(\w+)`)?", line)
         if heading:
-            current = sections.setdefault(heading[1], {})
+            section = heading[1] if heading[3] is None else f"{heading[1]} of type {heading[3]}"
+            current = sections.setdefault(section, {})
         row = re.fullmatch(r"\| `(\w+)` \| [^|]+ \| (.+?) \| .+ \|", line)
         if row and current is not None:
             current[row[1]] = row[2]
@@ -685,8 +694,11 @@ def test_documented_defaults_are_the_defaults() -> None:
             assert literal, f"{name} {f.name}: {shown}"
             data = copy.deepcopy(base)
             table = data
-            for part in name.strip("[]").split("."):
-                table = table.setdefault(part, {})
+            if name == WEBSOCKET_SECTION:
+                table = data["uplinks"][0]
+            else:
+                for part in name.strip("[]").split("."):
+                    table = table.setdefault(part, {})
             table[f.name] = tomllib.loads(f"v = {literal[1]}")["v"]
             assert getattr(pick(parse_config(data, None)), f.name) == default, f.name
 

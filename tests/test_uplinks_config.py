@@ -50,7 +50,10 @@ def test_uplink_tables_and_the_legacy_section_make_one_list(tmp_path: Path) -> N
         (uplink("a") + uplink("a"), 'uplinks[1].name: "a" is already the name of uplinks[0]'),
         (uplink("a b"), "uplinks[0].name: must be 1 to 64 letters"),
         ('[[uplinks]]\nurl = "mqtt://h"\n', "uplinks[0].name: required"),
-        (uplink("a", type="websocket"), 'uplinks[0].type: "websocket" uplinks are not available'),
+        (
+            uplink("a", type="websocket"),
+            "uplinks[0].url: unsupported scheme in 'mqtt://127.0.0.1:1884': use ws or wss",
+        ),
         (uplink("a", type="http"), 'uplinks[0].type: must be one of "mqtt", "websocket"'),
         (uplink("a", devices=["th/*"]), 'uplinks[0].devices: "th/*" must be at most 128'),
         (uplink("a", devices=[]), "uplinks[0].devices: must name at least one glob"),

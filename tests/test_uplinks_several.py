@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -17,11 +18,14 @@ import pytest
 import tomli_w
 
 from gateway.app import Gateway
+from gateway.cloud.ingest_server import IngestSettings
 from gateway.config import load_config, parse_config
 from gateway.reading import Sample
 from gateway.store import Store
 from tests.support.commands import CommandClient
 from tests.support.common import free_port, wait_until
+from tests.support.ingest import INGEST_TOKEN, served, ws_url
+from tests.support.landing import landed_bodies
 from tests.support.mosquitto import Mosquitto, MqttSubscriber
 from tests.support.mqtt_uplink import GATEWAY, delivered
 
@@ -340,3 +344,48 @@ async def test_cursors_follow_the_configured_uplinks_across_reloads(tmp_path: Pa
     finally:
         gateway.request_stop()
         await task
+
+
+@pytest.mark.timeout(60)
+async def test_an_mqtt_and_a_websocket_uplink_each_deliver_what_they_carry(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    subscriber_factory: Callable[..., MqttSubscriber],
+) -> None:
+    broker = mosquitto_factory()
+    cloud = subscriber_factory(broker)
+    ingest = IngestSettings(
+        "127.0.0.1", free_port(), f"sqlite://{tmp_path / 'landing.db'}", token=INGEST_TOKEN
+    )
+    websocket = {
+        "name": "ingest",
+        "type": "websocket",
+        "url": ws_url(ingest.port),
+        "token": INGEST_TOKEN,
+        "devices": ["thermo-*"],  # the door's readings pass it by
+        "reconnect_min": 0.05,
+        "reconnect_max": 0.5,
+        "ack_interval": 0.05,
+        "batch_max": 100,
+    }
+    async with (
+        served(ingest),
+        gateway_running(tmp_path, [uplink("cloud", broker), websocket]) as gateway,
+    ):
+        store = store_of(gateway)
+        now = time.time()
+        store.put_samples(
+            [Sample(d, "t", i, now) for i in range(300) for d in ("thermo-1", "door")]
+        )
+        last = await store.flush()
+        acked = gateway.uplinks["cloud"].status, gateway.uplinks["ingest"].status
+        await wait_until(lambda: all(a.acked_seq == last for a in acked), message="both acked")
+        await wait_until(reached(cloud, last), message="cloud received")
+        # Every uplink has everything it carries: retention deletes it all.
+        await wait_until(lambda: store.stats().depth == 0, message="depth 0")
+    assert seqs_of(cloud) == set(range(1, last + 1))
+    landed = {s: json.loads(b) for s, b in (await landed_bodies(ingest.db_url, GATEWAY)).items()}
+    # The thermometer's readings are the odd seqs (each loop put thermo-1, then door).
+    assert set(landed) == set(range(1, last + 1, 2))
+    assert {r["device"] for r in landed.values()} == {"thermo-1"}
+    assert sorted(r["value"] for r in landed.values()) == list(range(300))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Literal, Protocol
 from urllib.parse import urlsplit
 
 from gateway.settings import MqttSettings
@@ -63,7 +64,20 @@ def load_credentials(settings: MqttSettings, tls: bool) -> Credentials:
     return Credentials(password, tls_context(settings) if tls else None)
 
 
-def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+class TlsFiles(Protocol):
+    """The TLS keys an uplink's settings have (the MQTT and the WebSocket uplink's)."""
+
+    @property
+    def ca_file(self) -> Path | None: ...
+    @property
+    def cert_file(self) -> Path | None: ...
+    @property
+    def key_file(self) -> Path | None: ...
+    @property
+    def tls_insecure(self) -> bool: ...
+
+
+def tls_context(settings: TlsFiles) -> ssl.SSLContext:
     """TLS 1.2 or later, the broker's certificate verified against ``ca_file`` (or the
     system's CAs) and, unless ``tls_insecure``, its host name checked.
 

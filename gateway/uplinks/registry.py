@@ -4,8 +4,9 @@ Each type names the settings class of its own keys (``url``, ``topic_prefix``, â
 mqtt) and a factory. The configuration checks a table against its type's class
 (``gateway.config``) and the gateway builds every uplink through ``create_uplink``,
 so a new type is one entry in ``UPLINK_TYPES``. A type's settings class declares its
-keys with ``gateway.fields.key`` (checked by ``check_table``), except ``MqttSettings``,
-which ``gateway.config`` checks itself.
+keys with ``gateway.fields.key`` (checked by ``check_table``), except ``MqttSettings``
+and ``WebSocketSettings``, which ``gateway.config`` checks itself (their certificate,
+key and token files are relative to the configuration file's directory).
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.interfaces import Commands, ReadingLog, SampleSink, Uplink
-from gateway.settings import DeviceSettings, MqttSettings, UplinkEntry
+from gateway.settings import DeviceSettings, MqttSettings, UplinkEntry, WebSocketSettings
 from gateway.uplinks.mqtt import MqttUplink
 from gateway.uplinks.route import PriorityRules, Selection
+from gateway.uplinks.websocket import WebSocketUplink
 
 # The types the configuration contract names (docs/configuration.md).
 CONTRACT_TYPES = ("mqtt", "websocket")
@@ -61,8 +63,22 @@ def _mqtt(entry: UplinkEntry, selection: Selection, context: UplinkContext) -> U
     )
 
 
+def _websocket(entry: UplinkEntry, selection: Selection, context: UplinkContext) -> Uplink:
+    assert isinstance(entry.transport, WebSocketSettings)  # checked by the configuration
+    return WebSocketUplink(
+        entry.transport,
+        context.gateway_id,
+        context.log,
+        entry.name,
+        selection=selection,
+        best_effort=entry.best_effort,
+        start=entry.start,
+    )
+
+
 UPLINK_TYPES: dict[str, UplinkType] = {
     "mqtt": UplinkType(MqttSettings, _mqtt),
+    "websocket": UplinkType(WebSocketSettings, _websocket),
 }
 
 

@@ -17,28 +17,32 @@ def committed_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[boo
     return check
 
 
-def acked_at_least(gw: GatewayProcess, n: int) -> Callable[[], Awaitable[bool]]:
+def acked_at_least(
+    gw: GatewayProcess, n: int, uplink: str = "mqtt"
+) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return int((await gw.status())["uplinks"]["mqtt"]["acked_seq"]) >= n
+        return int((await gw.status())["uplinks"][uplink]["acked_seq"]) >= n
 
     return check
 
 
-def uplink_state_is_not(gw: GatewayProcess, state: str) -> Callable[[], Awaitable[bool]]:
+def uplink_state_is_not(
+    gw: GatewayProcess, state: str, uplink: str = "mqtt"
+) -> Callable[[], Awaitable[bool]]:
     async def check() -> bool:
-        return bool((await gw.status())["uplinks"]["mqtt"]["state"] != state)
+        return bool((await gw.status())["uplinks"][uplink]["state"] != state)
 
     return check
 
 
-def drained(gw: GatewayProcess) -> Callable[[], Awaitable[bool]]:
+def drained(gw: GatewayProcess, uplink: str = "mqtt") -> Callable[[], Awaitable[bool]]:
     """Nothing waits in the log and the uplink has everything acknowledged."""
 
     async def check() -> bool:
         status = await gw.status()
         return bool(
             status["store"]["depth"] == 0
-            and status["uplinks"]["mqtt"]["acked_seq"] == status["store"]["last_seq"]
+            and status["uplinks"][uplink]["acked_seq"] == status["store"]["last_seq"]
         )
 
     return check

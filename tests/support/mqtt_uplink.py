@@ -11,10 +11,10 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
+from gateway.interfaces import Uplink
 from gateway.reading import Sample
 from gateway.settings import MqttSettings
 from gateway.store import Store
-from gateway.uplinks import MqttUplink
 from tests.support.mosquitto import MqttSubscriber
 
 GATEWAY = "gw-test"
@@ -35,7 +35,7 @@ async def put(store: Store, count: int, devices: tuple[str, ...] = ("thermo-1",)
 
 
 @contextlib.asynccontextmanager
-async def running(uplink: MqttUplink) -> AsyncIterator[asyncio.Task[None]]:
+async def running(uplink: Uplink) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(uplink.run(), name="uplink-under-test")
     try:
         yield task
