@@ -160,17 +160,6 @@ def _value_json(value: object) -> str:
     return _encode(value)
 
 
-def _value_json(value: object) -> str:
-    """A value as JSON text; numbers the common case, without the encoder's setup."""
-    kind = type(value)
-    if kind is int:
-        return int.__repr__(value)
-    if kind is float:
-        # Finite here: the body was encoded first, and refuses NaN and infinities.
-        return float.__repr__(value)
-    return _encode(value)
-
-
 def _name(index: int, reading: Mapping[str, Any], key: str) -> str:
     name = reading.get(key)
     if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME:
