@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import socket
 import struct
+from collections.abc import Sequence
 
 _CHUNK = 65536
 
@@ -48,9 +49,17 @@ class _Pair:
 class TcpProxy:
     host = "127.0.0.1"
 
-    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        fallbacks: Sequence[tuple[str, int]] = (),
+    ) -> None:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
+        # Tried in order when the upstream refuses a connection: a clustered broker's
+        # other nodes, as a load balancer in front of the cluster would.
+        self.fallbacks = tuple(fallbacks)
         self.port = 0
         self.blackholed = False
         self.accepted = 0  # connections accepted since start
@@ -98,11 +107,13 @@ class TcpProxy:
             self._tasks.discard(task)
 
     async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection(
-                self.upstream_host, self.upstream_port
-            )
-        except OSError:
+        for host, port in ((self.upstream_host, self.upstream_port), *self.fallbacks):
+            try:
+                up_reader, up_writer = await asyncio.open_connection(host, port)
+                break
+            except OSError:
+                continue
+        else:
             writer.close()
             return
         pair = _Pair(writer, up_writer)

@@ -88,3 +88,21 @@ async def test_a_bad_url_is_refused_with_its_reason(tmp_path: Path) -> None:
         await open_landing("mysql://nowhere")
     with pytest.raises(LandingError, match="cannot open"):
         await open_landing(f"sqlite://{tmp_path / 'missing-dir' / 'x.db'}")
+
+
+async def test_several_gateways_land_in_one_call(landing: Landing, landing_url: str) -> None:
+    batches = {"gw-1": [reading(s) for s in (1, 2, 3)], "gw-2": [reading(1), reading(2)]}
+    assert await landing.land_many(batches) == 5
+    # Again, with one new reading each: the others are duplicates.
+    batches = {"gw-1": [reading(s) for s in (3, 4)], "gw-2": [reading(2), reading(3)]}
+    assert await landing.land_many(batches) == 2
+    assert sorted(await landed_bodies(landing_url, "gw-1")) == [1, 2, 3, 4]
+    assert sorted(await landed_bodies(landing_url, "gw-2")) == [1, 2, 3]
+    assert await landing.land_many({}) == 0
+    # One bad reading of one gateway: no gateway's readings land.
+    bad: dict[str, Any] = reading(9)
+    del bad["value"]
+    with pytest.raises(BadReading, match="value"):
+        await landing.land_many({"gw-3": [reading(1)], "gw-1": [reading(5), bad]})
+    assert await landed_bodies(landing_url, "gw-3") == {}
+    assert sorted(await landed_bodies(landing_url, "gw-1")) == [1, 2, 3, 4]

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager, closing
 from pathlib import Path
@@ -27,6 +28,7 @@ from gateway.cloud.consume import Consumer, ConsumerSettings, open_database
 from gateway.cloud.consumer_tables import open_tables
 from gateway.cloud.landing import open_landing
 from gateway.cloud.sources import MqttSharedSource, SourceSettings, without_password
+from gateway.reading import Sample
 from simulators import PtyDevice
 from tests.support.common import wait_until
 from tests.support.consumer_proc import ConsumerProcess
@@ -34,6 +36,8 @@ from tests.support.gateway_proc import DeviceSpec, GatewayProcess
 from tests.support.gateway_status import DRAIN_TIMEOUT, committed_at_least, drained, last_seq
 from tests.support.landing import landed_bodies
 from tests.support.mosquitto import Mosquitto, MqttSubscriber, TlsFiles, write_password_file
+from tests.support.mqtt_uplink import GATEWAY
+from tests.test_uplinks_several import gateway_running, store_of, uplink
 
 
 async def test_two_instances_land_every_seq_once_across_a_kill9_of_one(
@@ -248,3 +252,46 @@ async def test_instances_starting_together_all_open_the_database(postgres_url: s
     for landing, tables in opened:
         await tables.close()
         await landing.close()
+
+
+@pytest.mark.timeout(60)
+async def test_a_lost_range_is_filled_again_by_the_gateways_resend(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The whole loop with a real gateway: rows lost from the landing database are
+    reported as a hole, asked back with `resend`, and sent again by the gateway."""
+    db = tmp_path / "cloud.db"
+    gateway_config = {
+        "commands": {"allow": ["resend"], "max_per_second": 1000},
+        # The log keeps what the uplink has sent, so that it can be sent again.
+        "store": {"durability": "normal", "history": 3600},
+    }
+    async with (
+        running_consumer(
+            mosquitto.url, db, gap_age=0.2, gap_check=0.1, resend_uplink="cloud"
+        ) as consumer,
+        gateway_running(tmp_path, [uplink("cloud", mosquitto)], **gateway_config) as gateway,
+    ):
+        store = store_of(gateway)
+        store.put_samples([Sample("thermo-1", "t", i, time.time()) for i in range(20)])
+        await store.flush()
+
+        async def landed(count: int) -> bool:
+            return len(await landed_bodies(f"sqlite://{db}", GATEWAY)) == count
+
+        await wait_until(lambda: landed(20), message="every reading landed")
+        with closing(sqlite3.connect(db)) as conn, conn:
+            conn.execute(
+                "DELETE FROM readings WHERE gateway = ? AND seq BETWEEN 5 AND 9", (GATEWAY,)
+            )
+        await wait_until(lambda: landed(20), timeout=30, message="the lost range sent again")
+        await wait_until(lambda: consumer.stats.gaps_open == {}, message="the hole closed")
+    assert sorted(await landed_bodies(f"sqlite://{db}", GATEWAY)) == list(range(1, 21))
+    with closing(sqlite3.connect(db)) as conn:
+        gaps = conn.execute(
+            "SELECT gateway, from_seq, to_seq, resend_requests, closed_at FROM gaps"
+        ).fetchall()
+    assert len(gaps) == 1
+    assert gaps[0][:3] == (GATEWAY, 5, 9)
+    assert gaps[0][3] >= 1
+    assert gaps[0][4] is not None

@@ -87,6 +87,11 @@ class Landing(Protocol):
         reading the contract does not describe (then nothing lands), and
         ``LandingError`` when the database fails."""
 
+    async def land_many(self, batches: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+        """``land`` for several gateways at once (gateway -> its readings): all of them
+        in one transaction, which is what a consumer's batch of many gateways'
+        messages wants (a transaction each was its cost). Same result and errors."""
+
     async def gaps(self, older_than: float) -> list[Gap]:
         """Holes in each gateway's seqs whose next reading landed more than
         ``older_than`` seconds ago (younger holes may still be filling)."""
@@ -102,8 +107,25 @@ def check_gateway(gateway: object) -> str:
 
 def rows(gateway: str, readings: Sequence[Mapping[str, Any]], received_at: float) -> list[Row]:
     """The table rows of ``readings``, after checking each against the contract."""
-    check_gateway(gateway)
     out: list[Row] = []
+    _add_rows(out, gateway, readings, received_at)
+    return out
+
+
+def rows_of_many(
+    batches: Mapping[str, Sequence[Mapping[str, Any]]], received_at: float
+) -> list[Row]:
+    """The table rows of several gateways' readings, in one list."""
+    out: list[Row] = []
+    for gateway, readings in batches.items():
+        _add_rows(out, gateway, readings, received_at)
+    return out
+
+
+def _add_rows(
+    out: list[Row], gateway: str, readings: Sequence[Mapping[str, Any]], received_at: float
+) -> None:
+    check_gateway(gateway)
     for index, reading in enumerate(readings):
         # Exact type checks first: parsed JSON gives dicts, and an ABC check costs more.
         if type(reading) is not dict and not isinstance(reading, Mapping):
@@ -125,7 +147,6 @@ def rows(gateway: str, readings: Sequence[Mapping[str, Any]], received_at: float
         except (TypeError, ValueError) as err:
             raise BadReading(index, f"not JSON: {err}") from err
         out.append((gateway, seq, float(ts), device, sensor, value, body, received_at))
-    return out
 
 
 def _value_json(value: object) -> str:
@@ -228,7 +249,12 @@ class SqliteLanding:
             raise LandingError(f"sqlite: {err}") from err
 
     async def land(self, gateway: str, readings: Sequence[Mapping[str, Any]]) -> int:
-        batch = rows(gateway, readings, time.time())
+        return await self._write(rows(gateway, readings, time.time()))
+
+    async def land_many(self, batches: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+        return await self._write(rows_of_many(batches, time.time()))
+
+    async def _write(self, batch: list[Row]) -> int:
         if not batch:
             return 0
         db = self._db
@@ -353,7 +379,12 @@ class PostgresLanding:
             self._slots.put_nowait(conn)
 
     async def land(self, gateway: str, readings: Sequence[Mapping[str, Any]]) -> int:
-        batch = rows(gateway, readings, time.time())
+        return await self._write(rows(gateway, readings, time.time()))
+
+    async def land_many(self, batches: Mapping[str, Sequence[Mapping[str, Any]]]) -> int:
+        return await self._write(rows_of_many(batches, time.time()))
+
+    async def _write(self, batch: list[Row]) -> int:
         if not batch:
             return 0
 

@@ -58,7 +58,18 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
     p.description = __doc__.split("\n\n", 1)[1] if __doc__ else None
     p.add_argument("count", type=_gateways, metavar="N", help="how many gateways")
     p.add_argument(
-        "--broker", required=True, metavar="URL", help="the fleet's broker, mqtt://HOST[:PORT]"
+        "--broker",
+        required=True,
+        action="append",
+        metavar="URL",
+        help="the fleet's broker, mqtt://HOST[:PORT]; repeat for each node of a cluster: "
+        "gateway i connects to node i mod n, and to the next when that one refuses",
+    )
+    p.add_argument(
+        "--mqtt-protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help='the gateways\' MQTT version (default 5; "3.1.1" for RabbitMQ)',
     )
     p.add_argument(
         "--dir",
@@ -128,7 +139,9 @@ def configure_parser(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     options = FleetOptions(
         count=args.count,
-        broker_url=args.broker,
+        broker_url=args.broker[0],
+        more_brokers=tuple(args.broker[1:]),
+        mqtt_protocol=args.mqtt_protocol,
         directory=args.dir,
         rate=args.rate,
         devices=args.devices,
@@ -276,7 +289,7 @@ def _report(fleet: Fleet, drained: bool | None) -> dict[str, Any]:
         "gateways": options.count,
         "devices_per_gateway": options.devices,
         "rate_per_device": options.rate,
-        "broker": options.broker_url,
+        "brokers": [options.broker_url, *options.more_brokers],
         "seconds": round(fleet.elapsed(), 1),
         "drained": drained,
         "unsent": sum(unsent for _, unsent in figures),

@@ -42,6 +42,10 @@ class FleetOptions:
     count: int
     broker_url: str
     directory: Path
+    # A clustered broker's other nodes: gateway i connects to node i mod n first and,
+    # when that node refuses, to the next (its proxy does, as a load balancer would).
+    more_brokers: tuple[str, ...] = ()
+    mqtt_protocol: str = "5"  # "3.1.1" for brokers without MQTT 5 (RabbitMQ 3.x)
     rate: float = 1.0  # lines (readings) per second per device
     devices: int = 1  # per gateway
     topic_prefix: str = "edge"
@@ -93,7 +97,7 @@ class Fleet:
 
     async def __aenter__(self) -> Fleet:
         options = self.options
-        host, port = broker_address(options.broker_url)
+        nodes = [broker_address(url) for url in (options.broker_url, *options.more_brokers)]
         _raise_open_files_limit(options.count * (FDS_PER_MEMBER + 2 * options.devices) + 256)
         options.directory.mkdir(parents=True, exist_ok=True)
         try:
@@ -104,7 +108,9 @@ class Fleet:
                 for link in links:
                     device = PtyDevice("counter", link, rate=options.rate)
                     self.devices.append(await self._stack.enter_async_context(device))
-                proxy = await TcpProxy(host, port).start()
+                first = (i - 1) % len(nodes)
+                host, port = nodes[first]
+                proxy = await TcpProxy(host, port, nodes[first + 1 :] + nodes[:first]).start()
                 self._stack.push_async_callback(proxy.close)
                 local = None if options.local_port_base is None else options.local_port_base + i - 1
                 config = MemberConfig(
@@ -113,6 +119,7 @@ class Fleet:
                     links=links,
                     mqtt_url=proxy.url(),
                     topic_prefix=options.topic_prefix,
+                    protocol=options.mqtt_protocol,
                     local_port=local,
                     log_level=options.log_level,
                 )

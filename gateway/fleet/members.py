@@ -34,6 +34,7 @@ class MemberConfig:
     mqtt_url: str
     topic_prefix: str
     local_port: int | None  # None: no local server
+    protocol: str = "5"
     log_level: str = "WARNING"
 
     @property
@@ -61,7 +62,13 @@ class MemberConfig:
                 }
                 for k, link in enumerate(self.links, 1)
             ],
-            "uplink": {"mqtt": {"url": self.mqtt_url, "topic_prefix": self.topic_prefix}},
+            "uplink": {
+                "mqtt": {
+                    "url": self.mqtt_url,
+                    "topic_prefix": self.topic_prefix,
+                    "protocol": self.protocol,
+                }
+            },
         }
         if self.local_port is not None:
             config["local"] = {
