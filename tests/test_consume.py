@@ -37,7 +37,7 @@ from tests.support.gateway_status import DRAIN_TIMEOUT, committed_at_least, drai
 from tests.support.landing import landed_bodies
 from tests.support.mosquitto import Mosquitto, MqttSubscriber, TlsFiles, write_password_file
 from tests.support.mqtt_uplink import GATEWAY
-from tests.test_uplinks_several import gateway_running, store_of, uplink
+from tests.support.uplinks import gateway_running, store_of, uplink
 
 
 async def test_two_instances_land_every_seq_once_across_a_kill9_of_one(

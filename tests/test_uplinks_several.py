@@ -5,11 +5,10 @@ retention waits for it; a best-effort one that does not hold the log; `resend`."
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import tomli_w
 
 from gateway.app import Gateway
 from gateway.cloud.ingest_server import IngestSettings
-from gateway.config import load_config, parse_config
+from gateway.config import load_config
 from gateway.reading import Sample
 from gateway.store import Store
 from tests.support.commands import CommandClient
@@ -28,39 +27,7 @@ from tests.support.ingest import INGEST_TOKEN, served, ws_url
 from tests.support.landing import landed_bodies
 from tests.support.mosquitto import Mosquitto, MqttSubscriber
 from tests.support.mqtt_uplink import GATEWAY, delivered
-
-FAST = {"reconnect_min": 0.05, "reconnect_max": 0.5, "keepalive": 5, "ack_interval": 0.05}
-
-
-def uplink(name: str, broker: Mosquitto, **keys: Any) -> dict[str, Any]:
-    return {"name": name, "type": "mqtt", "url": broker.url, **FAST, **keys}
-
-
-@contextlib.asynccontextmanager
-async def gateway_running(
-    tmp_path: Path, uplinks: list[dict[str, Any]], **more: Any
-) -> AsyncIterator[Gateway]:
-    """An in-process gateway with no device (readings are put into its store) whose
-    store deletes what every uplink has as soon as it has it."""
-    config = {
-        "gateway": {"id": GATEWAY, "data_dir": str(tmp_path / "data")},
-        "store": {"durability": "normal", "history": 0},
-        "uplinks": uplinks,
-        **more,
-    }
-    gateway = Gateway(parse_config(config, None))
-    task = asyncio.create_task(gateway.run())
-    try:
-        await wait_until(lambda: len(gateway.uplinks) == len(uplinks), message="uplinks up")
-        yield gateway
-    finally:
-        gateway.request_stop()
-        await task
-
-
-def store_of(gateway: Gateway) -> Store:
-    assert gateway.store is not None
-    return gateway.store
+from tests.support.uplinks import FAST, gateway_running, store_of, uplink
 
 
 async def oldest(store: Store) -> int | None:
