@@ -22,6 +22,7 @@ from aiohttp import WSMsgType, web
 
 from gateway.cloud.landing import BadReading, Landing, LandingError, check_gateway, open_landing
 from gateway.uplinks.ws_protocol import (
+    LANES,
     SUBPROTOCOL,
     VERSION,
     BatchHead,
@@ -75,7 +76,11 @@ class IngestCounters:
 
 
 class Session:
-    """One gateway's connection: hello, then batches in order, each acked after commit.
+    """One stream of a gateway: hello, then batches in order, each acked after commit.
+
+    A gateway may hold two streams at once, its normal lane's and its priority lane's
+    (the hello's ``lane``): each is contiguous on its own, so the order check is per
+    session; both land in the same table, each ``(gateway, seq)`` once.
 
     A reader checks each batch as it arrives while a lander stores them: the batches
     waiting when the lander is free land together, in one transaction and one fsync,
@@ -87,6 +92,7 @@ class Session:
         self.ws = ws
         self.peer = peer
         self.gateway = ""
+        self.lane = "normal"
         self.expected_first = 0  # first_seq the next batch must have
         self._checked: asyncio.Queue[BatchHead | None] = asyncio.Queue(MAX_IN_FLIGHT)
 
@@ -104,7 +110,7 @@ class Session:
         counters.connected += 1
         try:
             await self.ws.send_str(welcome(self.server.settings.max_message_bytes, MAX_IN_FLIGHT))
-            log.info("%s: gateway %s connected", self.peer, self.gateway)
+            log.info("%s: gateway %s connected (%s lane)", self.peer, self.gateway, self.lane)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._read(), name=f"ingest-read-{self.peer}")
                 tg.create_task(self._land(), name=f"ingest-land-{self.peer}")
@@ -139,6 +145,10 @@ class Session:
         except LandingError as err:
             raise ProtocolError(str(err)) from None
         self.expected_first = seq_field(message, "acked_seq") + 1
+        lane = message.get("lane", "normal")
+        if lane not in LANES:
+            raise ProtocolError(f"lane: one of {', '.join(LANES)}")
+        self.lane = lane
 
     async def _read(self) -> None:
         while (message := await self._next()) is not None:

@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable, Sequence
 
+from gateway.errors import StoreError
 from gateway.interfaces import ReadingLog
 from gateway.reading import StoredReading
+from gateway.uplinks.route import PRIORITY_SUFFIX, PriorityRules, Selection
 from gateway.uplinks.tail import LiveTail
 
 
@@ -45,6 +47,36 @@ class Lane:
         """Hold the commits after ``last_seq`` from now on (register ``on_commit`` too)."""
         self.tail.restart(last_seq)
         self.seen = last_seq
+
+    def confirm(self, seq: int) -> None:
+        """Everything up to ``seq`` is resolved: the ack loop moves the durable cursor."""
+        self.confirmed = seq
+        self.ack_wanted.set()
+
+    async def scout(self, log: ReadingLog, wanted: int) -> None:
+        """Move the cursor over what this lane does not carry, up to the first reading it
+        does (which waits for a connection); run while the lane has none.
+
+        During an outage the priority lane thus stays at its first unsent alarm rather
+        than where the outage began: on reconnect it need not read the whole backlog
+        before the alarms (it reads only the rows of its devices, without an index).
+        """
+        try:
+            while True:
+                pos = self.confirmed
+                if log.last_seq <= pos:
+                    await log.wait_beyond(pos)
+                readings, covered = await self.read(log, pos, wanted)
+                if readings:
+                    # Nothing it carries comes before the first reading it was handed.
+                    if readings[0].seq - 1 > pos:
+                        self.confirm(readings[0].seq - 1)
+                    return
+                if covered > pos:
+                    self.confirm(covered)
+        except StoreError:
+            # Closed, or a read failed: delivery reads again from the cursor anyway.
+            return
 
     def on_commit(self, batch: Sequence[StoredReading]) -> None:
         """The store's commit listener."""
@@ -82,3 +114,51 @@ class Lane:
             self.lost += max(0, last_seq - pos)
             covered = last_seq
         return [r for r in rows if carries(r)], covered
+
+
+def lanes_for(name: str, selection: Selection | None, tail_limit: int) -> list[Lane]:
+    """An uplink's lanes: the priority lane (when it carries a device that may send a
+    high-priority reading), cursor ``NAME:priority``, then the normal lane, ``NAME``."""
+    selection = selection or Selection(("*",), PriorityRules())
+    carries_device = selection.carries_device
+    high = selection.high
+    priority_devices = selection.priority_devices()
+    if not priority_devices:
+        return [Lane(name, lambda r: carries_device(r.device), tail_limit)]
+    return [
+        Lane(
+            name + PRIORITY_SUFFIX,
+            lambda r: carries_device(r.device) and high(r),
+            tail_limit,
+            devices=priority_devices,
+        ),
+        Lane(name, lambda r: carries_device(r.device) and not high(r), tail_limit),
+    ]
+
+
+def split_in_flight(lanes: Sequence[Lane], limit: int) -> list[tuple[Lane, int]]:
+    """Each lane's share of an uplink's in-flight limit: a quarter (at least one) is kept
+    for the priority lane, so a backlog never holds high-priority readings back."""
+    if len(lanes) == 1:
+        return [(lanes[0], limit)]
+    priority = max(1, limit // 4)
+    return [(lanes[0], priority), (lanes[1], max(1, limit - priority))]
+
+
+async def register_lanes(
+    log: ReadingLog, lanes: Sequence[Lane], *, start_now: bool, best_effort: bool
+) -> None:
+    """Register each lane's durable cursor with the log (retention waits for both) and
+    put each lane at it."""
+    normal = lanes[-1]
+    normal.confirmed = normal.acked_seq = await log.register_consumer(
+        normal.cursor, start_now=start_now, best_effort=best_effort
+    )
+    if len(lanes) > 1:
+        # A new priority lane starts where the normal lane is, never later: the
+        # normal lane passes high-priority readings over from now on, and has sent
+        # those before its cursor.
+        priority = lanes[0]
+        priority.confirmed = priority.acked_seq = await log.register_consumer(
+            priority.cursor, start_at=normal.confirmed, best_effort=best_effort
+        )

@@ -37,9 +37,9 @@ from gateway.settings import DeviceSettings, MqttSettings, UplinkStart
 from gateway.uplinks.batching import MQTT_MAX_PACKET, Batch, TelemetryMessage, TelemetryPlanner
 from gateway.uplinks.broker import BrokerAddress, load_credentials
 from gateway.uplinks.home_assistant import HomeAssistant
-from gateway.uplinks.lanes import Lane
+from gateway.uplinks.lanes import Lane, lanes_for, register_lanes, split_in_flight
 from gateway.uplinks.paho_async import ConnectOptions, MqttConnection, MqttFailure
-from gateway.uplinks.route import PRIORITY_SUFFIX, PriorityRules, Selection
+from gateway.uplinks.route import PriorityRules, Selection
 from gateway.uplinks.window import InFlightWindow
 
 log = logging.getLogger(__name__)
@@ -133,7 +133,7 @@ class MqttUplink:
         )
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         # The lanes it reads the log in: the priority lane (if any) first.
-        self._lanes = _lanes(name, selection, TAIL_MESSAGES * settings.batch_max)
+        self._lanes = lanes_for(name, selection, TAIL_MESSAGES * settings.batch_max)
         # The connection while one is up: `resend` publishes on it.
         self._connection: MqttConnection | None = None
         self._windows: list[InFlightWindow] = []
@@ -158,18 +158,9 @@ class MqttUplink:
                 await self._home_assistant.close()
 
     async def _register(self) -> None:
-        normal = self._lanes[-1]
-        normal.confirmed = normal.acked_seq = await self.log.register_consumer(
-            normal.cursor, start_now=self.start == "now", best_effort=self.best_effort
+        await register_lanes(
+            self.log, self._lanes, start_now=self.start == "now", best_effort=self.best_effort
         )
-        if len(self._lanes) > 1:
-            # A new priority lane starts where the normal lane is, never later: the
-            # normal lane passes high-priority readings over from now on, and has sent
-            # those before its cursor.
-            priority = self._lanes[0]
-            priority.confirmed = priority.acked_seq = await self.log.register_consumer(
-                priority.cursor, start_at=normal.confirmed, best_effort=self.best_effort
-            )
         self._update_acked()
 
     async def _run(self) -> None:
@@ -240,30 +231,7 @@ class MqttUplink:
                     await task
 
     async def _scout(self, lane: Lane) -> None:
-        """Move ``lane``'s cursor over what it does not carry, up to the first reading it
-        does (which waits for a connection).
-
-        During an outage the priority lane thus stays at its first unsent alarm rather
-        than where the outage began: on reconnect it need not read the whole backlog
-        before the alarms (it reads only the rows of its devices, without an index).
-        """
-        wanted = self.settings.batch_max * READ_MESSAGES
-        try:
-            while True:
-                pos = lane.confirmed
-                if self.log.last_seq <= pos:
-                    await self.log.wait_beyond(pos)
-                readings, covered = await lane.read(self.log, pos, wanted)
-                if readings:
-                    # Nothing it carries comes before the first reading it was handed.
-                    if readings[0].seq - 1 > pos:
-                        self._confirm(lane, readings[0].seq - 1)
-                    return
-                if covered > pos:
-                    self._confirm(lane, covered)
-        except StoreError:
-            # Closed, or a read failed: delivery reads again from the cursor anyway.
-            return
+        await lane.scout(self.log, self.settings.batch_max * READ_MESSAGES)
 
     async def _open(self, executor: Executor) -> MqttConnection:
         settings = self.settings
@@ -301,7 +269,9 @@ class MqttUplink:
         if connection.receive_maximum is not None:
             limit = min(limit, connection.receive_maximum)
         self._planner.max_packet = connection.maximum_packet_size or MQTT_MAX_PACKET
-        windows = [InFlightWindow(lane.confirmed, n) for lane, n in self._split(limit)]
+        windows = [
+            InFlightWindow(lane.confirmed, n) for lane, n in split_in_flight(self._lanes, limit)
+        ]
         window = windows[-1]  # the normal lane's: the status message takes a slot there
         self._windows = windows
         self._refusal = None
@@ -364,15 +334,6 @@ class MqttUplink:
         return failure
 
     # Delivery.
-
-    def _split(self, limit: int) -> list[tuple[Lane, int]]:
-        """Each lane's share of the in-flight window: a quarter (at least one message)
-        is kept for the priority lane, so a backlog never holds high-priority readings
-        behind a full window."""
-        if len(self._lanes) == 1:
-            return [(self._lanes[0], limit)]
-        priority = max(1, limit // 4)
-        return [(self._lanes[0], priority), (self._lanes[1], max(1, limit - priority))]
 
     def _show_in_flight(self) -> None:
         self.status.in_flight = sum(w.in_flight for w in self._windows)
@@ -569,8 +530,7 @@ class MqttUplink:
     # The durable cursors.
 
     def _confirm(self, lane: Lane, seq: int) -> None:
-        lane.confirmed = seq
-        lane.ack_wanted.set()
+        lane.confirm(seq)
 
     async def _ack_loop(self, lane: Lane) -> None:
         """Moves ``lane``'s durable cursor at most once per ``ack_interval``.
@@ -638,22 +598,3 @@ def _first_failure(group: BaseExceptionGroup[MqttFailure]) -> MqttFailure:
         if isinstance(error, BaseExceptionGroup):
             return _first_failure(error)
     raise group
-
-
-def _lanes(name: str, selection: Selection | None, tail_limit: int) -> list[Lane]:
-    """The priority lane (when it carries a device that may send one) and the normal lane."""
-    selection = selection or Selection(("*",), PriorityRules())
-    carries_device = selection.carries_device
-    high = selection.high
-    priority_devices = selection.priority_devices()
-    if not priority_devices:
-        return [Lane(name, lambda r: carries_device(r.device), tail_limit)]
-    return [
-        Lane(
-            name + PRIORITY_SUFFIX,
-            lambda r: carries_device(r.device) and high(r),
-            tail_limit,
-            devices=priority_devices,
-        ),
-        Lane(name, lambda r: carries_device(r.device) and not high(r), tail_limit),
-    ]

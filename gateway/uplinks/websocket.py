@@ -1,6 +1,6 @@
 """The WebSocket uplink: delivers the reading log to a cloud endpoint, at least once.
 
-One consumer of the log (durable cursor = the uplink's name), like the MQTT
+A consumer of the log (durable cursor = the uplink's name), like the MQTT
 uplink, for clouds without a broker: an ``[[uplinks]]`` table with
 ``type = "websocket"``, built by ``gateway.uplinks.registry``. It reads after the
 cursor, sends batches of stored readings with the seq range they cover, up to
@@ -9,8 +9,12 @@ server acknowledged, in order (acks are cumulative). On any disconnect it starts
 cursor: duplicates are possible, loss is not. docs/websocket-uplink.md is the
 protocol (gateway/uplinks/ws_protocol.py in code).
 
-It carries the devices its ``devices`` globs select, in one lane: readings of
-``priority = "high"`` devices go in seq order with the rest (no priority lane yet).
+It carries the devices its ``devices`` globs select. When some of them are of
+``priority = "high"`` it reads the log in two lanes (gateway/uplinks/lanes.py), each
+over a connection (stream) of its own whose hello names the lane, with its own
+durable cursor (``NAME:priority`` beside ``NAME``) and a quarter of ``max_inflight``:
+a backlog on the normal stream never holds an alarm back. Each stream stays
+contiguous: what the lane does not carry goes as empty covering batches.
 
 States as for every uplink: ``connecting -> connected -> backoff -> …``, ``stopped``.
 """
@@ -18,10 +22,12 @@ States as for every uplink: ``connecting -> connected -> backoff -> …``, ``sto
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
 import time
+from collections.abc import AsyncIterator
 
 import aiohttp
 
@@ -30,7 +36,7 @@ from gateway.interfaces import ReadingLog, UplinkStatus
 from gateway.retry import Backoff, Failure
 from gateway.settings import UplinkStart, WebSocketSettings
 from gateway.uplinks.broker import tls_context
-from gateway.uplinks.lanes import Lane
+from gateway.uplinks.lanes import Lane, lanes_for, register_lanes, split_in_flight
 from gateway.uplinks.route import PriorityRules, Selection
 from gateway.uplinks.ws_flight import Flight
 from gateway.uplinks.ws_protocol import (
@@ -51,6 +57,9 @@ CLOSE_TIMEOUT = 2.0  # for the server's answer to our close frame
 # How long a resend waits for the server's ack of one batch.
 RESEND_TIMEOUT = 30.0
 TAIL_BATCHES = 2
+# How many batches' worth of the log the priority lane passes over per read while its
+# stream is down.
+SCOUT_BATCHES = 4
 
 
 class WsFailure(UplinkError):
@@ -93,69 +102,114 @@ class WebSocketUplink:
         except ValueError as err:
             raise UplinkError(name, f"url: {err}") from err
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
-        self._acknowledged_on_connection = False
+        # The lanes whose current connection got something acknowledged.
+        self._acknowledged_on_connection: set[Lane] = set()
+        # Each connected lane's batches in flight.
+        self._flights: dict[Lane, Flight] = {}
         # The HTTP client while it runs: `resend` opens its own connection with it.
         self._http: aiohttp.ClientSession | None = None
-        # Its place in the log: ``confirmed`` is the highest seq the server acknowledged
-        # (may be ahead of the durable cursor while the write to the log is under way).
-        carries_device = (selection or Selection(("*",), PriorityRules())).carries_device
-        self._lane = Lane(
-            name, lambda r: carries_device(r.device), TAIL_BATCHES * settings.batch_max
-        )
+        self._carries_device = (selection or Selection(("*",), PriorityRules())).carries_device
+        # Its places in the log, the priority lane (if any) first: a lane's ``confirmed``
+        # is the highest seq the server acknowledged on its stream (may be ahead of the
+        # durable cursor while the write to the log is under way).
+        self._lanes = lanes_for(name, selection, TAIL_BATCHES * settings.batch_max)
 
     async def run(self) -> None:
-        self._lane.start(self.log.last_seq)
-        self.log.add_listener(self._lane.on_commit)
+        for lane in self._lanes:
+            lane.start(self.log.last_seq)
+            self.log.add_listener(lane.on_commit)
         try:
             await self._run()
         finally:
-            self.log.remove_listener(self._lane.on_commit)
+            for lane in self._lanes:
+                self.log.remove_listener(lane.on_commit)
 
     async def _run(self) -> None:
-        self._lane.confirmed = await self.log.register_consumer(
-            self.name, start_now=self.start == "now", best_effort=self.best_effort
+        await register_lanes(
+            self.log, self._lanes, start_now=self.start == "now", best_effort=self.best_effort
         )
-        self.status.acked_seq = self._lane.confirmed
+        self._update_acked()
         self.status.disconnected_since = time.time()
         store_open = True
         try:
             async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as tg:
                 self._http = http
-                acker = tg.create_task(self._ack_loop(), name=f"{self.name}-ack")
+                ackers = [
+                    tg.create_task(self._ack_loop(lane), name=f"{lane.cursor}-ack")
+                    for lane in self._lanes
+                ]
                 try:
-                    await self._connect_loop(http)
+                    async with asyncio.TaskGroup() as streams:
+                        for lane, limit in split_in_flight(self._lanes, self.settings.max_inflight):
+                            streams.create_task(
+                                self._connect_loop(http, lane, limit), name=f"{lane.cursor}-stream"
+                            )
                 except* StoreClosedError:
                     log.info("%s: the store is closed; stopping", self.name)
                     store_open = False
-                    acker.cancel()
+                    for acker in ackers:
+                        acker.cancel()
         finally:
             self._http = None
             self.status.state = "stopped"
             if store_open:
-                await self._ack_now()
+                for lane in self._lanes:
+                    await self._ack_now(lane)
+
+    def _is_normal(self, lane: Lane) -> bool:
+        """The normal lane's stream is the uplink's state; the priority one's is not."""
+        return lane is self._lanes[-1]
+
+    def _lane_name(self, lane: Lane) -> str:
+        return "normal" if self._is_normal(lane) else "priority"
 
     # Connection state machine.
 
-    async def _connect_loop(self, http: aiohttp.ClientSession) -> None:
+    async def _connect_loop(self, http: aiohttp.ClientSession, lane: Lane, limit: int) -> None:
+        """One lane's stream: connect, deliver, back off, again."""
         settings = self.settings
         backoff = Backoff(settings.reconnect_min, settings.reconnect_max, rng=self._rng)
+        normal = self._is_normal(lane)
         while True:
-            self.status.state = "connecting"
-            self._acknowledged_on_connection = False
+            if normal:
+                self.status.state = "connecting"
+            self._acknowledged_on_connection.discard(lane)
             try:
-                ws = await self._open(http)
+                async with self._scouting(lane):
+                    ws = await self._open(http)
             except WsFailure as refused:
                 failure = refused
             else:
-                failure = await self._session(ws)
+                failure = await self._session(ws, lane, limit)
                 # Only a connection that got something acknowledged counts as working.
-                if self._acknowledged_on_connection:
+                if lane in self._acknowledged_on_connection:
                     backoff.reset()
             self._record_error(failure.detail)
             delay = backoff.delay(failure.kind)
-            self.status.state = "backoff"
-            log.info("%s: next connection attempt in %.1fs", self.name, delay)
-            await asyncio.sleep(delay)
+            if normal:
+                self.status.state = "backoff"
+            log.info(
+                "%s: next %s connection attempt in %.1fs", self.name, self._lane_name(lane), delay
+            )
+            async with self._scouting(lane):
+                await asyncio.sleep(delay)
+
+    @contextlib.asynccontextmanager
+    async def _scouting(self, lane: Lane) -> AsyncIterator[None]:
+        """While its stream is down, the priority lane follows the log (``Lane.scout``)."""
+        if self._is_normal(lane):
+            yield
+            return
+        scout = asyncio.create_task(
+            lane.scout(self.log, SCOUT_BATCHES * self.settings.batch_max),
+            name=f"{lane.cursor}-scout",
+        )
+        try:
+            yield
+        finally:
+            scout.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scout
 
     async def _open(self, http: aiohttp.ClientSession) -> aiohttp.ClientWebSocketResponse:
         settings = self.settings
@@ -203,20 +257,27 @@ class WebSocketUplink:
             token = settings.token_file.read_text(encoding="utf-8").strip()
         return token, tls_context(settings) if self.endpoint.tls else None
 
-    async def _session(self, ws: aiohttp.ClientWebSocketResponse) -> WsFailure:
-        """Deliver over ``ws`` until it is lost; return why it was."""
+    async def _session(
+        self, ws: aiohttp.ClientWebSocketResponse, lane: Lane, limit: int
+    ) -> WsFailure:
+        """Deliver ``lane`` over ``ws`` until it is lost; return why it was."""
         failure: WsFailure | None = None
-        flight = Flight(self._lane.confirmed, self.settings.max_inflight)
+        normal = self._is_normal(lane)
+        flight = Flight(lane.confirmed, limit)
         try:
-            await ws.send_str(hello(self.gateway_id, self._lane.confirmed))
+            await ws.send_str(hello(self.gateway_id, lane.confirmed, self._lane_name(lane)))
             await self._welcomed(ws)
-            self.status.state = "connected"
-            self.status.connected_since = time.time()
-            self.status.disconnected_since = None
-            log.info("%s: connected to %s", self.name, self.settings.url)
+            self._flights[lane] = flight
+            if normal:
+                self.status.state = "connected"
+                self.status.connected_since = time.time()
+                self.status.disconnected_since = None
+            log.info(
+                "%s: %s stream connected to %s", self.name, self._lane_name(lane), self.settings.url
+            )
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._send_loop(ws, flight), name=f"{self.name}-send")
-                tg.create_task(self._receive_loop(ws, flight), name=f"{self.name}-receive")
+                tg.create_task(self._send_loop(ws, lane, flight), name=f"{lane.cursor}-send")
+                tg.create_task(self._receive_loop(ws, lane, flight), name=f"{lane.cursor}-receive")
         except* WsFailure as group:
             failure = _first_failure(group)
         except* (ConnectionError, aiohttp.ClientError) as group:
@@ -224,9 +285,11 @@ class WebSocketUplink:
                 self.name, f"connection lost: {group.exceptions[0]}", Failure.TRANSIENT
             )
         finally:
-            self.status.in_flight = 0
-            self.status.connected_since = None
-            self.status.disconnected_since = time.time()
+            self._flights.pop(lane, None)
+            self._show_in_flight()
+            if normal:
+                self.status.connected_since = None
+                self.status.disconnected_since = time.time()
             # Cancelled (a stop) or failed: say goodbye if the link still carries it.
             await asyncio.shield(ws.close(code=1001))
         assert failure is not None  # both loops run until they raise
@@ -271,7 +334,9 @@ class WebSocketUplink:
 
     # Delivery.
 
-    async def _send_loop(self, ws: aiohttp.ClientWebSocketResponse, flight: Flight) -> None:
+    async def _send_loop(
+        self, ws: aiohttp.ClientWebSocketResponse, lane: Lane, flight: Flight
+    ) -> None:
         settings = self.settings
         while True:
             await flight.wait_for_room()
@@ -281,29 +346,29 @@ class WebSocketUplink:
                     # Woken by one commit while live clients watch: let a few more join.
                     await asyncio.sleep(settings.linger)
             try:
-                readings, last_seq = await self._lane.read(
-                    self.log, flight.read_pos, settings.batch_max
-                )
+                readings, last_seq = await lane.read(self.log, flight.read_pos, settings.batch_max)
             except StoreClosedError:
                 raise
             except StoreError as err:
                 self._record_error(f"reading the store failed: {err}")
                 await asyncio.sleep(settings.reconnect_min)
                 continue
-            self.status.lost = self._lane.lost
-            # Empty (readings of devices it does not carry only, or readings dropped
-            # from the log by its bounds): the batch still covers the range, so batches
-            # stay contiguous, the server sees no hole unexplained and its ack moves the
-            # cursor past them in order.
+            self.status.lost = sum(each.lost for each in self._lanes)
+            # Empty (readings of devices it does not carry only, of the other lane
+            # only, or readings dropped from the log by its bounds): the batch still
+            # covers the range, so batches stay contiguous, the server sees no hole
+            # unexplained and its ack moves the cursor past them in order.
             first_seq = flight.read_pos + 1
             flight.sent(last_seq, len(readings), time.monotonic())
-            self.status.in_flight = len(flight)
+            self._show_in_flight()
             await ws.send_frame(
                 batch_frame(self.gateway_id, first_seq, last_seq, readings),
                 aiohttp.WSMsgType.TEXT,
             )
 
-    async def _receive_loop(self, ws: aiohttp.ClientWebSocketResponse, flight: Flight) -> None:
+    async def _receive_loop(
+        self, ws: aiohttp.ClientWebSocketResponse, lane: Lane, flight: Flight
+    ) -> None:
         ack_timeout = self.settings.ack_timeout
         while True:
             # Wake at the oldest batch's deadline, or after a whole timeout when none is
@@ -334,10 +399,12 @@ class WebSocketUplink:
                 status.published_messages += 1
                 status.published_readings += batch.count
                 status.publish_latency.observe(now - batch.sent_at)
-            status.in_flight = len(flight)
-            self._acknowledged_on_connection = True
-            self._lane.confirmed = seq
-            self._lane.ack_wanted.set()
+            self._show_in_flight()
+            self._acknowledged_on_connection.add(lane)
+            lane.confirm(seq)
+
+    def _show_in_flight(self) -> None:
+        self.status.in_flight = sum(len(flight) for flight in self._flights.values())
 
     # Sending a range again (the `resend` command).
 
@@ -362,7 +429,7 @@ class WebSocketUplink:
                 rows = await self.log.read_after(pos, min(self.settings.batch_max, last - pos))
                 rows = [r for r in rows if r.seq <= last]
                 end = rows[-1].seq if rows else last
-                readings = [r for r in rows if self._lane.carries(r)]
+                readings = [r for r in rows if self._carries_device(r.device)]
                 frame = batch_frame(self.gateway_id, pos + 1, end, readings)
                 await ws.send_frame(frame, aiohttp.WSMsgType.TEXT)
                 async with asyncio.timeout(RESEND_TIMEOUT):
@@ -387,27 +454,32 @@ class WebSocketUplink:
 
     # The durable cursor.
 
-    async def _ack_loop(self) -> None:
-        """Moves the durable cursor at most once per ``ack_interval``; acks arriving
-        meanwhile join the next write (a lagging cursor only means resends)."""
+    async def _ack_loop(self, lane: Lane) -> None:
+        """Moves ``lane``'s durable cursor at most once per ``ack_interval``; acks
+        arriving meanwhile join the next write (a lagging cursor only means resends)."""
         interval = self.settings.ack_interval
         while True:
-            await self._lane.ack_wanted.wait()
-            self._lane.ack_wanted.clear()
-            await self._ack_now()
+            await lane.ack_wanted.wait()
+            lane.ack_wanted.clear()
+            await self._ack_now(lane)
             if interval > 0:
                 await asyncio.sleep(interval)
 
-    async def _ack_now(self) -> None:
-        target = self._lane.confirmed
-        if target <= self.status.acked_seq:
+    async def _ack_now(self, lane: Lane) -> None:
+        target = lane.confirmed
+        if target <= lane.acked_seq:
             return
         try:
-            await self.log.ack(self.name, target)
+            await self.log.ack(lane.cursor, target)
         except StoreError as err:
             self._record_error(f"moving the cursor failed: {err}")
             return
-        self.status.acked_seq = max(self.status.acked_seq, target)
+        lane.acked_seq = max(lane.acked_seq, target)
+        self._update_acked()
+
+    def _update_acked(self) -> None:
+        # Every reading it carries up to the lowest lane's cursor is acknowledged.
+        self.status.acked_seq = min(lane.acked_seq for lane in self._lanes)
 
     def _record_error(self, message: str) -> None:
         self.status.errors += 1

@@ -77,9 +77,20 @@ def _compact(body: dict[str, Any]) -> str:
     return json.dumps(body, ensure_ascii=False, separators=(",", ":"))
 
 
-def hello(gateway: str, acked_seq: int) -> str:
+# The hello's ``lane``: which of a gateway's streams a connection is. A priority stream
+# carries only high-priority readings, a normal one the others; both are contiguous.
+LANES = ("normal", "priority")
+
+
+def hello(gateway: str, acked_seq: int, lane: str = "normal") -> str:
     return _compact(
-        {"type": "hello", "version": VERSION, "gateway": gateway, "acked_seq": acked_seq}
+        {
+            "type": "hello",
+            "version": VERSION,
+            "gateway": gateway,
+            "acked_seq": acked_seq,
+            "lane": lane,
+        }
     )
 
 
