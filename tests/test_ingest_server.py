@@ -140,3 +140,41 @@ def test_the_command_line_names_a_bad_option_and_exits_2(tmp_path: Path) -> None
     result = edge_gateway("ingest", "--listen", "127.0.0.1:1", "--db", "mysql://x")
     assert result.returncode == 1
     assert "expected sqlite://PATH or postgresql://" in result.stderr
+
+
+async def test_a_gateway_holds_a_normal_and_a_priority_stream_each_contiguous(
+    server: IngestSettings,
+) -> None:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(ws_url(server.port), protocols=(SUBPROTOCOL,), headers=AUTH) as normal,
+        session.ws_connect(ws_url(server.port), protocols=(SUBPROTOCOL,), headers=AUTH) as high,
+    ):
+        # The normal stream starts at 0, the priority stream at its own cursor, 6.
+        await normal.send_str(hello("gw-1", 0))
+        await high.send_str(hello("gw-1", 6, "priority"))
+        assert (await normal.receive_json())["type"] == "welcome"
+        assert (await high.receive_json())["type"] == "welcome"
+        # Interleaved, each stream contiguous on its own: seq 7 is the priority
+        # stream's, the normal stream's batch covers it without it.
+        await high.send_str(batch(7, 8, [reading(7)]))
+        assert await high.receive_json() == {"type": "ack", "seq": 8}
+        await normal.send_str(batch(1, 8, [reading(s) for s in (1, 2, 3, 4, 5, 6, 8)]))
+        assert await normal.receive_json() == {"type": "ack", "seq": 8}
+        await high.send_str(batch(9, 9, []))
+        assert await high.receive_json() == {"type": "ack", "seq": 9}
+        metrics = await ingest_metrics(server.port)
+        assert (metrics["connections"], metrics["connected"]) == (2, 2)
+    assert sorted(await landed_bodies(server.db_url, "gw-1")) == list(range(1, 9))
+    metrics = await ingest_metrics(server.port)
+    assert (metrics["readings_landed"], metrics["readings_duplicate"]) == (8, 0)
+    # A lane the protocol does not name is refused.
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(ws_url(server.port), protocols=(SUBPROTOCOL,), headers=AUTH) as ws,
+    ):
+        await ws.send_str(hello("gw-1", 0, "urgent"))
+        error = await ws.receive_json()
+        await ws.receive()
+    assert "lane" in error["message"]
+    assert ws.close_code == CloseCode.BAD_MESSAGE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -15,7 +16,8 @@ from aiohttp import web
 
 from gateway.cloud.ingest_server import IngestSettings
 from gateway.interfaces import Resender
-from gateway.settings import WebSocketSettings
+from gateway.reading import Sample
+from gateway.settings import DeviceSettings, WebSocketSettings
 from gateway.store import Store
 from gateway.uplinks.route import PriorityRules, Selection
 from gateway.uplinks.websocket import WebSocketUplink
@@ -23,7 +25,7 @@ from gateway.uplinks.ws_protocol import SUBPROTOCOL, ack, welcome
 from tests.support.common import free_port, wait_until
 from tests.support.config import parse, problems, write
 from tests.support.ingest import INGEST_TOKEN, ingest_metrics, served, ws_url
-from tests.support.landing import landed_bodies
+from tests.support.landing import landed_bodies, landed_in_arrival_order
 from tests.support.mosquitto import TlsFiles
 from tests.support.mqtt_uplink import GATEWAY, put, running, stored_payloads
 
@@ -273,3 +275,47 @@ def test_the_former_websocket_section_points_to_uplinks(tmp_path: Path) -> None:
     assert found == [
         'uplink.websocket: a WebSocket uplink is an [[uplinks]] table with type = "websocket"'
     ]
+
+
+async def test_a_high_priority_reading_lands_before_the_backlog_drains(
+    store: Store, ingest_settings: IngestSettings
+) -> None:
+    rules = PriorityRules.of(
+        [
+            DeviceSettings(id="door", driver="serial_line", priority="high"),
+            DeviceSettings(id="plc", driver="serial_line", sensor_priority={"trip": "high"}),
+        ]
+    )
+    # Small batches and window make the drain long, so that the order shows.
+    settings = ws_settings(ws_url(ingest_settings.port), batch_max=50, max_inflight=4)
+    uplink = WebSocketUplink(settings, GATEWAY, store, selection=Selection(("*",), rules))
+    backlog = 2000
+    async with running(uplink):
+        # The server is away while the backlog builds (a normal device, and the plc's
+        # normal sensor), then the alarms come.
+        await wait_until(lambda: uplink.status.state == "backoff", message="uplink down")
+        now = time.time()
+        store.put_samples(
+            [Sample("meter" if i % 2 else "plc", "load", i, now) for i in range(backlog)]
+        )
+        store.put_samples([Sample("door", "open", 1, now), Sample("plc", "trip", 1, now)])
+        last = await store.flush()
+
+        async def priority_cursor_at(seq: int) -> bool:
+            return (await store.consumers()).get("websocket:priority") == seq
+
+        # Still down, the priority lane passed over the backlog: its stream's hello
+        # starts at the alarms.
+        await wait_until(lambda: priority_cursor_at(backlog), message="priority lane scouted")
+        async with served(ingest_settings):
+            await wait_until(lambda: uplink.status.acked_seq == last, 60, message="all acked")
+            metrics = await ingest_metrics(ingest_settings.port)
+    arrival = await landed_in_arrival_order(ingest_settings.db_url, GATEWAY)
+    door, trip = last - 1, last
+    assert arrival.index(door) < arrival.index(backlog)
+    assert arrival.index(trip) < arrival.index(backlog)
+    # Every seq landed exactly once, as stored; both cursors moved.
+    assert metrics["readings_landed"] == last
+    assert metrics["readings_duplicate"] == 0
+    await assert_landed_as_stored(store, ingest_settings.db_url)
+    assert await store.consumers() == {"websocket": last, "websocket:priority": last}

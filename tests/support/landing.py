@@ -18,3 +18,11 @@ async def landed_bodies(url: str, gateway: str) -> dict[int, str]:
     async with await psycopg.AsyncConnection.connect(url) as conn:
         cursor = await conn.execute(_QUERY.format("%s"), (gateway,))
         return {seq: body for seq, body in await cursor.fetchall()}
+
+
+async def landed_in_arrival_order(url: str, gateway: str) -> list[int]:
+    """The seqs of ``gateway`` in a SQLite landing in the order they landed (each
+    transaction stamps its own ``received_at``; seq order within one)."""
+    query = "SELECT seq FROM readings WHERE gateway = ? ORDER BY received_at, seq"
+    with closing(sqlite3.connect(url.removeprefix("sqlite://"))) as db:
+        return [seq for (seq,) in db.execute(query, (gateway,)).fetchall()]
