@@ -199,9 +199,10 @@ def _check(args: argparse.Namespace) -> int:
 def summary(settings: Settings) -> str:
     """One line describing what a configuration runs."""
     devices = [d.id if d.enabled else f"{d.id} (disabled)" for d in settings.devices]
-    uplinks = []
-    if settings.uplink.mqtt is not None:
-        uplinks.append(f"mqtt {settings.uplink.mqtt.url}")
+    uplinks = [
+        f"{e.name} ({e.type}) {getattr(e.transport, 'url', '')}".rstrip()
+        for e in settings.all_uplinks()
+    ]
     local = settings.local.listen if settings.local is not None else "off"
     return (
         f"gateway {settings.gateway.id}, "

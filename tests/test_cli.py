@@ -67,7 +67,7 @@ def test_check_config_accepts_the_example(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout == (
         "examples/gateway.toml: valid; gateway gw-001, 2 device(s): thermo-1, "
-        "power-meter (disabled); uplinks: mqtt mqtt://127.0.0.1:1883; "
+        "power-meter (disabled); uplinks: mqtt (mqtt) mqtt://127.0.0.1:1883; "
         "local server: 127.0.0.1:8080\n"
     )
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.cli import summary
 from gateway.reading import StoredReading
 from gateway.settings import MqttSettings, UplinkEntry
 from gateway.store import Store
@@ -41,6 +42,10 @@ def test_uplink_tables_and_the_legacy_section_make_one_list(tmp_path: Path) -> N
     assert (cloud.best_effort, cloud.start, cloud.devices) == (True, "now", ("*",))
     assert isinstance(cloud.transport, MqttSettings)
     assert cloud.transport.batch_max == 100
+    # check-config's one line names each of them.
+    assert "uplinks: mqtt (mqtt) mqtt://127.0.0.1:1883, site (mqtt) mqtt://127.0.0.1:1884, " in (
+        summary(settings)
+    )
 
 
 @pytest.mark.parametrize(
