@@ -131,13 +131,13 @@ def count_rows_in_another_process(db: Path) -> int:
 
 # Commits rows 200..299 without syncing them, says so, and waits to be killed.
 UNSYNCED_WRITER = """
-import os, sqlite3, sys, time
+import os, signal, sqlite3, sys
 conn = sqlite3.connect(sys.argv[1], isolation_level=None)
 conn.execute("PRAGMA synchronous = OFF")
 for n in range(200, 300):
     conn.execute("INSERT INTO t VALUES (?, ?)", (n, os.urandom(300)))
 print(conn.execute("SELECT count(*) FROM t").fetchone()[0], flush=True)
-time.sleep(600)
+signal.pause()
 """
 
 
