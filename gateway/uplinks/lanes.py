@@ -42,8 +42,6 @@ class Lane:
         self.seen = 0
         # Seqs found gone from the log when this lane came to read them.
         self.lost = 0
-        # Called after the durable cursor moved (the uplink's status follows it).
-        self.on_acked: Callable[[], None] | None = None
 
     def start(self, last_seq: int) -> None:
         """Hold the commits after ``last_seq`` from now on (register ``on_commit`` too)."""
@@ -54,35 +52,6 @@ class Lane:
         """Everything up to ``seq`` is resolved: the ack loop moves the durable cursor."""
         self.confirmed = seq
         self.ack_wanted.set()
-
-    async def keep_cursor(
-        self, log: ReadingLog, interval: float, failed: Callable[[str], None]
-    ) -> None:
-        """Move the durable cursor to ``confirmed`` at most once per ``interval``: acks
-        arriving meanwhile join the next write. A cursor that lags only means readings
-        sent again after a crash (at least once); the uplink writes the final position
-        on a clean stop (``write_cursor``)."""
-        while True:
-            await self.ack_wanted.wait()
-            self.ack_wanted.clear()
-            await self.write_cursor(log, failed)
-            if interval > 0:
-                await asyncio.sleep(interval)
-
-    async def write_cursor(self, log: ReadingLog, failed: Callable[[str], None]) -> None:
-        """Write ``confirmed`` as the durable cursor, if it is ahead; a failure goes to
-        ``failed`` and is tried again at the next write."""
-        target = self.confirmed
-        if target <= self.acked_seq:
-            return
-        try:
-            await log.ack(self.cursor, target)
-        except StoreError as err:
-            failed(f"moving the cursor failed: {err}")
-            return
-        self.acked_seq = max(self.acked_seq, target)
-        if self.on_acked is not None:
-            self.on_acked()
 
     async def scout(self, log: ReadingLog, wanted: int) -> None:
         """Move the cursor over what this lane does not carry, up to the first reading it

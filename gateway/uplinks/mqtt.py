@@ -134,8 +134,6 @@ class MqttUplink:
         self._rng = random.Random()  # noqa: S311 - jitter, not cryptography
         # The lanes it reads the log in: the priority lane (if any) first.
         self._lanes = lanes_for(name, selection, TAIL_MESSAGES * settings.batch_max)
-        for lane in self._lanes:
-            lane.on_acked = self._update_acked
         # The connection while one is up: `resend` publishes on it.
         self._connection: MqttConnection | None = None
         self._windows: list[InFlightWindow] = []
@@ -173,10 +171,7 @@ class MqttUplink:
         try:
             async with asyncio.TaskGroup() as tg:
                 ackers = [
-                    tg.create_task(
-                        lane.keep_cursor(self.log, self.settings.ack_interval, self._record_error),
-                        name=f"{lane.cursor}-ack",
-                    )
+                    tg.create_task(self._ack_loop(lane), name=f"{lane.cursor}-ack")
                     for lane in self._lanes
                 ]
                 try:
@@ -193,7 +188,7 @@ class MqttUplink:
             self.status.state = "stopped"
             if store_open:
                 for lane in self._lanes:
-                    await lane.write_cursor(self.log, self._record_error)
+                    await self._ack_now(lane)
 
     # Connection state machine.
 
@@ -536,6 +531,33 @@ class MqttUplink:
 
     def _confirm(self, lane: Lane, seq: int) -> None:
         lane.confirm(seq)
+
+    async def _ack_loop(self, lane: Lane) -> None:
+        """Moves ``lane``'s durable cursor at most once per ``ack_interval``.
+
+        PUBACKs arriving meanwhile are coalesced into the next write. A cursor that
+        lags only means readings sent again after a crash (at least once); ``run``
+        writes the final position on a clean stop.
+        """
+        interval = self.settings.ack_interval
+        while True:
+            await lane.ack_wanted.wait()
+            lane.ack_wanted.clear()
+            await self._ack_now(lane)
+            if interval > 0:
+                await asyncio.sleep(interval)
+
+    async def _ack_now(self, lane: Lane) -> None:
+        target = lane.confirmed
+        if target <= lane.acked_seq:
+            return
+        try:
+            await self.log.ack(lane.cursor, target)
+        except StoreError as err:
+            self._record_error(f"moving the cursor failed: {err}")
+            return
+        lane.acked_seq = max(lane.acked_seq, target)
+        self._update_acked()
 
     def _update_acked(self) -> None:
         # Every reading it carries up to the lowest lane's cursor is acknowledged.

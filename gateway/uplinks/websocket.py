@@ -113,8 +113,6 @@ class WebSocketUplink:
         # is the highest seq the server acknowledged on its stream (may be ahead of the
         # durable cursor while the write to the log is under way).
         self._lanes = lanes_for(name, selection, TAIL_BATCHES * settings.batch_max)
-        for lane in self._lanes:
-            lane.on_acked = self._update_acked
 
     async def run(self) -> None:
         for lane in self._lanes:
@@ -137,10 +135,7 @@ class WebSocketUplink:
             async with aiohttp.ClientSession() as http, asyncio.TaskGroup() as tg:
                 self._http = http
                 ackers = [
-                    tg.create_task(
-                        lane.keep_cursor(self.log, self.settings.ack_interval, self._record_error),
-                        name=f"{lane.cursor}-ack",
-                    )
+                    tg.create_task(self._ack_loop(lane), name=f"{lane.cursor}-ack")
                     for lane in self._lanes
                 ]
                 try:
@@ -159,7 +154,7 @@ class WebSocketUplink:
             self.status.state = "stopped"
             if store_open:
                 for lane in self._lanes:
-                    await lane.write_cursor(self.log, self._record_error)
+                    await self._ack_now(lane)
 
     def _is_normal(self, lane: Lane) -> bool:
         """The normal lane's stream is the uplink's state; the priority one's is not."""
@@ -458,6 +453,29 @@ class WebSocketUplink:
         return sent
 
     # The durable cursor.
+
+    async def _ack_loop(self, lane: Lane) -> None:
+        """Moves ``lane``'s durable cursor at most once per ``ack_interval``; acks
+        arriving meanwhile join the next write (a lagging cursor only means resends)."""
+        interval = self.settings.ack_interval
+        while True:
+            await lane.ack_wanted.wait()
+            lane.ack_wanted.clear()
+            await self._ack_now(lane)
+            if interval > 0:
+                await asyncio.sleep(interval)
+
+    async def _ack_now(self, lane: Lane) -> None:
+        target = lane.confirmed
+        if target <= lane.acked_seq:
+            return
+        try:
+            await self.log.ack(lane.cursor, target)
+        except StoreError as err:
+            self._record_error(f"moving the cursor failed: {err}")
+            return
+        lane.acked_seq = max(lane.acked_seq, target)
+        self._update_acked()
 
     def _update_acked(self) -> None:
         # Every reading it carries up to the lowest lane's cursor is acknowledged.
